@@ -1,0 +1,178 @@
+//! A node's configuration: one TOML file per node, written by `ferry init`.
+//!
+//! Relative paths are resolved against the directory holding the file, so a cluster directory
+//! can be moved as a whole. Every default lives in the `Default` impls below, and
+//! `docs/OPERATIONS.md` lists them.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id, unique in the cluster (`b1`, `w1`); also its certificate's DNS name.
+    pub node_id: String,
+    /// Name of the cluster, shown in status output and used to key cached login tokens.
+    pub cluster_name: String,
+    /// Where the node keeps its store.
+    pub data_dir: PathBuf,
+    /// UDP address of the QUIC listener for hosts and clients.
+    pub relay_addr: SocketAddr,
+    /// TCP address of the admin API (HTTP+JSON, metrics, health).
+    pub admin_addr: SocketAddr,
+    /// The cluster CA certificate (PEM).
+    pub ca_cert: PathBuf,
+    /// This node's certificate (PEM), signed by the cluster CA.
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+    /// File holding the admin API's bearer token.
+    pub admin_token_file: PathBuf,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Every bound a node enforces (STYLE: bound everything). Units are in the names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// QUIC connections open at once; further handshakes are refused.
+    pub connections_max: usize,
+    /// Connections that have not yet authenticated; bounds what anonymous peers can hold.
+    pub unauthenticated_max: usize,
+    /// Streams (sessions and requests) one connection may have open at once.
+    pub streams_per_connection_max: u32,
+    /// Sessions relayed by this node at once.
+    pub sessions_max: usize,
+    /// Largest control frame accepted from a peer.
+    pub frame_bytes_max: usize,
+    /// Time allowed for the TLS handshake and the first frame.
+    pub handshake_timeout_ms: u64,
+    /// Lifetime of a login token.
+    pub token_ttl_secs: u64,
+    /// Lifetime of a host enrollment token.
+    pub enrollment_ttl_secs: u64,
+    /// Failed logins per user, and per source address, before further attempts are refused
+    /// for `login_lockout_secs`.
+    pub login_failures_max: u32,
+    pub login_lockout_secs: u64,
+    /// A snapshot is taken (and the log compacted) after this many new log entries.
+    pub snapshot_every_entries: u64,
+    /// Proposals waiting for the log writer; further proposers wait (backpressure).
+    pub proposal_queue_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections_max: 20_000,
+            unauthenticated_max: 512,
+            streams_per_connection_max: 256,
+            sessions_max: 10_000,
+            frame_bytes_max: ferry_proto::frame::DEFAULT_MAX_FRAME_BYTES,
+            handshake_timeout_ms: 10_000,
+            token_ttl_secs: 12 * 3600,
+            enrollment_ttl_secs: 7 * 24 * 3600,
+            login_failures_max: 5,
+            login_lockout_secs: 60,
+            snapshot_every_entries: 10_000,
+            proposal_queue_max: 4096,
+        }
+    }
+}
+
+impl Limits {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is invalid: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("config {path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+}
+
+impl NodeConfig {
+    /// Reads, parses, validates, and resolves relative paths against the file's directory.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| Error::Parse {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.data_dir,
+            &mut config.ca_cert,
+            &mut config.cert,
+            &mut config.key,
+            &mut config.admin_token_file,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        config.validate().map_err(|detail| Error::Invalid {
+            path: path.to_owned(),
+            detail,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        ferry_state::validate_name(ferry_state::NameKind::Host, &self.node_id)
+            .map_err(|r| format!("node_id: {r}"))?;
+        let l = &self.limits;
+        let positive = [
+            ("limits.connections_max", l.connections_max as u64),
+            ("limits.unauthenticated_max", l.unauthenticated_max as u64),
+            ("limits.streams_per_connection_max", u64::from(l.streams_per_connection_max)),
+            ("limits.sessions_max", l.sessions_max as u64),
+            ("limits.token_ttl_secs", l.token_ttl_secs),
+            ("limits.enrollment_ttl_secs", l.enrollment_ttl_secs),
+            ("limits.snapshot_every_entries", l.snapshot_every_entries),
+            ("limits.proposal_queue_max", l.proposal_queue_max as u64),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be greater than 0"));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&l.frame_bytes_max) {
+            return Err(format!(
+                "limits.frame_bytes_max is {}; it must be between 1 KiB and 16 MiB",
+                l.frame_bytes_max
+            ));
+        }
+        Ok(())
+    }
+}

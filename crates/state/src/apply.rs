@@ -1,0 +1,301 @@
+//! `StateMachine::apply`: one command in, one outcome out, one audit record written.
+
+use crate::names::{validate_name, NameKind};
+use crate::{
+    AuditRecord, Command, EnrollmentState, Host, Kind, Outcome, Refusal, RefusalKind, Session,
+    SessionState, StateMachine, Token, User, AUDIT_RETAINED_MAX, TOKENS_PER_USER_MAX,
+};
+use ferry_proto::state as pb;
+
+type Applied = Result<Outcome, Refusal>;
+
+impl StateMachine {
+    /// Applies one command. Deterministic: depends only on the state and the command.
+    ///
+    /// Every command that names an action leaves an audit record, refused or not; a refusal
+    /// changes nothing else.
+    pub fn apply(&mut self, command: &Command) -> Outcome {
+        let Some(kind) = &command.kind else {
+            // A command from a newer node that this build cannot interpret. Applying it as a
+            // no-op keeps every node's state identical; the newer nodes apply it for real.
+            return Outcome::Refused(Refusal::new(
+                RefusalKind::Invalid,
+                "command of an unknown kind (written by a newer version?)",
+            ));
+        };
+        let now = command.now_ms;
+        let (action, target, result) = match kind {
+            Kind::AddUser(c) => ("user.add", c.name.clone(), self.add_user(c)),
+            Kind::IssueToken(c) => ("login", c.user.clone(), self.issue_token(c, now)),
+            Kind::LoginFailed(c) => ("login.failed", c.user.clone(), self.login_failed(c, now)),
+            Kind::CreateHost(c) => ("host.enroll", c.name.clone(), self.create_host(c)),
+            Kind::CompleteEnrollment(c) => (
+                "host.enrolled",
+                c.name.clone(),
+                self.complete_enrollment(c, now),
+            ),
+            Kind::AddGrant(c) => (
+                "grant.add",
+                format!("{}->{}", c.user_group, c.host_group),
+                self.add_grant(c),
+            ),
+            Kind::AttachHost(c) => ("host.attach", c.name.clone(), self.attach_host(c)),
+            Kind::OpenSession(c) => (
+                "session.open",
+                format!("{}/{}", c.host, c.service),
+                self.open_session(c, now),
+            ),
+            Kind::CloseSession(c) => (
+                "session.close",
+                c.session_id.to_string(),
+                self.close_session(c, now),
+            ),
+            Kind::PurgeExpired(_) => ("purge", String::new(), Ok(self.purge_expired(now))),
+        };
+        let outcome = result.unwrap_or_else(Outcome::Refused);
+        // Housekeeping commands are frequent and say nothing an auditor needs.
+        if !matches!(kind, Kind::PurgeExpired(_) | Kind::AttachHost(_)) {
+            self.record_audit(command, action, target, &outcome);
+        }
+        outcome
+    }
+
+    fn record_audit(&mut self, command: &Command, action: &str, target: String, outcome: &Outcome) {
+        let outcome = match outcome {
+            Outcome::Applied => "ok".to_owned(),
+            Outcome::SessionOpened { session_id } => format!("ok session {session_id}"),
+            Outcome::Refused(r) => format!("refused: {}", r.message),
+        };
+        let record = AuditRecord {
+            seq: self.next_audit_seq,
+            at_ms: command.now_ms,
+            actor: command.actor.clone(),
+            source: command.source.clone(),
+            action: action.to_owned(),
+            target,
+            outcome,
+        };
+        self.next_audit_seq += 1;
+        if self.audit.len() == AUDIT_RETAINED_MAX {
+            self.audit.pop_front();
+        }
+        self.audit.push_back(record);
+        debug_assert!(self.audit.len() <= AUDIT_RETAINED_MAX);
+    }
+
+    fn add_user(&mut self, c: &pb::AddUser) -> Applied {
+        validate_name(NameKind::User, &c.name)?;
+        validate_groups(&c.groups)?;
+        if c.password_hash.is_empty() {
+            return Err(Refusal::new(RefusalKind::Invalid, "password hash is empty"));
+        }
+        if self.users.contains_key(&c.name) {
+            return Err(Refusal::new(
+                RefusalKind::AlreadyExists,
+                format!("user {:?} already exists", c.name),
+            ));
+        }
+        self.users.insert(
+            c.name.clone(),
+            User {
+                name: c.name.clone(),
+                groups: sorted(&c.groups),
+                password_hash: c.password_hash.clone(),
+                disabled: false,
+                failed_logins: 0,
+                last_failed_login_ms: 0,
+            },
+        );
+        Ok(Outcome::Applied)
+    }
+
+    fn issue_token(&mut self, c: &pb::IssueToken, now: u64) -> Applied {
+        let user = self.users.get_mut(&c.user).ok_or_else(|| unknown_user(&c.user))?;
+        if user.disabled {
+            return Err(Refusal::new(
+                RefusalKind::PermissionDenied,
+                format!("user {:?} is disabled", c.user),
+            ));
+        }
+        user.failed_logins = 0;
+        // Bound the tokens one user holds: drop the expired ones, then the soonest to expire.
+        let mut held: Vec<(u64, Vec<u8>)> = self
+            .tokens
+            .values()
+            .filter(|t| t.user == c.user)
+            .map(|t| (t.expires_at_ms, t.token_hash.clone()))
+            .collect();
+        held.sort();
+        let live = held.iter().filter(|(expires, _)| *expires > now).count();
+        let excess = (live + 1).saturating_sub(TOKENS_PER_USER_MAX);
+        let expired = held.len() - live;
+        for (_, hash) in held.iter().take(expired + excess) {
+            self.tokens.remove(hash);
+        }
+        self.tokens.insert(
+            c.token_hash.clone(),
+            Token {
+                token_hash: c.token_hash.clone(),
+                user: c.user.clone(),
+                expires_at_ms: c.expires_at_ms,
+            },
+        );
+        Ok(Outcome::Applied)
+    }
+}
+
+impl StateMachine {
+    fn login_failed(&mut self, c: &pb::LoginFailed, now: u64) -> Applied {
+        // Unknown users are audited but have no counter to bump.
+        if let Some(user) = self.users.get_mut(&c.user) {
+            user.failed_logins = user.failed_logins.saturating_add(1);
+            user.last_failed_login_ms = now;
+        }
+        Ok(Outcome::Applied)
+    }
+
+    fn create_host(&mut self, c: &pb::CreateHost) -> Applied {
+        validate_name(NameKind::Host, &c.name)?;
+        validate_groups(&c.groups)?;
+        if c.enrollment_token_hash.is_empty() {
+            return Err(Refusal::new(RefusalKind::Invalid, "enrollment token hash is empty"));
+        }
+        if let Some(host) = self.hosts.get(&c.name) {
+            if host.enrollment() == EnrollmentState::Enrolled {
+                return Err(Refusal::new(
+                    RefusalKind::AlreadyExists,
+                    format!("host {:?} is already enrolled", c.name),
+                ));
+            }
+        }
+        // A pending host may be re-issued a token: the old one stops working.
+        self.hosts.insert(
+            c.name.clone(),
+            Host {
+                name: c.name.clone(),
+                groups: sorted(&c.groups),
+                enrollment: EnrollmentState::Pending as i32,
+                enrollment_token_hash: c.enrollment_token_hash.clone(),
+                enrollment_expires_at_ms: c.enrollment_expires_at_ms,
+                credential_hash: Vec::new(),
+                attached_broker: String::new(),
+                presence_epoch: 0,
+            },
+        );
+        Ok(Outcome::Applied)
+    }
+
+    fn complete_enrollment(&mut self, c: &pb::CompleteEnrollment, now: u64) -> Applied {
+        let host = self.hosts.get_mut(&c.name).ok_or_else(|| unknown_host(&c.name))?;
+        if host.enrollment() == EnrollmentState::Enrolled {
+            return Err(Refusal::new(
+                RefusalKind::AlreadyUsed,
+                format!(
+                    "host {:?} is already enrolled; an enrollment token works once \
+                     (ask an administrator for a new one with `ferry admin host enroll`)",
+                    c.name
+                ),
+            ));
+        }
+        if host.enrollment_token_hash != c.enrollment_token_hash {
+            return Err(Refusal::new(
+                RefusalKind::PermissionDenied,
+                format!("wrong enrollment token for host {:?}", c.name),
+            ));
+        }
+        if now >= host.enrollment_expires_at_ms {
+            return Err(Refusal::new(
+                RefusalKind::Expired,
+                format!("the enrollment token for host {:?} has expired", c.name),
+            ));
+        }
+        if c.credential_hash.is_empty() {
+            return Err(Refusal::new(RefusalKind::Invalid, "credential hash is empty"));
+        }
+        host.enrollment = EnrollmentState::Enrolled as i32;
+        host.enrollment_token_hash.clear();
+        host.credential_hash = c.credential_hash.clone();
+        Ok(Outcome::Applied)
+    }
+
+    fn add_grant(&mut self, c: &pb::AddGrant) -> Applied {
+        validate_name(NameKind::Group, &c.user_group)?;
+        validate_name(NameKind::Group, &c.host_group)?;
+        // Granting twice is not an error: the operator's intent holds either way.
+        self.grants
+            .insert((c.user_group.clone(), c.host_group.clone()));
+        Ok(Outcome::Applied)
+    }
+
+    fn attach_host(&mut self, c: &pb::AttachHost) -> Applied {
+        let host = self.hosts.get_mut(&c.name).ok_or_else(|| unknown_host(&c.name))?;
+        host.attached_broker = c.broker.clone();
+        host.presence_epoch += 1;
+        Ok(Outcome::Applied)
+    }
+
+    fn open_session(&mut self, c: &pb::OpenSession, now: u64) -> Applied {
+        validate_name(NameKind::Service, &c.service)?;
+        self.may_open(&c.user, &c.host)?;
+        let id = self.next_session_id;
+        self.next_session_id += 1;
+        self.sessions.insert(
+            id,
+            Session {
+                id,
+                user: c.user.clone(),
+                host: c.host.clone(),
+                service: c.service.clone(),
+                broker: c.broker.clone(),
+                resume_secret_hash: c.resume_secret_hash.clone(),
+                state: SessionState::Open as i32,
+                opened_at_ms: now,
+                closed_at_ms: 0,
+                bytes_client_to_host: 0,
+                bytes_host_to_client: 0,
+                close_reason: String::new(),
+            },
+        );
+        Ok(Outcome::SessionOpened { session_id: id })
+    }
+
+    fn close_session(&mut self, c: &pb::CloseSession, _now: u64) -> Applied {
+        // Closed sessions leave the table; their totals live on in the audit record.
+        self.sessions.remove(&c.session_id).ok_or_else(|| {
+            Refusal::new(
+                RefusalKind::NotFound,
+                format!("no open session {}", c.session_id),
+            )
+        })?;
+        Ok(Outcome::Applied)
+    }
+
+    fn purge_expired(&mut self, now: u64) -> Outcome {
+        self.tokens.retain(|_, t| t.expires_at_ms > now);
+        Outcome::Applied
+    }
+}
+
+fn validate_groups(groups: &[String]) -> Result<(), Refusal> {
+    if groups.is_empty() {
+        return Err(Refusal::new(RefusalKind::Invalid, "at least one group is required"));
+    }
+    groups
+        .iter()
+        .try_for_each(|g| validate_name(NameKind::Group, g))
+}
+
+fn sorted(groups: &[String]) -> Vec<String> {
+    let mut groups = groups.to_vec();
+    groups.sort();
+    groups.dedup();
+    groups
+}
+
+pub(crate) fn unknown_user(name: &str) -> Refusal {
+    Refusal::new(RefusalKind::NotFound, format!("unknown user {name:?}"))
+}
+
+pub(crate) fn unknown_host(name: &str) -> Refusal {
+    Refusal::new(RefusalKind::NotFound, format!("unknown host {name:?}"))
+}

@@ -1,0 +1,111 @@
+//! The replicated state machine: users, login tokens, hosts, grants, sessions and the audit log.
+//!
+//! Architecture invariant: this crate is pure. It never reads a clock, a socket, a file or a
+//! random number generator; time arrives in each [`Command`] as `now_ms`, secrets arrive already
+//! hashed. Applying the same commands in the same order to the same snapshot therefore yields the
+//! same state on every node, which is what lets consensus (issue 2) replicate it.
+
+mod apply;
+mod names;
+mod queries;
+mod snapshot;
+
+pub use ferry_proto::state::{
+    command::Kind, AuditRecord, Command, EnrollmentState, Grant, Host, Session, SessionState,
+    Snapshot, Token, User,
+};
+pub use names::{validate_name, NameKind};
+pub use queries::{Counts, TokenCheck};
+pub use snapshot::RestoreError;
+
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// How many audit records the state keeps. Older records are dropped first; operators who need
+/// more ship the audit stream to their own store (the admin API pages through it by `seq`).
+pub const AUDIT_RETAINED_MAX: usize = 100_000;
+
+/// How many unexpired login tokens one user may hold; logging in again beyond it revokes the
+/// token that expires first, so a script that logs in in a loop cannot grow the state.
+pub const TOKENS_PER_USER_MAX: usize = 64;
+
+/// Hash of a bearer secret (login token, enrollment token, host credential, resume secret).
+///
+/// Secrets are 256-bit random values, so a fast hash is enough: there is nothing to brute-force.
+/// Passwords are different and use argon2id at the edge.
+pub fn hash_secret(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+/// What applying one command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The command took effect.
+    Applied,
+    /// A session was opened with this id.
+    SessionOpened { session_id: u64 },
+    /// The command was valid input but the state refused it; nothing changed except the audit log.
+    Refused(Refusal),
+}
+
+/// Why the state machine refused a command, in words for the person who asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
+}
+
+/// Broad class of a refusal, mapped to wire error codes and HTTP statuses at the edges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    Invalid,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    AlreadyUsed,
+    Expired,
+}
+
+impl Refusal {
+    pub fn new(kind: RefusalKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The state itself. Fields are ordered maps so iteration (and so snapshots) is deterministic.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateMachine {
+    /// Users by name.
+    users: BTreeMap<String, User>,
+    /// Login tokens by SHA-256 of the token.
+    tokens: BTreeMap<Vec<u8>, Token>,
+    /// Hosts by name, enrolled or pending.
+    hosts: BTreeMap<String, Host>,
+    /// (user group, host group) pairs: members of the first may open sessions to the second.
+    grants: BTreeSet<(String, String)>,
+    /// Open sessions by id; closed sessions leave only an audit record.
+    sessions: BTreeMap<u64, Session>,
+    /// The most recent audit records, oldest first, at most [`AUDIT_RETAINED_MAX`].
+    audit: VecDeque<AuditRecord>,
+    /// Id of the next session; ids are never reused.
+    next_session_id: u64,
+    /// Sequence number of the next audit record; never reused, so readers can page by it.
+    next_audit_seq: u64,
+}
+
+impl StateMachine {
+    pub fn new() -> Self {
+        Self {
+            next_session_id: 1,
+            next_audit_seq: 1,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

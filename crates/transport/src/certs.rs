@@ -1,0 +1,78 @@
+//! Generation of the cluster CA and node certificates (rcgen), written by `ferry init` and
+//! `ferry dev`.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use std::net::IpAddr;
+
+#[derive(Debug, thiserror::Error)]
+#[error("certificate generation failed: {0}")]
+pub struct Error(#[from] rcgen::Error);
+
+/// A PEM certificate and its PEM private key.
+#[derive(Debug, Clone)]
+pub struct PemPair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The cluster CA: signs node certificates; clients and hosts trust only it.
+pub struct ClusterCa {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl ClusterCa {
+    /// Creates a new CA named after the cluster.
+    pub fn generate(cluster_name: &str) -> Result<Self, Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("Ferry cluster CA {cluster_name}"));
+        dn.push(DnType::OrganizationName, "Ferry");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Self { cert, key })
+    }
+
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// Issues a certificate for node `node_id`, valid for its id as a DNS name (what endpoints
+    /// put in SNI), `localhost`, and the given IP addresses. It serves both as a TLS server
+    /// certificate and, for peer links between brokers, as a client certificate.
+    pub fn issue_node(&self, node_id: &str, ips: &[IpAddr]) -> Result<PemPair, Error> {
+        let mut params =
+            CertificateParams::new(vec![node_id.to_owned(), "localhost".to_owned()])?;
+        for ip in ips {
+            params.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("ferry node {node_id}"));
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok(PemPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}

@@ -1,0 +1,55 @@
+//! QUIC application close codes. The reason travels with the code, so the other side can print
+//! what went wrong instead of "connection lost".
+
+use quinn::{ConnectionError, VarInt};
+
+/// Why a Ferry endpoint closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum CloseCode {
+    /// Orderly close: the work is done.
+    Done = 0,
+    /// The peer sent a malformed or oversized frame.
+    Protocol = 1,
+    /// The peer speaks a protocol version we do not.
+    UnsupportedVersion = 2,
+    /// Authentication failed.
+    Unauthenticated = 3,
+    /// The node is shutting down.
+    ShuttingDown = 4,
+    /// A limit was reached (connections, unauthenticated connections, streams).
+    Overloaded = 5,
+}
+
+impl CloseCode {
+    pub fn varint(self) -> VarInt {
+        VarInt::from_u32(self as u32)
+    }
+
+    /// Closes `conn` with this code and a human-readable reason.
+    pub fn close(self, conn: &quinn::Connection, reason: &str) {
+        conn.close(self.varint(), reason.as_bytes());
+    }
+}
+
+/// Turns a connection error into a sentence for a person, keeping the peer's reason.
+pub fn describe(error: &ConnectionError) -> String {
+    match error {
+        ConnectionError::ApplicationClosed(close) => {
+            let reason = String::from_utf8_lossy(&close.reason);
+            if reason.is_empty() {
+                format!("closed by peer (code {})", close.error_code)
+            } else {
+                format!("closed by peer: {reason}")
+            }
+        }
+        ConnectionError::TransportError(e) if e.to_string().contains("certificate") => format!(
+            "TLS handshake failed: {e}. The broker's certificate is not signed by the cluster CA \
+             this config trusts; check that the config file belongs to this cluster"
+        ),
+        ConnectionError::ConnectionClosed(close) => format!("closed by peer: {close}"),
+        ConnectionError::TimedOut => "timed out: no answer from the broker".to_owned(),
+        ConnectionError::LocallyClosed => "closed locally".to_owned(),
+        other => other.to_string(),
+    }
+}

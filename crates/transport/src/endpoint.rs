@@ -1,0 +1,85 @@
+//! quinn endpoints for brokers, host agents and clients, with Ferry's transport limits.
+
+use crate::tls;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
+    #[error("QUIC cannot use this TLS configuration: {0}")]
+    Quic(String),
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Transport limits of one side of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bidirectional streams the peer may have open at once on one connection.
+    pub streams_per_connection_max: u32,
+    /// Bytes the peer may have in flight on one connection (all streams).
+    pub connection_window_bytes: u32,
+    /// Bytes the peer may have in flight on one stream.
+    pub stream_window_bytes: u32,
+    /// A connection with no traffic for this long is dead.
+    pub idle_timeout: Duration,
+    /// Keep-alive pings, so an idle but healthy connection never hits the idle timeout.
+    pub keep_alive: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            streams_per_connection_max: 256,
+            connection_window_bytes: 32 * 1024 * 1024,
+            stream_window_bytes: 8 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(2),
+        }
+    }
+}
+
+fn transport(limits: &Limits) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(limits.streams_per_connection_max.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .receive_window(limits.connection_window_bytes.into())
+        .stream_receive_window(limits.stream_window_bytes.into())
+        .send_window(u64::from(limits.connection_window_bytes))
+        .keep_alive_interval(Some(limits.keep_alive))
+        .max_idle_timeout(Some(
+            limits
+                .idle_timeout
+                .try_into()
+                .expect("idle timeout is configured in seconds, far below QUIC's 2^62 ms limit"),
+        ));
+    Arc::new(t)
+}
+
+/// A broker's listening endpoint.
+pub fn server(addr: SocketAddr, identity: tls::Identity, limits: &Limits) -> Result<quinn::Endpoint, Error> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server(identity)?)
+        .map_err(|e| Error::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport(limits));
+    quinn::Endpoint::server(config, addr).map_err(|source| Error::Bind { addr, source })
+}
+
+/// An endpoint that dials brokers, trusting only the cluster CA.
+pub fn client(trust: &tls::Trust, limits: &Limits) -> Result<quinn::Endpoint, Error> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls::client(trust)?)
+        .map_err(|e| Error::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport(limits));
+    let addr: SocketAddr = "0.0.0.0:0".parse().expect("literal socket address");
+    let mut endpoint =
+        quinn::Endpoint::client(addr).map_err(|source| Error::Bind { addr, source })?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}

@@ -1,0 +1,127 @@
+//! rustls configurations: TLS 1.3 only, ALPN `ferry/1`, trust rooted in the cluster CA alone.
+
+use ferry_proto::ALPN;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {what} from {path}: {detail}")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error("{path} holds no certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("the cluster CA certificate in {path} is not usable as a trust anchor: {detail}")]
+    BadCa { path: PathBuf, detail: String },
+}
+
+/// A node's certificate chain and private key.
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, Error> {
+        Self::from_pem(
+            &read(cert_path, "certificate")?,
+            &read(key_path, "private key")?,
+            cert_path,
+        )
+    }
+
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], origin: &Path) -> Result<Self, Error> {
+        let pem_err = |what, e: rustls::pki_types::pem::Error| Error::Pem {
+            what,
+            path: origin.to_owned(),
+            detail: e.to_string(),
+        };
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_err("certificate", e))?;
+        if chain.is_empty() {
+            return Err(Error::NoCertificate {
+                path: origin.to_owned(),
+            });
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| pem_err("private key", e))?;
+        Ok(Self { chain, key })
+    }
+}
+
+/// The trust anchors: exactly the cluster CA.
+#[derive(Clone)]
+pub struct Trust {
+    roots: Arc<rustls::RootCertStore>,
+}
+
+impl Trust {
+    pub fn load(ca_path: &Path) -> Result<Self, Error> {
+        Self::from_pem(&read(ca_path, "CA certificate")?, ca_path)
+    }
+
+    pub fn from_pem(ca_pem: &[u8], origin: &Path) -> Result<Self, Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        let mut count = 0;
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            let cert = cert.map_err(|e| Error::Pem {
+                what: "CA certificate",
+                path: origin.to_owned(),
+                detail: e.to_string(),
+            })?;
+            roots.add(cert).map_err(|e| Error::BadCa {
+                path: origin.to_owned(),
+                detail: e.to_string(),
+            })?;
+            count += 1;
+        }
+        if count == 0 {
+            return Err(Error::NoCertificate {
+                path: origin.to_owned(),
+            });
+        }
+        Ok(Self {
+            roots: Arc::new(roots),
+        })
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// TLS for a broker's relay listener: presents the node certificate; endpoints authenticate
+/// inside the connection (passwords, tokens, host credentials), not with certificates.
+pub fn server(identity: Identity) -> Result<rustls::ServerConfig, Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// TLS for a client or host agent: verifies the broker against the cluster CA.
+pub fn client(trust: &Trust) -> Result<rustls::ClientConfig, Error> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(trust.roots.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::Pem {
+        what,
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })
+}
