@@ -1,1 +1,25 @@
+//! A Ferry broker node: accepts host agents and clients over QUIC, authenticates them against
+//! the replicated state, relays session streams, and serves the admin API.
+//!
+//! Architecture invariant: policy lives in `ferry-state` (who may do what) and, later, in the
+//! pure gate and session crates; this crate wires IO around them. Every task it spawns ends on
+//! shutdown, and every queue it owns is bounded.
 
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod hosts;
+pub mod metrics;
+pub mod node;
+mod relay;
+pub mod replication;
+
+pub use config::NodeConfig;
+pub use node::{start, RunningNode};
+
+/// Wall-clock milliseconds since the Unix epoch: the `now_ms` stamped on commands.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

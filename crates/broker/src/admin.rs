@@ -1,0 +1,382 @@
+//! The admin API: HTTP+JSON for operators and `ferry admin`, plus health and metrics.
+//!
+//! `/v1/*` requires the bearer token from `admin.token`. `/healthz`, `/readyz` and `/metrics`
+//! are open, because probes and scrapers rarely carry secrets; they reveal no secrets either.
+
+use crate::node::Ctx;
+use crate::replication::ProposeError;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use ferry_proto::state::{self as cmd, command::Kind};
+use ferry_state::{hash_secret, Outcome, RefusalKind};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Actor recorded in the audit log for admin API calls. There is one admin token today; per
+/// operator identities come with the operator features (issue 4).
+const ADMIN_ACTOR: &str = "admin";
+
+pub(crate) async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+    ctx.metrics.set_service_up("admin", true);
+    let app = router(ctx.clone());
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "admin API stopped");
+    }
+    ctx.metrics.set_service_up("admin", false);
+}
+
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    let api = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/users", get(list_users).post(add_user))
+        .route("/v1/hosts", get(list_hosts).post(enroll_host))
+        .route("/v1/grants", get(list_grants).post(add_grant))
+        .route("/v1/sessions", get(list_sessions))
+        .route("/v1/audit", get(audit))
+        .layer(middleware::from_fn_with_state(ctx.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .with_state(ctx)
+}
+
+/// An API error: a status and a sentence, sent as `{"error": "..."}`.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<ProposeError> for ApiError {
+    fn from(e: ProposeError) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+async fn require_token(State(ctx): State<Arc<Ctx>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        // Comparing hashes: equal-time comparison of the token itself is not needed.
+        Some(token) if hash_secret(token.trim()) == ctx.admin_token_hash => next.run(request).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong admin token").into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token; send `Authorization: Bearer <contents of admin.token>`",
+        )
+        .into_response(),
+    }
+}
+
+/// Proposes an admin command and maps a refusal to an HTTP status.
+async fn propose(ctx: &Ctx, kind: Kind) -> Result<Outcome, ApiError> {
+    match ctx.propose(ADMIN_ACTOR.into(), "admin-api".into(), kind).await? {
+        Outcome::Refused(r) => {
+            let status = match r.kind {
+                RefusalKind::Invalid => StatusCode::BAD_REQUEST,
+                RefusalKind::NotFound => StatusCode::NOT_FOUND,
+                RefusalKind::AlreadyExists | RefusalKind::AlreadyUsed => StatusCode::CONFLICT,
+                RefusalKind::PermissionDenied => StatusCode::FORBIDDEN,
+                RefusalKind::Expired => StatusCode::GONE,
+            };
+            Err(ApiError::new(status, r.message))
+        }
+        outcome => Ok(outcome),
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub running: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub cluster_name: String,
+    pub role: String,
+    pub version: String,
+    pub uptime_secs: u64,
+    pub relay_addr: String,
+    pub admin_addr: String,
+    pub applied_index: u64,
+    pub services: Vec<ServiceStatus>,
+    pub hosts_attached: Vec<String>,
+    pub sessions_relayed: u64,
+    pub sessions_max: usize,
+    pub users: usize,
+    pub hosts: usize,
+    pub hosts_enrolled: usize,
+    pub grants: usize,
+    pub sessions_open: usize,
+    pub audit_records: usize,
+}
+
+fn services(ctx: &Ctx) -> Vec<ServiceStatus> {
+    let up = |name: &'static str| {
+        ctx.metrics
+            .service_up
+            .get_or_create(&crate::metrics::Service { service: name })
+            .get()
+            == 1
+    };
+    vec![
+        ServiceStatus { name: "relay".into(), running: up("relay") },
+        ServiceStatus { name: "admin".into(), running: up("admin") },
+        ServiceStatus { name: "replication".into(), running: ctx.replica.is_running() },
+    ]
+}
+
+pub fn node_status(ctx: &Ctx) -> NodeStatus {
+    let counts = ctx.replica.read().counts();
+    NodeStatus {
+        node_id: ctx.config.node_id.clone(),
+        cluster_name: ctx.config.cluster_name.clone(),
+        role: "broker".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_secs: ctx.started.elapsed().as_secs(),
+        relay_addr: ctx.config.relay_addr.to_string(),
+        admin_addr: ctx.config.admin_addr.to_string(),
+        applied_index: ctx.replica.applied_index(),
+        services: services(ctx),
+        hosts_attached: ctx.hosts.names(),
+        sessions_relayed: ctx.metrics.sessions_open.get().max(0) as u64,
+        sessions_max: ctx.config.limits.sessions_max,
+        users: counts.users,
+        hosts: counts.hosts,
+        hosts_enrolled: counts.hosts_enrolled,
+        grants: counts.grants,
+        sessions_open: counts.sessions_open,
+        audit_records: counts.audit_records,
+    }
+}
+
+async fn status(State(ctx): State<Arc<Ctx>>) -> Json<NodeStatus> {
+    Json(node_status(&ctx))
+}
+
+async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
+    let down: Vec<String> = services(&ctx)
+        .into_iter()
+        .filter(|s| !s.running)
+        .map(|s| format!("service {} is not running", s.name))
+        .collect();
+    if down.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready:\n{}\n", down.join("\n"))).into_response()
+    }
+}
+
+async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
+    ctx.metrics.applied_index.set(ctx.replica.applied_index() as i64);
+    ctx.metrics.hosts_attached.set(ctx.hosts.len() as i64);
+    ctx.metrics.set_service_up("replication", ctx.replica.is_running());
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        ctx.metrics.encode(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize, Serialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct AddUser {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub password: String,
+}
+
+/// Shortest password accepted; longer is better, but a floor stops accidents like an empty one.
+const PASSWORD_CHARS_MIN: usize = 8;
+/// Longest password accepted; bounds the argon2 input (and the request) sensibly.
+const PASSWORD_BYTES_MAX: usize = 1024;
+
+async fn add_user(State(ctx): State<Arc<Ctx>>, Json(req): Json<AddUser>) -> ApiResult<serde_json::Value> {
+    if req.password.chars().count() < PASSWORD_CHARS_MIN || req.password.len() > PASSWORD_BYTES_MAX {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the password must be {PASSWORD_CHARS_MIN} to {PASSWORD_BYTES_MAX} characters long"),
+        ));
+    }
+    let password = req.password;
+    let password_hash = tokio::task::spawn_blocking(move || crate::auth::hash_password(&password))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    propose(
+        &ctx,
+        Kind::AddUser(cmd::AddUser {
+            name: req.name.clone(),
+            groups: req.groups.clone(),
+            password_hash,
+        }),
+    )
+    .await?;
+    Ok(Json(serde_json::json!({ "name": req.name, "groups": req.groups })))
+}
+
+async fn list_users(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
+    let state = ctx.replica.read();
+    let users: Vec<_> = state
+        .users()
+        .map(|u| {
+            serde_json::json!({
+                "name": u.name, "groups": u.groups, "disabled": u.disabled,
+                "failed_logins": u.failed_logins,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "users": users }))
+}
+
+#[derive(Deserialize, Serialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollHost {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Debug)]
+pub struct Enrollment {
+    pub name: String,
+    pub token: String,
+    pub expires_at_ms: u64,
+}
+
+async fn enroll_host(State(ctx): State<Arc<Ctx>>, Json(req): Json<EnrollHost>) -> ApiResult<Enrollment> {
+    let token = crate::auth::new_secret();
+    let expires_at_ms = crate::now_ms() + ctx.config.limits.enrollment_ttl_secs * 1000;
+    propose(
+        &ctx,
+        Kind::CreateHost(cmd::CreateHost {
+            name: req.name.clone(),
+            groups: req.groups,
+            enrollment_token_hash: hash_secret(&token),
+            enrollment_expires_at_ms: expires_at_ms,
+        }),
+    )
+    .await?;
+    Ok(Json(Enrollment {
+        name: req.name,
+        token,
+        expires_at_ms,
+    }))
+}
+
+async fn list_hosts(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
+    let state = ctx.replica.read();
+    let hosts: Vec<_> = state
+        .hosts()
+        .map(|h| {
+            let attached = ctx.hosts.get(&h.name);
+            serde_json::json!({
+                "name": h.name, "groups": h.groups,
+                "enrolled": h.enrollment() == ferry_state::EnrollmentState::Enrolled,
+                "attached_broker": h.attached_broker,
+                "connected": attached.is_some(),
+                "services": attached.map(|a| a.services).unwrap_or_default(),
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "hosts": hosts }))
+}
+
+#[derive(Deserialize, Serialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct AddGrant {
+    pub user_group: String,
+    pub host_group: String,
+}
+
+async fn add_grant(State(ctx): State<Arc<Ctx>>, Json(req): Json<AddGrant>) -> ApiResult<AddGrant> {
+    propose(
+        &ctx,
+        Kind::AddGrant(cmd::AddGrant {
+            user_group: req.user_group.clone(),
+            host_group: req.host_group.clone(),
+        }),
+    )
+    .await?;
+    Ok(Json(req))
+}
+
+async fn list_grants(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
+    let state = ctx.replica.read();
+    let grants: Vec<_> = state
+        .grants()
+        .map(|(u, h)| serde_json::json!({ "user_group": u, "host_group": h }))
+        .collect();
+    Json(serde_json::json!({ "grants": grants }))
+}
+
+async fn list_sessions(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
+    let state = ctx.replica.read();
+    let sessions: Vec<_> = state
+        .sessions()
+        .map(|s| {
+            serde_json::json!({
+                "id": s.id, "user": s.user, "host": s.host, "service": s.service,
+                "broker": s.broker, "opened_at_ms": s.opened_at_ms,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "sessions": sessions }))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+/// Largest page of audit records one request returns.
+const AUDIT_PAGE_MAX: usize = 1000;
+
+async fn audit(State(ctx): State<Arc<Ctx>>, Query(q): Query<AuditQuery>) -> Json<serde_json::Value> {
+    let limit = q.limit.unwrap_or(AUDIT_PAGE_MAX).min(AUDIT_PAGE_MAX);
+    let state = ctx.replica.read();
+    let records: Vec<_> = state
+        .audit_after(q.after, limit)
+        .map(|r| {
+            serde_json::json!({
+                "seq": r.seq, "at_ms": r.at_ms, "actor": r.actor, "source": r.source,
+                "action": r.action, "target": r.target, "outcome": r.outcome,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "records": records }))
+}

@@ -1,0 +1,212 @@
+//! Assembles a node: store, replica, relay listener, admin API; and shuts it down.
+
+use crate::auth::LoginThrottle;
+use crate::config::NodeConfig;
+use crate::hosts::HostRegistry;
+use crate::metrics::Metrics;
+use crate::replication::{self, Replica};
+use crate::{admin, relay};
+use anyhow::Context as _;
+use ferry_proto::state::{command::Kind, CloseSession, Command};
+use ferry_transport::{endpoint, tls};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+/// Everything the node's tasks share.
+pub struct Ctx {
+    pub config: NodeConfig,
+    pub replica: Replica,
+    pub hosts: HostRegistry,
+    pub metrics: Metrics,
+    /// Failed-login bookkeeping; a std mutex because it is never held across an await.
+    pub throttle: Mutex<LoginThrottle>,
+    /// One permit per session relayed at once (`limits.sessions_max`).
+    pub session_slots: Arc<Semaphore>,
+    /// SHA-256 of the admin bearer token.
+    pub admin_token_hash: Vec<u8>,
+    pub started: std::time::Instant,
+}
+
+/// A started node. Dropping it does not stop it; call [`RunningNode::shutdown`].
+pub struct RunningNode {
+    pub node_id: String,
+    pub relay_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub ctx: Arc<Ctx>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    log_writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Stops accepting, closes connections, waits for every task, and lets the log writer
+    /// finish what it holds.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        let writer = self.log_writer.take();
+        drop(self.ctx);
+        if let Some(writer) = writer {
+            // The writer ends once the last Replica handle is dropped; connection tasks still
+            // finishing may hold one briefly, so do not block the runtime on it.
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+    }
+
+    /// Resolves when the node was asked to shut down by [`RunningNode::shutdown`] or failed.
+    pub async fn wait(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts a node and returns once its listeners are bound.
+pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+    let node_id = config.node_id.clone();
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let store_dir = config.data_dir.join("store");
+    let store = ferry_store::Store::open(&store_dir)
+        .with_context(|| format!("cannot open the store in {}", store_dir.display()))?;
+    let (replica, log_writer) = replication::start_single_node(
+        store.clone(),
+        config.limits.snapshot_every_entries,
+        config.limits.proposal_queue_max,
+    )
+    .with_context(|| format!("cannot recover state from {}", store_dir.display()))?;
+
+    let admin_token = std::fs::read_to_string(&config.admin_token_file).with_context(|| {
+        format!("cannot read the admin token {}", config.admin_token_file.display())
+    })?;
+    let admin_token = admin_token.trim();
+    anyhow::ensure!(
+        admin_token.len() >= 32,
+        "the admin token in {} is shorter than 32 characters; regenerate it with `ferry init`",
+        config.admin_token_file.display()
+    );
+
+    let identity = tls::Identity::load(&config.cert, &config.key)?;
+    let limits = endpoint::Limits {
+        streams_per_connection_max: config.limits.streams_per_connection_max,
+        ..Default::default()
+    };
+    let quic = endpoint::server(config.relay_addr, identity, &limits)?;
+    let relay_addr = quic.local_addr()?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("cannot bind the admin API on {}", config.admin_addr))?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let ctx = Arc::new(Ctx {
+        metrics: Metrics::new(&node_id),
+        throttle: Mutex::new(LoginThrottle::new(
+            config.limits.login_failures_max,
+            Duration::from_secs(config.limits.login_lockout_secs),
+        )),
+        session_slots: Arc::new(Semaphore::new(config.limits.sessions_max)),
+        admin_token_hash: ferry_state::hash_secret(admin_token),
+        hosts: HostRegistry::default(),
+        replica,
+        config,
+        started: std::time::Instant::now(),
+    });
+    close_orphaned_sessions(&ctx).await;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(relay::serve(quic, ctx.clone(), shutdown_rx.clone()));
+    tasks.spawn(admin::serve(admin_listener, ctx.clone(), shutdown_rx.clone()));
+    tasks.spawn(housekeeping(ctx.clone(), store, shutdown_rx));
+    tracing::info!(node = %node_id, %relay_addr, %admin_addr, "node started");
+    Ok(RunningNode {
+        node_id,
+        relay_addr,
+        admin_addr,
+        ctx,
+        shutdown,
+        tasks,
+        log_writer: Some(log_writer),
+    })
+}
+
+/// Sessions the state says this node carries cannot have survived its restart: close them so
+/// the state matches reality. (Issue 3 makes sessions resumable on another node instead.)
+async fn close_orphaned_sessions(ctx: &Ctx) {
+    let orphans: Vec<u64> = ctx
+        .replica
+        .read()
+        .sessions()
+        .filter(|s| s.broker == ctx.config.node_id)
+        .map(|s| s.id)
+        .collect();
+    for session_id in orphans {
+        let command = Command {
+            now_ms: crate::now_ms(),
+            actor: format!("node:{}", ctx.config.node_id),
+            source: String::new(),
+            kind: Some(Kind::CloseSession(CloseSession {
+                session_id,
+                reason: "broker restarted".into(),
+                ..Default::default()
+            })),
+        };
+        if let Err(e) = ctx.replica.propose(command).await {
+            tracing::warn!(session_id, error = %e, "could not close an orphaned session");
+        }
+    }
+}
+
+/// Periodic upkeep: purge expired tokens, refresh gauges.
+async fn housekeeping(ctx: Arc<Ctx>, store: ferry_store::Store, mut shutdown: watch::Receiver<bool>) {
+    /// Expired tokens are refused on sight; purging them is only to bound the state's size.
+    const PURGE_EVERY: Duration = Duration::from_secs(300);
+    let mut purge = tokio::time::interval(PURGE_EVERY);
+    loop {
+        tokio::select! {
+            _ = purge.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let command = Command {
+            now_ms: crate::now_ms(),
+            actor: format!("node:{}", ctx.config.node_id),
+            source: String::new(),
+            kind: Some(Kind::PurgeExpired(Default::default())),
+        };
+        if let Err(e) = ctx.replica.propose(command).await {
+            tracing::warn!(error = %e, "token purge failed");
+        }
+        if let Ok(bytes) = store.size_on_disk() {
+            ctx.metrics.store_bytes.set(bytes as i64);
+        }
+    }
+}
+
+impl Ctx {
+    /// Proposes a command stamped with the current time, counting the result.
+    pub async fn propose(
+        &self,
+        actor: String,
+        source: String,
+        kind: Kind,
+    ) -> Result<ferry_state::Outcome, replication::ProposeError> {
+        let command = Command {
+            now_ms: crate::now_ms(),
+            actor,
+            source,
+            kind: Some(kind),
+        };
+        let result = self.replica.propose(command).await;
+        let label = match &result {
+            Ok(ferry_state::Outcome::Refused(_)) => "refused",
+            Ok(_) => "applied",
+            Err(_) => "failed",
+        };
+        self.metrics
+            .proposals
+            .get_or_create(&crate::metrics::Result_ { result: label })
+            .inc();
+        result
+    }
+}

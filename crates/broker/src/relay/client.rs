@@ -1,0 +1,344 @@
+//! Client connections: one request per stream. `Login` answers a token; `OpenSession` checks
+//! the token and the grants, records the session, opens a stream to the host agent, and then
+//! splices the two streams until both directions end.
+
+use super::{frame_limits, on_drop, propose_error_to_wire, refusal_to_wire, reject_input};
+use crate::auth;
+use crate::node::Ctx;
+use ferry_proto::state::{self as cmd, command::Kind};
+use ferry_proto::wire::{self, client_request, client_response, ClientResponse, ErrorCode};
+use ferry_state::{hash_secret, Outcome, TokenCheck};
+use ferry_transport::{framed, splice};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::time::timeout;
+use tracing::Instrument;
+
+pub(super) async fn serve(conn: quinn::Connection, ctx: Arc<Ctx>, remote: SocketAddr) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let (conn, ctx) = (conn.clone(), ctx.clone());
+        tokio::spawn(async move { request(conn, send, recv, ctx, remote).await });
+    }
+}
+
+async fn request(
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    ctx: Arc<Ctx>,
+    remote: SocketAddr,
+) {
+    let deadline = ctx.config.limits.handshake_timeout();
+    let request: wire::ClientRequest = match timeout(deadline, framed::read(&mut recv, frame_limits(&ctx))).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return reject_input(&ctx, &conn, &e),
+        Err(_) => return,
+    };
+    match request.request {
+        Some(client_request::Request::Login(login)) => {
+            let response = match self::login(&ctx, login, remote).await {
+                Ok(ok) => client_response::Response::LoginOk(ok),
+                Err(e) => client_response::Response::Error(e),
+            };
+            respond(&ctx, &mut send, response).await;
+            let _ = send.finish();
+        }
+        Some(client_request::Request::OpenSession(open)) => {
+            open_session(&ctx, open, send, recv, remote).await;
+        }
+        None => {
+            ctx.metrics.protocol_error("empty_request");
+            ferry_transport::CloseCode::Protocol.close(&conn, "request names no operation");
+        }
+    }
+}
+
+async fn respond(ctx: &Ctx, send: &mut quinn::SendStream, response: client_response::Response) {
+    let response = ClientResponse {
+        response: Some(response),
+    };
+    let _ = framed::write(send, &response, frame_limits(ctx)).await;
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> wire::Error {
+    wire::Error::new(code, message)
+}
+
+async fn login(ctx: &Ctx, login: wire::Login, remote: SocketAddr) -> Result<wire::LoginOk, wire::Error> {
+    let source = remote.ip();
+    let result_label = |result| crate::metrics::Result_ { result };
+    ctx.throttle
+        .lock()
+        .expect("no code panics while holding the throttle lock")
+        .check(&login.user, source, Instant::now())
+        .map_err(|why| {
+            ctx.metrics.logins.get_or_create(&result_label("throttled")).inc();
+            error(ErrorCode::ResourceExhausted, why)
+        })?;
+    let stored = ctx.replica.read().user(&login.user).map(|u| u.password_hash.clone());
+    let password = login.password;
+    // Verify even for unknown users (against nothing), so timing does not reveal who exists.
+    let verified = match stored.clone() {
+        Some(hash) => tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password))
+            .await
+            .unwrap_or(false),
+        None => false,
+    };
+    let actor = format!("user:{}", login.user);
+    if !verified {
+        ctx.metrics.logins.get_or_create(&result_label("failed")).inc();
+        ctx.throttle
+            .lock()
+            .expect("no code panics while holding the throttle lock")
+            .record_failure(&login.user, source, Instant::now());
+        let reason = if stored.is_some() { "wrong password" } else { "unknown user" };
+        let _ = ctx
+            .propose(
+                actor,
+                remote.to_string(),
+                Kind::LoginFailed(cmd::LoginFailed {
+                    user: login.user.clone(),
+                    reason: reason.into(),
+                }),
+            )
+            .await;
+        // The same answer for both cases: telling them apart would let anyone list the users.
+        // The audit log records which it was.
+        return Err(error(
+            ErrorCode::Unauthenticated,
+            format!("login failed for {:?}: unknown user or wrong password", login.user),
+        ));
+    }
+    let token = auth::new_secret();
+    let expires_at_ms = crate::now_ms() + ctx.config.limits.token_ttl_secs * 1000;
+    let issue = Kind::IssueToken(cmd::IssueToken {
+        user: login.user.clone(),
+        token_hash: hash_secret(&token),
+        expires_at_ms,
+    });
+    match ctx.propose(actor, remote.to_string(), issue).await {
+        Ok(Outcome::Refused(r)) => Err(refusal_to_wire(&r)),
+        Ok(_) => {
+            ctx.metrics.logins.get_or_create(&result_label("ok")).inc();
+            ctx.throttle
+                .lock()
+                .expect("no code panics while holding the throttle lock")
+                .record_success(&login.user);
+            Ok(wire::LoginOk { token, expires_at_ms })
+        }
+        Err(e) => Err(propose_error_to_wire(&e)),
+    }
+}
+
+/// Authorizes, records and relays one session.
+async fn open_session(
+    ctx: &Ctx,
+    open: wire::OpenSession,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    remote: SocketAddr,
+) {
+    let user = match authorize(ctx, &open) {
+        Ok(user) => user,
+        Err((label, e)) => {
+            ctx.metrics.refuse_session(label);
+            respond(ctx, &mut send, client_response::Response::Error(e)).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let Ok(slot) = ctx.session_slots.clone().try_acquire_owned() else {
+        ctx.metrics.refuse_session("sessions_max");
+        let e = error(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "broker {} is at its limit of {} sessions; try again later or another broker",
+                ctx.config.node_id, ctx.config.limits.sessions_max
+            ),
+        );
+        respond(ctx, &mut send, client_response::Response::Error(e)).await;
+        let _ = send.finish();
+        return;
+    };
+    let opened = ctx
+        .propose(
+            format!("user:{user}"),
+            remote.to_string(),
+            Kind::OpenSession(cmd::OpenSession {
+                user: user.clone(),
+                host: open.host.clone(),
+                service: open.service.clone(),
+                broker: ctx.config.node_id.clone(),
+                resume_secret_hash: hash_secret(&auth::new_secret()),
+            }),
+        )
+        .await;
+    let session_id = match opened {
+        Ok(Outcome::SessionOpened { session_id }) => session_id,
+        Ok(Outcome::Refused(r)) => {
+            ctx.metrics.refuse_session("refused");
+            respond(ctx, &mut send, client_response::Response::Error(refusal_to_wire(&r))).await;
+            let _ = send.finish();
+            return;
+        }
+        Ok(Outcome::Applied) | Err(_) => {
+            ctx.metrics.refuse_session("unavailable");
+            let e = error(ErrorCode::Unavailable, "the session could not be recorded; try again");
+            respond(ctx, &mut send, client_response::Response::Error(e)).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let span = tracing::info_span!("session", session_id, %user, host = %open.host, service = %open.service);
+    relay(ctx, session_id, user, open, send, recv)
+        .instrument(span)
+        .await;
+    drop(slot);
+}
+
+/// Who the token belongs to, if they may reach the host's service through this node.
+fn authorize(ctx: &Ctx, open: &wire::OpenSession) -> Result<String, (&'static str, wire::Error)> {
+    let user = {
+        let state = ctx.replica.read();
+        let user = match state.check_token(&hash_secret(&open.token), crate::now_ms()) {
+            TokenCheck::Valid(user) => user.name.clone(),
+            TokenCheck::Expired => {
+                return Err((
+                    "token_expired",
+                    error(ErrorCode::Expired, "your login token has expired; run `ferry login` again"),
+                ))
+            }
+            TokenCheck::Unknown => {
+                return Err((
+                    "token_unknown",
+                    error(
+                        ErrorCode::Unauthenticated,
+                        "your login token is not valid on this cluster; run `ferry login` again",
+                    ),
+                ))
+            }
+        };
+        state
+            .may_open(&user, &open.host)
+            .map_err(|r| ("not_granted", refusal_to_wire(&r)))?;
+        user
+    };
+    let Some(host) = ctx.hosts.get(&open.host) else {
+        return Err((
+            "host_offline",
+            error(
+                ErrorCode::Unavailable,
+                format!("host {:?} is enrolled but its agent is not connected", open.host),
+            ),
+        ));
+    };
+    if !host.services.contains(&open.service) {
+        return Err((
+            "no_such_service",
+            error(
+                ErrorCode::NotFound,
+                format!(
+                    "host {:?} does not expose service {:?} (it exposes: {})",
+                    open.host,
+                    open.service,
+                    host.services.join(", ")
+                ),
+            ),
+        ));
+    }
+    Ok(user)
+}
+
+async fn relay(
+    ctx: &Ctx,
+    session_id: u64,
+    user: String,
+    open: wire::OpenSession,
+    mut client_send: quinn::SendStream,
+    client_recv: quinn::RecvStream,
+) {
+    let close_reason;
+    let (mut up, mut down) = (0, 0);
+    match start_on_host(ctx, session_id, &user, &open).await {
+        Err(e) => {
+            tracing::info!(error = %e, "host refused the session");
+            ctx.metrics.refuse_session("host_refused");
+            close_reason = format!("host refused: {e}");
+            respond(ctx, &mut client_send, client_response::Response::Error(e)).await;
+            let _ = client_send.finish();
+        }
+        Ok((host_send, host_recv)) => {
+            let opened = client_response::Response::SessionOpened(wire::SessionOpened { session_id });
+            respond(ctx, &mut client_send, opened).await;
+            ctx.metrics.sessions_opened.inc();
+            ctx.metrics.sessions_open.inc();
+            let _open = on_drop(|| {
+                ctx.metrics.sessions_open.dec();
+            });
+            tracing::info!("session relaying");
+            let (a, b) = tokio::join!(
+                splice::quic_to_quic(client_recv, host_send),
+                splice::quic_to_quic(host_recv, client_send),
+            );
+            let direction = |direction| crate::metrics::Direction { direction };
+            up = *a.as_ref().unwrap_or(&0);
+            down = *b.as_ref().unwrap_or(&0);
+            ctx.metrics.relay_bytes.get_or_create(&direction("client_to_host")).inc_by(up);
+            ctx.metrics.relay_bytes.get_or_create(&direction("host_to_client")).inc_by(down);
+            close_reason = match (a, b) {
+                (Ok(_), Ok(_)) => "closed".to_owned(),
+                (Err(e), _) => format!("client side: {e}"),
+                (_, Err(e)) => format!("host side: {e}"),
+            };
+            tracing::info!(bytes_client_to_host = up, bytes_host_to_client = down, reason = %close_reason, "session ended");
+        }
+    }
+    let close = Kind::CloseSession(cmd::CloseSession {
+        session_id,
+        bytes_client_to_host: up,
+        bytes_host_to_client: down,
+        reason: close_reason,
+    });
+    if let Err(e) = ctx.propose(format!("node:{}", ctx.config.node_id), String::new(), close).await {
+        tracing::warn!(error = %e, "could not record the session's end");
+    }
+}
+
+/// Opens the session's stream to the host agent and waits for it to reach the local service.
+async fn start_on_host(
+    ctx: &Ctx,
+    session_id: u64,
+    user: &str,
+    open: &wire::OpenSession,
+) -> Result<(quinn::SendStream, quinn::RecvStream), wire::Error> {
+    let unavailable = |why: String| error(ErrorCode::Unavailable, why);
+    let host = ctx
+        .hosts
+        .get(&open.host)
+        .ok_or_else(|| unavailable(format!("host {:?} disconnected", open.host)))?;
+    let (mut send, mut recv) = host
+        .conn
+        .open_bi()
+        .await
+        .map_err(|e| unavailable(format!("cannot reach host {:?}: {e}", open.host)))?;
+    let start = wire::SessionStart {
+        session_id,
+        service: open.service.clone(),
+        user: user.to_owned(),
+    };
+    framed::write(&mut send, &start, frame_limits(ctx))
+        .await
+        .map_err(|e| unavailable(format!("cannot reach host {:?}: {e}", open.host)))?;
+    let reply: wire::SessionStartReply = timeout(
+        ctx.config.limits.handshake_timeout(),
+        framed::read(&mut recv, frame_limits(ctx)),
+    )
+    .await
+    .map_err(|_| unavailable(format!("host {:?} did not answer in time", open.host)))?
+    .map_err(|e| unavailable(format!("host {:?} failed: {e}", open.host)))?;
+    match reply.error {
+        Some(e) => Err(e),
+        None => Ok((send, recv)),
+    }
+}

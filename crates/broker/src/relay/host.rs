@@ -1,0 +1,164 @@
+//! Host agent connections: enrollment (one-time token -> long-term credential) and attachment,
+//! on the control stream. Once attached, the broker opens one stream per session to the host.
+
+use super::{frame_limits, propose_error_to_wire, refusal_to_wire, reject_input};
+use crate::auth;
+use crate::hosts::AttachedHost;
+use crate::node::Ctx;
+use ferry_proto::state::{self as cmd, command::Kind};
+use ferry_proto::wire::{self, host_request, host_response, ErrorCode, HostResponse};
+use ferry_state::{hash_secret, NameKind, Outcome};
+use ferry_transport::{framed, CloseCode};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::timeout;
+
+/// Services one host may expose; bounds the registry and the Attach frame's meaning.
+const SERVICES_PER_HOST_MAX: usize = 64;
+
+pub(super) async fn serve(
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    ctx: Arc<Ctx>,
+    remote: SocketAddr,
+    unauthenticated: OwnedSemaphorePermit,
+) {
+    let deadline = ctx.config.limits.handshake_timeout();
+    // At most an enrollment and an attachment; anything more before attaching is abuse.
+    for _ in 0..2 {
+        let request: wire::HostRequest = match timeout(deadline, framed::read(&mut recv, frame_limits(&ctx))).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return reject_input(&ctx, &conn, &e),
+            Err(_) => {
+                CloseCode::Protocol.close(&conn, "host sent no request within the handshake timeout");
+                return;
+            }
+        };
+        let result = match request.request {
+            Some(host_request::Request::Enroll(e)) => enroll(&ctx, e, remote).await.map(Some),
+            Some(host_request::Request::Attach(a)) => {
+                let name = a.name.clone();
+                match attach(&ctx, &conn, a, remote).await {
+                    Ok(attached) => {
+                        let response = HostResponse {
+                            response: Some(host_response::Response::Attached(attached)),
+                        };
+                        if framed::write(&mut send, &response, frame_limits(&ctx)).await.is_ok() {
+                            drop(unauthenticated);
+                            stay_attached(&ctx, &conn, &name, recv).await;
+                        }
+                        return;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            None => Err(wire::Error::new(ErrorCode::Malformed, "host request names no operation")),
+        };
+        match result {
+            Ok(Some(enrolled)) => {
+                let response = HostResponse {
+                    response: Some(host_response::Response::Enrolled(enrolled)),
+                };
+                if framed::write(&mut send, &response, frame_limits(&ctx)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let reason = e.message.clone();
+                let response = HostResponse {
+                    response: Some(host_response::Response::Error(e)),
+                };
+                let _ = framed::write(&mut send, &response, frame_limits(&ctx)).await;
+                let _ = send.finish();
+                CloseCode::Unauthenticated.close(&conn, &reason);
+                return;
+            }
+        }
+    }
+    CloseCode::Protocol.close(&conn, "host did not attach");
+}
+
+async fn enroll(ctx: &Ctx, enroll: wire::Enroll, remote: SocketAddr) -> Result<wire::Enrolled, wire::Error> {
+    let label = |result| crate::metrics::Result_ { result };
+    let credential = auth::new_secret();
+    let complete = Kind::CompleteEnrollment(cmd::CompleteEnrollment {
+        name: enroll.name.clone(),
+        enrollment_token_hash: hash_secret(&enroll.token),
+        credential_hash: hash_secret(&credential),
+    });
+    match ctx.propose(format!("host:{}", enroll.name), remote.to_string(), complete).await {
+        Ok(Outcome::Refused(r)) => {
+            ctx.metrics.enrollments.get_or_create(&label("refused")).inc();
+            Err(refusal_to_wire(&r))
+        }
+        Ok(_) => {
+            ctx.metrics.enrollments.get_or_create(&label("ok")).inc();
+            tracing::info!(host = %enroll.name, %remote, "host enrolled");
+            Ok(wire::Enrolled { credential })
+        }
+        Err(e) => Err(propose_error_to_wire(&e)),
+    }
+}
+
+async fn attach(
+    ctx: &Ctx,
+    conn: &quinn::Connection,
+    attach: wire::Attach,
+    remote: SocketAddr,
+) -> Result<wire::Attached, wire::Error> {
+    if attach.services.is_empty() || attach.services.len() > SERVICES_PER_HOST_MAX {
+        return Err(wire::Error::new(
+            ErrorCode::InvalidArgument,
+            format!("a host exposes between 1 and {SERVICES_PER_HOST_MAX} services, not {}", attach.services.len()),
+        ));
+    }
+    for service in &attach.services {
+        ferry_state::validate_name(NameKind::Service, service)
+            .map_err(|r| wire::Error::new(ErrorCode::InvalidArgument, r.message))?;
+    }
+    ctx.replica
+        .read()
+        .check_host_credential(&attach.name, &hash_secret(&attach.credential))
+        .map_err(|r| refusal_to_wire(&r))?;
+    let presence = Kind::AttachHost(cmd::AttachHost {
+        name: attach.name.clone(),
+        broker: ctx.config.node_id.clone(),
+    });
+    match ctx.propose(format!("host:{}", attach.name), remote.to_string(), presence).await {
+        Ok(Outcome::Refused(r)) => return Err(refusal_to_wire(&r)),
+        Ok(_) => {}
+        Err(e) => return Err(propose_error_to_wire(&e)),
+    }
+    let replaced = ctx.hosts.attach(
+        &attach.name,
+        AttachedHost {
+            conn: conn.clone(),
+            services: attach.services.clone(),
+        },
+    );
+    if let Some(old) = replaced {
+        CloseCode::Done.close(&old, "replaced by a newer connection of the same host");
+    }
+    ctx.metrics.hosts_attached.set(ctx.hosts.len() as i64);
+    tracing::info!(host = %attach.name, %remote, services = ?attach.services, "host attached");
+    Ok(wire::Attached {
+        node_id: ctx.config.node_id.clone(),
+    })
+}
+
+/// Holds the host registered until its connection or control stream ends.
+async fn stay_attached(ctx: &Ctx, conn: &quinn::Connection, name: &str, mut control: quinn::RecvStream) {
+    // The agent sends nothing more on the control stream today; reading it to the end notices a
+    // clean close as soon as the connection's own close does. Bytes are discarded, bounded.
+    let mut scratch = [0u8; 1024];
+    tokio::select! {
+        _ = conn.closed() => {}
+        _ = async { while let Ok(Some(_)) = control.read(&mut scratch).await {} } => {}
+    }
+    ctx.hosts.detach(name, conn.stable_id());
+    ctx.metrics.hosts_attached.set(ctx.hosts.len() as i64);
+    tracing::info!(host = %name, "host detached");
+}

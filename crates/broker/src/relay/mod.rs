@@ -1,0 +1,195 @@
+//! The relay listener: QUIC connections from host agents and clients.
+//!
+//! Per connection: TLS handshake, then a control stream whose first frame is `Hello`. Clients
+//! then open one stream per request (login, open session); hosts authenticate on the control
+//! stream and receive one stream per session from the broker. Bad input closes the connection
+//! with a reason; it never panics the node and never makes it buffer more than a frame.
+
+mod client;
+mod host;
+
+use crate::node::Ctx;
+use ferry_proto::frame::FrameLimits;
+use ferry_proto::wire::{self, hello_reply, HelloReply, Role};
+use ferry_proto::PROTOCOL_VERSION;
+use ferry_transport::{framed, CloseCode};
+use std::sync::Arc;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::timeout;
+
+/// Longest close reason sent; QUIC carries it in one packet.
+const CLOSE_REASON_BYTES_MAX: usize = 400;
+
+pub(crate) async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+    let limits = &ctx.config.limits;
+    let connection_slots = Arc::new(Semaphore::new(limits.connections_max));
+    let unauthenticated_slots = Arc::new(Semaphore::new(limits.unauthenticated_max));
+    ctx.metrics.set_service_up("relay", true);
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+            _ = shutdown.changed() => break,
+        };
+        let Ok(connection) = connection_slots.clone().try_acquire_owned() else {
+            ctx.metrics.refuse_connection("connections_max");
+            incoming.refuse();
+            continue;
+        };
+        let Ok(unauthenticated) = unauthenticated_slots.clone().try_acquire_owned() else {
+            ctx.metrics.refuse_connection("unauthenticated_max");
+            incoming.refuse();
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _connection = connection;
+            handle(incoming, ctx, unauthenticated).await;
+        });
+    }
+    ctx.metrics.set_service_up("relay", false);
+    endpoint.close(CloseCode::ShuttingDown.varint(), b"broker shutting down");
+    // Give peers a moment to learn of the close before the sockets go away.
+    let _ = timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+/// Frame limits applied to every peer of this node.
+pub(crate) fn frame_limits(ctx: &Ctx) -> FrameLimits {
+    FrameLimits {
+        max_frame_bytes: ctx.config.limits.frame_bytes_max,
+    }
+}
+
+async fn handle(incoming: quinn::Incoming, ctx: Arc<Ctx>, unauthenticated: tokio::sync::OwnedSemaphorePermit) {
+    let remote = incoming.remote_address();
+    let deadline = ctx.config.limits.handshake_timeout();
+    let conn = match timeout(deadline, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "handshake failed");
+            ctx.metrics.refuse_connection("handshake");
+            return;
+        }
+        Err(_) => {
+            ctx.metrics.refuse_connection("handshake_timeout");
+            return;
+        }
+    };
+    ctx.metrics.connections_accepted.inc();
+    ctx.metrics.connections_open.inc();
+    let _open = on_drop(|| {
+        ctx.metrics.connections_open.dec();
+    });
+
+    let (mut send, mut recv) = match timeout(deadline, conn.accept_bi()).await {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(_)) => return,
+        Err(_) => {
+            CloseCode::Protocol.close(&conn, "no Hello within the handshake timeout");
+            return;
+        }
+    };
+    let hello: wire::Hello = match timeout(deadline, framed::read(&mut recv, frame_limits(&ctx))).await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(e)) => return reject_input(&ctx, &conn, &e),
+        Err(_) => {
+            CloseCode::Protocol.close(&conn, "no Hello within the handshake timeout");
+            return;
+        }
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        let message = format!(
+            "unsupported protocol version {} (broker {} speaks {PROTOCOL_VERSION}); upgrade the older side",
+            hello.protocol_version, ctx.config.node_id
+        );
+        ctx.metrics.protocol_error("version");
+        let reply = HelloReply {
+            reply: Some(hello_reply::Reply::Error(wire::Error::new(
+                wire::ErrorCode::UnsupportedVersion,
+                &message,
+            ))),
+        };
+        let _ = framed::write(&mut send, &reply, frame_limits(&ctx)).await;
+        let _ = send.finish();
+        CloseCode::UnsupportedVersion.close(&conn, &message);
+        return;
+    }
+    let ack = HelloReply {
+        reply: Some(hello_reply::Reply::Ack(wire::HelloAck {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: ctx.config.node_id.clone(),
+            brokers: vec![wire::BrokerInfo {
+                node_id: ctx.config.node_id.clone(),
+                relay_addr: ctx.config.relay_addr.to_string(),
+            }],
+        })),
+    };
+    if framed::write(&mut send, &ack, frame_limits(&ctx)).await.is_err() {
+        return;
+    }
+    match hello.role() {
+        Role::Client => {
+            // A client authenticates per request (password or token), and each request is
+            // bounded by the per-connection stream limit, so the connection no longer counts
+            // as unauthenticated once it has spoken the protocol.
+            drop(unauthenticated);
+            client::serve(conn, ctx.clone(), remote).await;
+        }
+        Role::Host => host::serve(conn, send, recv, ctx.clone(), remote, unauthenticated).await,
+        Role::Unspecified => {
+            ctx.metrics.protocol_error("role");
+            CloseCode::Protocol.close(&conn, "Hello names no role (client or host)");
+        }
+    }
+}
+
+/// Closes `conn` because it sent bytes that are not a valid frame.
+pub(crate) fn reject_input(ctx: &Ctx, conn: &quinn::Connection, error: &framed::Error) {
+    use ferry_proto::frame::Error as F;
+    let label = match error {
+        framed::Error::Codec(F::TooLarge { .. }) => "oversized_frame",
+        framed::Error::Codec(F::Malformed { .. }) => "malformed_frame",
+        framed::Error::Truncated => "truncated_frame",
+        // The stream or connection failed under us: nothing to tell the peer.
+        framed::Error::Io(_) => return,
+    };
+    ctx.metrics.protocol_error(label);
+    let mut reason = format!("protocol error: {error}");
+    reason.truncate(CLOSE_REASON_BYTES_MAX);
+    tracing::info!(remote = %conn.remote_address(), %reason, "closing connection");
+    CloseCode::Protocol.close(conn, &reason);
+}
+
+/// Runs `f` when dropped (keeps gauges right on every exit path).
+pub(crate) fn on_drop<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+/// The wire form of a state-machine refusal.
+pub(crate) fn refusal_to_wire(refusal: &ferry_state::Refusal) -> wire::Error {
+    use ferry_state::RefusalKind as K;
+    use wire::ErrorCode as C;
+    let code = match refusal.kind {
+        K::Invalid | K::AlreadyExists => C::InvalidArgument,
+        K::NotFound => C::NotFound,
+        K::PermissionDenied => C::PermissionDenied,
+        K::AlreadyUsed => C::AlreadyUsed,
+        K::Expired => C::Expired,
+    };
+    wire::Error::new(code, &refusal.message)
+}
+
+/// The wire form of a failed proposal.
+pub(crate) fn propose_error_to_wire(error: &crate::replication::ProposeError) -> wire::Error {
+    wire::Error::new(wire::ErrorCode::Unavailable, format!("broker cannot record this now: {error}"))
+}
