@@ -1,1 +1,16 @@
+//! Ferry's endpoints: the host agent (`ferry host`) and the client library behind `ferry login`
+//! and `ferry connect`.
+//!
+//! Architecture invariant: endpoints trust only the cluster CA from their config and never
+//! disable certificate verification. They speak to brokers only through the wire messages of
+//! `ferry-proto`, so a broker can be upgraded under them.
 
+pub mod client;
+pub mod config;
+pub mod dial;
+pub mod error;
+pub mod host;
+pub mod token_cache;
+
+pub use config::ClientConfig;
+pub use error::Error;

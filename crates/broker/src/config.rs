@@ -32,8 +32,6 @@ pub struct NodeConfig {
     pub admin_token_file: PathBuf,
     #[serde(default)]
     pub limits: Limits,
-    #[serde(default)]
-    pub log: LogConfig,
 }
 
 /// Every bound a node enforces (STYLE: bound everything). Units are in the names.
@@ -89,22 +87,6 @@ impl Limits {
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
     }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Human,
-    /// One JSON object per line.
-    Json,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    pub format: LogFormat,
 }
 
 #[derive(Debug, thiserror::Error)]

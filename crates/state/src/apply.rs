@@ -61,10 +61,12 @@ impl StateMachine {
     }
 
     fn record_audit(&mut self, command: &Command, action: &str, target: String, outcome: &Outcome) {
-        let outcome = match outcome {
-            Outcome::Applied => "ok".to_owned(),
-            Outcome::SessionOpened { session_id } => format!("ok session {session_id}"),
-            Outcome::Refused(r) => format!("refused: {}", r.message),
+        let outcome = match (outcome, &command.kind) {
+            // The login itself failed; the command only records it, so say why.
+            (Outcome::Applied, Some(Kind::LoginFailed(c))) => format!("failed: {}", c.reason),
+            (Outcome::Applied, _) => "ok".to_owned(),
+            (Outcome::SessionOpened { session_id }, _) => format!("ok session {session_id}"),
+            (Outcome::Refused(r), _) => format!("refused: {}", r.message),
         };
         let record = AuditRecord {
             seq: self.next_audit_seq,

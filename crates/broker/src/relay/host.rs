@@ -73,7 +73,7 @@ pub(super) async fn serve(
                 };
                 let _ = framed::write(&mut send, &response, frame_limits(&ctx)).await;
                 let _ = send.finish();
-                CloseCode::Unauthenticated.close(&conn, &reason);
+                super::close_after_reply(&conn, CloseCode::Unauthenticated, &reason).await;
                 return;
             }
         }

@@ -113,7 +113,7 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Ctx>, unauthenticated: tokio
         };
         let _ = framed::write(&mut send, &reply, frame_limits(&ctx)).await;
         let _ = send.finish();
-        CloseCode::UnsupportedVersion.close(&conn, &message);
+        close_after_reply(&conn, CloseCode::UnsupportedVersion, &message).await;
         return;
     }
     let ack = HelloReply {
@@ -160,6 +160,14 @@ pub(crate) fn reject_input(ctx: &Ctx, conn: &quinn::Connection, error: &framed::
     reason.truncate(CLOSE_REASON_BYTES_MAX);
     tracing::info!(remote = %conn.remote_address(), %reason, "closing connection");
     CloseCode::Protocol.close(conn, &reason);
+}
+
+/// Closes `conn` after giving the peer a moment to read the reply just sent and hang up itself:
+/// a close sent at once can overtake the reply, and the peer would see only the close.
+pub(crate) async fn close_after_reply(conn: &quinn::Connection, code: CloseCode, reason: &str) {
+    const GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+    let _ = timeout(GRACE, conn.closed()).await;
+    code.close(conn, reason);
 }
 
 /// Runs `f` when dropped (keeps gauges right on every exit path).

@@ -1,0 +1,46 @@
+//! `client.toml`: what a client or host agent needs to find and trust a cluster.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Name of the cluster; keys the cached login token.
+    pub cluster_name: String,
+    /// The cluster CA certificate; the only certificate this endpoint trusts.
+    pub ca_cert: PathBuf,
+    /// Brokers to try, in order. Endpoints also learn the current list from the brokers.
+    pub brokers: Vec<BrokerEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerEntry {
+    /// Node id; also the name its certificate is checked against.
+    pub node_id: String,
+    /// QUIC address of the broker's relay listener.
+    pub relay_addr: SocketAddr,
+    /// Base URL of the broker's admin API, for `ferry admin`.
+    pub admin_url: String,
+}
+
+impl ClientConfig {
+    pub fn load(path: &Path) -> Result<Self, crate::Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| crate::Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        let mut config: ClientConfig = toml::from_str(&text)
+            .map_err(|e| crate::Error::Config(format!("{} is invalid: {e}", path.display())))?;
+        if config.ca_cert.is_relative() {
+            config.ca_cert = path.parent().unwrap_or(Path::new(".")).join(&config.ca_cert);
+        }
+        if config.brokers.is_empty() {
+            return Err(crate::Error::Config(format!(
+                "{} lists no brokers; add a [[brokers]] entry",
+                path.display()
+            )));
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,2 @@
+pub struct Report;
+pub fn emit(_r: &Report, _j: Option<&std::path::Path>) -> anyhow::Result<()> { Ok(()) }

@@ -1,0 +1,222 @@
+//! `ferry admin`: a client of the admin API. Tries each broker in client.toml in turn.
+
+use crate::args::{AdminArgs, AdminCommand, HostCommand, UserCommand};
+use crate::{CliResult, Failure};
+use ferry_agent::error::exit;
+use ferry_agent::ClientConfig;
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Per-request deadline; admin calls are small and a hung node should not hang the operator.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct AdminClient {
+    http: reqwest::Client,
+    urls: Vec<String>,
+    token: String,
+}
+
+impl AdminClient {
+    pub fn new(config_path: &Path, token_file: Option<&Path>) -> Result<Self, Failure> {
+        let config = ClientConfig::load(config_path)?;
+        let token = match std::env::var("FERRY_ADMIN_TOKEN") {
+            Ok(token) if token_file.is_none() => token,
+            _ => {
+                let path: PathBuf = token_file.map(Path::to_path_buf).unwrap_or_else(|| {
+                    config_path.parent().unwrap_or(Path::new(".")).join("admin.token")
+                });
+                std::fs::read_to_string(&path).map_err(|e| {
+                    Failure::new(
+                        exit::CONFIG,
+                        format!(
+                            "cannot read the admin token {}: {e} (pass --token-file or set FERRY_ADMIN_TOKEN)",
+                            path.display()
+                        ),
+                    )
+                })?
+            }
+        };
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
+        Ok(Self {
+            http,
+            urls: config.brokers.iter().map(|b| b.admin_url.clone()).collect(),
+            token: token.trim().to_owned(),
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, Failure> {
+        self.call(|url| self.http.get(format!("{url}{path}"))).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, Failure> {
+        self.call(|url| self.http.post(format!("{url}{path}")).json(body)).await
+    }
+
+    async fn call(&self, build: impl Fn(&str) -> reqwest::RequestBuilder) -> Result<Value, Failure> {
+        let mut unreachable = Vec::new();
+        for url in &self.urls {
+            let response = match build(url).bearer_auth(&self.token).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    unreachable.push(format!("{url}: {e}"));
+                    continue;
+                }
+            };
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            if status.is_success() {
+                return Ok(body);
+            }
+            let message = body["error"].as_str().unwrap_or("no reason given").to_owned();
+            let code = match status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => exit::DENIED,
+                StatusCode::NOT_FOUND => exit::NOT_FOUND,
+                StatusCode::SERVICE_UNAVAILABLE => exit::UNAVAILABLE,
+                _ => exit::FAILURE,
+            };
+            return Err(Failure::new(code, format!("{message} ({status})")));
+        }
+        Err(Failure::new(
+            exit::UNAVAILABLE,
+            format!("no admin API answered: {}", unreachable.join("; ")),
+        ))
+    }
+}
+
+pub async fn run(args: AdminArgs) -> CliResult {
+    let client = AdminClient::new(&args.config, args.token_file.as_deref())?;
+    match args.command {
+        AdminCommand::Status { json } => {
+            let status = client.get("/v1/status").await?;
+            if json {
+                print_json(&status);
+            } else {
+                print_status(&status);
+            }
+        }
+        AdminCommand::User(UserCommand::Add { name, groups, password_stdin }) => {
+            let password = read_password(password_stdin)?;
+            let body = serde_json::json!({ "name": name, "groups": groups, "password": password });
+            client.post("/v1/users", &body).await?;
+            eprintln!("user {name:?} added (groups: {})", groups.join(", "));
+        }
+        AdminCommand::User(UserCommand::List { json }) => {
+            let users = client.get("/v1/users").await?;
+            table(json, &users, "users", &["name", "groups", "disabled", "failed_logins"]);
+        }
+        AdminCommand::Host(HostCommand::Enroll { name, groups }) => {
+            let body = serde_json::json!({ "name": name, "groups": groups });
+            let enrollment = client.post("/v1/hosts", &body).await?;
+            let token = enrollment["token"].as_str().unwrap_or_default();
+            // The token alone on stdout, so `TOKEN=$(ferry admin ... host enroll ...)` works.
+            println!("{token}");
+            eprintln!(
+                "one-time enrollment token for host {name:?}; on the host run:\n  \
+                 ferry host --config client.toml --name {name} --state-dir /var/lib/ferry \
+                 --enroll <token> --expose ssh=127.0.0.1:22"
+            );
+        }
+        AdminCommand::Host(HostCommand::List { json }) => {
+            let hosts = client.get("/v1/hosts").await?;
+            table(json, &hosts, "hosts", &["name", "groups", "enrolled", "connected", "attached_broker", "services"]);
+        }
+        AdminCommand::Grant { group, host_group } => {
+            let body = serde_json::json!({ "user_group": group, "host_group": host_group });
+            client.post("/v1/grants", &body).await?;
+            eprintln!("users of group {group:?} may now open sessions to hosts of group {host_group:?}");
+        }
+        AdminCommand::Grants { json } => {
+            let grants = client.get("/v1/grants").await?;
+            table(json, &grants, "grants", &["user_group", "host_group"]);
+        }
+        AdminCommand::Sessions { json } => {
+            let sessions = client.get("/v1/sessions").await?;
+            table(json, &sessions, "sessions", &["id", "user", "host", "service", "broker", "opened_at_ms"]);
+        }
+        AdminCommand::Audit { after, json } => {
+            let records = client.get(&format!("/v1/audit?after={after}")).await?;
+            table(json, &records, "records", &["seq", "at_ms", "actor", "source", "action", "target", "outcome"]);
+        }
+    }
+    Ok(())
+}
+
+fn read_password(from_stdin: bool) -> Result<String, Failure> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| Failure::new(exit::FAILURE, format!("cannot read the password from stdin: {e}")))?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    let first = rpassword::prompt_password("New password: ")
+        .map_err(|e| Failure::new(exit::FAILURE, format!("cannot read the password: {e} (use --password-stdin)")))?;
+    let second = rpassword::prompt_password("Repeat it: ")
+        .map_err(|e| Failure::new(exit::FAILURE, format!("cannot read the password: {e}")))?;
+    if first != second {
+        return Err(Failure::new(exit::FAILURE, "the passwords differ; nothing was changed"));
+    }
+    Ok(first)
+}
+
+pub fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).expect("a JSON value serializes"));
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints `value[key]` (an array of objects) as aligned columns, or as JSON.
+fn table(json: bool, value: &Value, key: &str, columns: &[&str]) {
+    if json {
+        return print_json(value);
+    }
+    let rows: Vec<Vec<String>> = value[key]
+        .as_array()
+        .map(|items| items.iter().map(|item| columns.iter().map(|c| cell(&item[*c])).collect()).collect())
+        .unwrap_or_default();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| rows.iter().map(|r| r[i].len()).chain([c.len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(columns.iter().map(|c| c.to_uppercase()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn print_status(s: &Value) {
+    println!("node        {} ({}, cluster {})", cell(&s["node_id"]), cell(&s["role"]), cell(&s["cluster_name"]));
+    println!("version     {}   uptime {} s", cell(&s["version"]), cell(&s["uptime_secs"]));
+    println!("relay       {}   admin {}", cell(&s["relay_addr"]), cell(&s["admin_addr"]));
+    println!("applied     {}", cell(&s["applied_index"]));
+    let services: Vec<String> = s["services"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|svc| format!("{} {}", cell(&svc["name"]), if svc["running"] == true { "running" } else { "STOPPED" }))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("services    {}", services.join(", "));
+    println!("hosts       {} attached ({}), {} enrolled of {}", 
+        s["hosts_attached"].as_array().map_or(0, Vec::len), cell(&s["hosts_attached"]), cell(&s["hosts_enrolled"]), cell(&s["hosts"]));
+    println!("sessions    {} relayed here (limit {}), {} open in the cluster", cell(&s["sessions_relayed"]), cell(&s["sessions_max"]), cell(&s["sessions_open"]));
+    println!("users       {}   grants {}   audit records {}", cell(&s["users"]), cell(&s["grants"]), cell(&s["audit_records"]));
+}

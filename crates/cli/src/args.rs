@@ -1,0 +1,275 @@
+//! Command-line syntax (clap derive). Exact command names are a contract (SPEC section 7).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Ferry: a highly available remote-access connection broker",
+    long_about = "Ferry brokers remote-access sessions: host agents keep a QUIC connection to the \
+broker, clients log in and open byte streams to services on those hosts (SSH, VNC, RDP, any TCP port).\n\n\
+Quick start: `ferry dev` runs a whole cluster with a demo host in one process and prints what to type next.",
+    after_help = "Exit codes: 0 ok, 1 failure, 2 usage error, 3 refused by the restart gate, \
+4 authentication or permission denied, 5 not found, 6 unavailable or unreachable, \
+7 broker certificate not trusted, 8 configuration error."
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "FERRY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a complete cluster with a demo host in this process, on 127.0.0.1, and print how to connect.
+    Dev(DevArgs),
+    /// Create a cluster: CA, node certificates and configs, admin.token, client.toml.
+    Init(InitArgs),
+    /// Run a broker node.
+    Broker(BrokerArgs),
+    /// Inspect and administer a cluster through the admin API.
+    Admin(AdminArgs),
+    /// Run the host agent on a managed machine, exposing local services.
+    Host(HostArgs),
+    /// Log in and cache a token for `ferry connect`.
+    Login(LoginArgs),
+    /// Open a session to a service on a host, on a local port or on stdio.
+    Connect(ConnectArgs),
+    /// Measure Ferry against a baseline in the same run.
+    Bench(BenchArgs),
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Directory for the dev cluster's files (recreated on each run).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("ferry-dev"))]
+    pub dir: PathBuf,
+    /// First port; the broker uses it and the next few.
+    #[arg(long, default_value_t = 7100)]
+    pub base_port: u16,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Directory to write the cluster's files into (created; must not already hold a cluster).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of brokers.
+    #[arg(long, default_value_t = 1)]
+    pub brokers: u8,
+    /// Number of witnesses.
+    #[arg(long, default_value_t = 0)]
+    pub witnesses: u8,
+    /// IP address the nodes listen on and certify.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind_ip: IpAddr,
+    /// First port; node i uses base+10*(i-1) for QUIC and the next port for the admin API.
+    #[arg(long, default_value_t = 7100)]
+    pub base_port: u16,
+    /// Cluster name (keys cached login tokens).
+    #[arg(long, default_value = "ferry")]
+    pub cluster_name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct BrokerArgs {
+    /// The node's config file (written by `ferry init`).
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    /// The cluster's client.toml; admin.token is read from beside it.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Read the admin token from this file instead.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Show the node's status.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage hosts.
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// Allow users of GROUP to open sessions to hosts of HOSTGROUP.
+    Grant { group: String, host_group: String },
+    /// List grants.
+    Grants {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List open sessions.
+    Sessions {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show audit records.
+    Audit {
+        /// Only records after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add a user.
+    Add {
+        name: String,
+        /// Group of the user (repeat for several).
+        #[arg(long = "group", required = true)]
+        groups: Vec<String>,
+        /// Read the password from the first line of stdin instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCommand {
+    /// Register a host and print its one-time enrollment token (alone, on stdout).
+    Enroll {
+        name: String,
+        /// Group of the host (repeat for several).
+        #[arg(long = "group", required = true)]
+        groups: Vec<String>,
+    },
+    /// List hosts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct HostArgs {
+    /// The cluster's client.toml.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// This host's name, as enrolled.
+    #[arg(long)]
+    pub name: String,
+    /// Where the agent keeps its credential.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// One-time enrollment token from `ferry admin host enroll`.
+    #[arg(long, env = "FERRY_ENROLL_TOKEN")]
+    pub enroll: Option<String>,
+    /// A service to expose: NAME=ADDR:PORT (repeat for several), e.g. ssh=127.0.0.1:22.
+    #[arg(long = "expose", required = true, value_parser = parse_expose)]
+    pub expose: Vec<(String, SocketAddr)>,
+}
+
+fn parse_expose(s: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=ADDR:PORT (for example ssh=127.0.0.1:22)"))?;
+    ferry_state::validate_name(ferry_state::NameKind::Service, name).map_err(|r| r.message)?;
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("{addr:?} in {s:?} is not an ADDR:PORT socket address: {e}"))?;
+    Ok((name.to_owned(), addr))
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// The cluster's client.toml.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// User name.
+    #[arg(long)]
+    pub user: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ConnectArgs {
+    /// Host to reach.
+    pub host: String,
+    /// Service on the host (as the host agent exposes it).
+    pub service: String,
+    /// The cluster's client.toml.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Listen on this local address; each connection to it becomes a session.
+    #[arg(long, conflicts_with = "stdio", required_unless_present = "stdio")]
+    pub listen: Option<SocketAddr>,
+    /// Carry one session on stdin/stdout (for `ssh -o ProxyCommand='ferry connect %h ssh --stdio --config ...'`).
+    #[arg(long)]
+    pub stdio: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub scenario: BenchScenario,
+    /// Also write machine-readable results to this file.
+    #[arg(long, global = true)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchScenario {
+    /// Relayed vs direct goodput and CPU per GB (SPEC P1, P2).
+    Relay {
+        /// Bytes to move in each run.
+        #[arg(long, default_value_t = 1 << 30)]
+        bytes: u64,
+        /// Runs of each kind; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
+}
+
+pub fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    // Servers log at info; one-shot commands stay quiet unless asked (RUST_LOG or FERRY_LOG).
+    let default = match cli.command {
+        Command::Broker(_) | Command::Dev(_) | Command::Host(_) => "info",
+        _ => "warn",
+    };
+    let filter = std::env::var("FERRY_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,127 @@
+//! `ferry init`: a new cluster's CA, node certificates and configs, admin token, client config.
+
+use crate::args::InitArgs;
+use crate::Failure;
+use ferry_agent::config::{BrokerEntry, ClientConfig};
+use ferry_agent::error::exit;
+use ferry_broker::config::{Limits, NodeConfig};
+use ferry_transport::certs::ClusterCa;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// What `init` wrote, for callers (`ferry dev`, tests) that go on to use it.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub node_configs: Vec<PathBuf>,
+    pub client_config: PathBuf,
+}
+
+pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
+    if args.brokers != 1 || args.witnesses != 0 {
+        return Err(Failure::new(
+            exit::CONFIG,
+            "this version runs single-broker clusters only (--brokers 1 --witnesses 0); \
+             replicated clusters arrive with Raft replication",
+        ));
+    }
+    if !args.cluster_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        || args.cluster_name.is_empty()
+    {
+        return Err(Failure::new(
+            exit::CONFIG,
+            format!("cluster name {:?} may contain only letters, digits, '-' and '_'", args.cluster_name),
+        ));
+    }
+    let dir = &args.out;
+    if dir.join("ca.pem").exists() {
+        return Err(Failure::new(
+            exit::CONFIG,
+            format!("{} already holds a cluster (ca.pem exists); choose another --out", dir.display()),
+        ));
+    }
+    let io = |what: &str, path: &Path, e: std::io::Error| {
+        Failure::new(exit::FAILURE, format!("cannot {what} {}: {e}", path.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+    let write = |name: &str, contents: &str, private: bool| -> Result<PathBuf, Failure> {
+        let path = dir.join(name);
+        write_file(&path, contents.as_bytes(), private).map_err(|e| io("write", &path, e))?;
+        Ok(path)
+    };
+
+    let ca = ClusterCa::generate(&args.cluster_name).map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
+    write("ca.pem", &ca.cert_pem(), false)?;
+    // Kept to sign certificates of nodes added later; guard it like the cluster itself.
+    write("ca.key", &ca.key_pem(), true)?;
+    let admin_token = ferry_broker::auth::new_secret();
+    write("admin.token", &format!("{admin_token}\n"), true)?;
+
+    let mut node_configs = Vec::new();
+    let mut brokers = Vec::new();
+    for i in 0..args.brokers {
+        let node_id = format!("b{}", i + 1);
+        let port = |offset: u16| -> Result<SocketAddr, Failure> {
+            let p = u32::from(args.base_port) + 10 * u32::from(i) + u32::from(offset);
+            let p = u16::try_from(p).map_err(|_| Failure::new(exit::CONFIG, "--base-port is too high for this many nodes"))?;
+            Ok(SocketAddr::new(args.bind_ip, p))
+        };
+        let pair = ca
+            .issue_node(&node_id, &[args.bind_ip])
+            .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
+        write(&format!("{node_id}.pem"), &pair.cert_pem, false)?;
+        write(&format!("{node_id}.key"), &pair.key_pem, true)?;
+        let config = NodeConfig {
+            node_id: node_id.clone(),
+            cluster_name: args.cluster_name.clone(),
+            data_dir: PathBuf::from(format!("data/{node_id}")),
+            relay_addr: port(0)?,
+            admin_addr: port(1)?,
+            ca_cert: "ca.pem".into(),
+            cert: format!("{node_id}.pem").into(),
+            key: format!("{node_id}.key").into(),
+            admin_token_file: "admin.token".into(),
+            limits: Limits::default(),
+        };
+        let text = format!(
+            "# Ferry node {node_id}. Relative paths are relative to this file.\n\
+             # Every limit and its default: docs/OPERATIONS.md.\n{}",
+            toml::to_string(&config).expect("NodeConfig serializes")
+        );
+        node_configs.push(write(&format!("{node_id}.toml"), &text, false)?);
+        brokers.push(BrokerEntry {
+            node_id,
+            relay_addr: config.relay_addr,
+            admin_url: format!("http://{}", config.admin_addr),
+        });
+    }
+    let client = ClientConfig {
+        cluster_name: args.cluster_name.clone(),
+        ca_cert: "ca.pem".into(),
+        brokers,
+    };
+    let text = format!(
+        "# How clients, host agents and `ferry admin` find and trust cluster {:?}.\n{}",
+        args.cluster_name,
+        toml::to_string(&client).expect("ClientConfig serializes")
+    );
+    let client_config = write("client.toml", &text, false)?;
+    Ok(Cluster {
+        dir: dir.clone(),
+        node_configs,
+        client_config,
+    })
+}
+
+fn write_file(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}

@@ -1,0 +1,378 @@
+//! Shared harness of the end-to-end tests: real `ferry` processes on loopback.
+//!
+//! Every process is killed when its handle drops (also when a test fails), every wait has a
+//! deadline, and each test works in its own temporary directory, printed on failure.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// Polls `check` every 25 ms until it returns `Some`, or panics after `deadline` naming `what`.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A port `p` such that UDP `p` and TCP `p + 1` are free on 127.0.0.1 (a broker's relay and admin).
+pub fn free_base_port() -> u16 {
+    use rand::Rng;
+    wait_for("two free ports", Duration::from_secs(10), || {
+        let p: u16 = rand::thread_rng().gen_range(20_000..60_000);
+        let udp = UdpSocket::bind(("127.0.0.1", p)).ok()?;
+        let tcp = TcpListener::bind(("127.0.0.1", p + 1)).ok()?;
+        drop((udp, tcp));
+        Some(p)
+    })
+}
+
+/// A child process killed on drop, its output in `<dir>/<name>.log`.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let child = &mut self.child;
+        wait_for(&format!("{} to exit", self.name), Duration::from_secs(15), || child.try_wait().ok().flatten())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("----- log of {} ({}) -----\n{}", self.name, self.log.display(), self.log_text());
+        }
+    }
+}
+
+/// Output of a finished command.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Asserts success and returns stdout.
+    pub fn ok(self) -> String {
+        assert_eq!(self.code, 0, "command failed: {self:?}");
+        self.stdout
+    }
+
+    /// Asserts failure with `code` and that stderr mentions `fragment`.
+    pub fn fails(self, code: i32, fragment: &str) {
+        assert_eq!(self.code, code, "wrong exit code: {self:?}");
+        assert!(
+            self.stderr.contains(fragment),
+            "stderr should mention {fragment:?}: {self:?}"
+        );
+    }
+}
+
+/// A test's world: a temporary directory, a cluster in it, a private config home.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub base_port: u16,
+}
+
+impl World {
+    /// Runs `ferry init` in a new temporary directory.
+    pub fn init() -> Self {
+        let dir = tempfile::Builder::new().prefix("ferry-e2e-").tempdir().expect("temp dir");
+        let base_port = free_base_port();
+        let world = Self { dir, base_port };
+        world
+            .ferry(&["init", "--out", world.cluster().to_str().unwrap(), "--base-port", &base_port.to_string(), "--cluster-name", "e2e"])
+            .ok();
+        world
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cluster(&self) -> PathBuf {
+        self.path().join("cluster")
+    }
+
+    pub fn client_config(&self) -> String {
+        self.cluster().join("client.toml").display().to_string()
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.base_port + 1)
+    }
+
+    pub fn relay_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.base_port))
+    }
+
+    /// A `ferry` command with this world's private config home (token cache).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(FERRY);
+        cmd.args(args)
+            .env("XDG_CONFIG_HOME", self.path().join("config-home"))
+            .env_remove("FERRY_PASSWORD")
+            .env_remove("FERRY_ADMIN_TOKEN")
+            .env("FERRY_LOG", "info");
+        cmd
+    }
+
+    /// Runs a `ferry` command to completion (at most 60 s) with optional stdin.
+    pub fn ferry_with(&self, args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn ferry");
+        if let Some(input) = stdin {
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("ferry {args:?} did not finish within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = child.wait_with_output().unwrap();
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn ferry(&self, args: &[&str]) -> Output {
+        self.ferry_with(args, None, &[])
+    }
+
+    /// Starts a long-running `ferry` process (broker, host, connect).
+    pub fn spawn(&self, name: &str, args: &[&str]) -> Proc {
+        let log = self.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn ferry");
+        Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    /// Starts broker b1 and waits until its admin API answers.
+    pub fn start_broker(&self) -> Proc {
+        let config = self.cluster().join("b1.toml");
+        let mut broker = self.spawn("broker-b1", &["broker", "--config", config.to_str().unwrap()]);
+        let url = format!("{}/readyz", self.admin_url());
+        wait_for("broker b1 to be ready", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                panic!("broker exited early with {status}:\n{}", broker.log_text());
+            }
+            http_get(&url).filter(|(code, _)| *code == 200)
+        });
+        broker
+    }
+
+    pub fn admin(&self, args: &[&str]) -> Output {
+        let config = self.client_config();
+        let mut full = vec!["admin", "--config", config.as_str()];
+        full.extend_from_slice(args);
+        self.ferry(&full)
+    }
+
+    pub fn add_user(&self, name: &str, group: &str, password: &str) {
+        let config = self.client_config();
+        self.ferry_with(
+            &["admin", "--config", &config, "user", "add", name, "--group", group, "--password-stdin"],
+            Some(&format!("{password}\n")),
+            &[],
+        )
+        .ok();
+    }
+
+    /// Enrolls a host and returns its one-time token.
+    pub fn enroll(&self, name: &str, group: &str) -> String {
+        self.admin(&["host", "enroll", name, "--group", group]).ok().trim().to_owned()
+    }
+
+    /// Starts a host agent exposing `services` and waits until the broker lists it as connected.
+    pub fn start_host(&self, name: &str, token: Option<&str>, services: &[(&str, SocketAddr)]) -> Proc {
+        let state = self.path().join(format!("host-{name}"));
+        let config = self.client_config();
+        let mut args: Vec<String> = vec![
+            "host".into(), "--config".into(), config, "--name".into(), name.into(),
+            "--state-dir".into(), state.display().to_string(),
+        ];
+        if let Some(token) = token {
+            args.extend(["--enroll".into(), token.into()]);
+        }
+        for (svc, addr) in services {
+            args.extend(["--expose".into(), format!("{svc}={addr}")]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut host = self.spawn(&format!("host-{name}"), &refs);
+        wait_for(&format!("host {name} to attach"), Duration::from_secs(20), || {
+            if let Ok(Some(status)) = host.child.try_wait() {
+                panic!("host agent exited early with {status}:\n{}", host.log_text());
+            }
+            let hosts = self.admin(&["host", "list", "--json"]).ok();
+            let hosts: serde_json::Value = serde_json::from_str(&hosts).ok()?;
+            hosts["hosts"].as_array()?.iter().any(|h| h["name"] == name && h["connected"] == true).then_some(())
+        });
+        host
+    }
+
+    pub fn login(&self, user: &str, password: &str) -> Output {
+        let config = self.client_config();
+        self.ferry_with(&["login", "--config", &config, "--user", user], None, &[("FERRY_PASSWORD", password)])
+    }
+
+    /// Starts `ferry connect HOST SVC --listen` on a free port and waits until it listens.
+    pub fn forward(&self, host: &str, service: &str) -> (Proc, SocketAddr) {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let listen = format!("127.0.0.1:{port}");
+        let config = self.client_config();
+        let mut proc = self.spawn(
+            &format!("connect-{host}-{service}-{port}"),
+            &["connect", host, service, "--listen", &listen, "--config", &config],
+        );
+        let addr: SocketAddr = listen.parse().unwrap();
+        wait_for("the forwarded port to listen", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                panic!("ferry connect exited early with {status}:\n{}", proc.log_text());
+            }
+            proc.log_text().contains("forwarding").then_some(())
+        });
+        (proc, addr)
+    }
+
+    /// `ferry connect HOST SVC --stdio` with `input` on stdin.
+    pub fn connect_stdio(&self, host: &str, service: &str, input: &str) -> Output {
+        let config = self.client_config();
+        self.ferry_with(&["connect", host, service, "--stdio", "--config", &config], Some(input), &[])
+    }
+}
+
+/// Minimal HTTP GET over std (status, body), for readiness polling without an async runtime.
+pub fn http_get(url: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut stream = std::net::TcpStream::connect(authority).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((code, body))
+}
+
+/// A TCP echo server on a background thread; returns its address.
+pub fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut reader = stream.try_clone().unwrap();
+                let mut writer = stream;
+                let _ = std::io::copy(&mut reader, &mut writer);
+                let _ = writer.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `len` seeded random bytes to `addr` while reading the echo; returns (sent, received)
+/// SHA-256 digests and the byte count received.
+pub fn push_through(addr: SocketAddr, len: usize, seed: u64) -> ([u8; 32], [u8; 32], usize) {
+    use rand::{RngCore, SeedableRng};
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let stream = std::net::TcpStream::connect(addr).expect("connect to forwarded port");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(buf.len());
+            rng.fill_bytes(&mut buf[..n]);
+            hash.update(&buf[..n]);
+            writer.write_all(&buf[..n]).expect("write to forwarded port");
+            left -= n;
+        }
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+        hash.finalize().into()
+    });
+    let mut reader = stream;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut received = 0;
+    loop {
+        let n = reader.read(&mut buf).expect("read from forwarded port");
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        received += n;
+    }
+    let sent = sender.join().unwrap();
+    (sent, hash.finalize().into(), received)
+}
