@@ -22,7 +22,10 @@ fn t01_port_forward_moves_256_mib_intact_and_sessions_open_concurrently_and_agai
     let len = 256 << 20;
     let (sent, received, n) = push_through(addr, len, 1);
     assert_eq!(n, len, "every byte came back");
-    assert_eq!(sent, received, "SHA-256 of what came back equals what was sent");
+    assert_eq!(
+        sent, received,
+        "SHA-256 of what came back equals what was sent"
+    );
 
     let concurrent: Vec<_> = (0..6)
         .map(|i| std::thread::spawn(move || push_through(addr, 16 << 20, 100 + i)))
@@ -37,15 +40,19 @@ fn t01_port_forward_moves_256_mib_intact_and_sessions_open_concurrently_and_agai
         assert_eq!((n, sent), (1 << 20, received), "reopened session {i}");
     }
 
-    let out = w.connect_stdio("lab-pc-12", "echo", "hello over stdio\n").ok();
+    let out = w
+        .connect_stdio("lab-pc-12", "echo", "hello over stdio\n")
+        .ok();
     assert_eq!(out, "hello over stdio\n");
 
     // Every session was recorded, and every one is closed once its connection ended.
     wait_for("all sessions to be closed", Duration::from_secs(20), || {
-        let sessions: serde_json::Value = serde_json::from_str(&w.admin(&["sessions", "--json"]).ok()).ok()?;
+        let sessions: serde_json::Value =
+            serde_json::from_str(&w.admin(&["sessions", "--json"]).ok()).ok()?;
         sessions["sessions"].as_array()?.is_empty().then_some(())
     });
-    let audit: serde_json::Value = serde_json::from_str(&w.admin(&["audit", "--json"]).ok()).unwrap();
+    let audit: serde_json::Value =
+        serde_json::from_str(&w.admin(&["audit", "--json"]).ok()).unwrap();
     let records = audit["records"].as_array().unwrap();
     let count = |action: &str| records.iter().filter(|r| r["action"] == action).count();
     assert_eq!(count("session.open"), 13, "1 + 6 + 5 + 1 sessions");

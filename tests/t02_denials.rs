@@ -22,10 +22,15 @@ fn world_with_host(edit_config: impl FnOnce(&World)) -> (World, Proc, Proc) {
 #[test]
 fn t02_wrong_password_and_unknown_user_are_denied_and_audited() {
     let (w, _broker, _host) = world_with_host(|_| {});
-    w.login("alice", "not the password").fails(4, "unknown user or wrong password");
-    w.login("mallory", PASSWORD).fails(4, "unknown user or wrong password");
+    w.login("alice", "not the password")
+        .fails(4, "unknown user or wrong password");
+    w.login("mallory", PASSWORD)
+        .fails(4, "unknown user or wrong password");
     let audit = w.admin(&["audit", "--json"]).ok();
-    assert!(audit.contains("wrong password") && audit.contains("unknown user"), "{audit}");
+    assert!(
+        audit.contains("wrong password") && audit.contains("unknown user"),
+        "{audit}"
+    );
     w.login("alice", PASSWORD).ok();
 }
 
@@ -35,7 +40,8 @@ fn t02_repeated_failures_lock_the_user_out() {
     for _ in 0..5 {
         w.login("alice", "guess").fails(4, "wrong password");
     }
-    w.login("alice", PASSWORD).fails(6, "too many failed logins");
+    w.login("alice", PASSWORD)
+        .fails(6, "too many failed logins");
 }
 
 #[test]
@@ -61,13 +67,19 @@ fn t02_unknown_and_ungranted_hosts_and_services_are_refused() {
     let token = w.enroll("vault-pc", "vault");
     let _vault = w.start_host("vault-pc", Some(&token), &[("ssh", echo_server())]);
     w.login("alice", PASSWORD).ok();
-    w.connect_stdio("nope", "echo", "").fails(5, "unknown host \"nope\"");
-    w.connect_stdio("vault-pc", "ssh", "").fails(4, "is not granted access to host \"vault-pc\"");
-    w.connect_stdio("lab-pc", "vnc", "").fails(5, "does not expose service \"vnc\"");
+    w.connect_stdio("nope", "echo", "")
+        .fails(5, "unknown host \"nope\"");
+    w.connect_stdio("vault-pc", "ssh", "")
+        .fails(4, "is not granted access to host \"vault-pc\"");
+    w.connect_stdio("lab-pc", "vnc", "")
+        .fails(5, "does not expose service \"vnc\"");
     // Not logged in at all (fresh config home).
     let config = w.client_config();
     let mut cmd = w.command(&["connect", "lab-pc", "echo", "--stdio", "--config", &config]);
-    let out = cmd.env("XDG_CONFIG_HOME", w.path().join("elsewhere")).output().unwrap();
+    let out = cmd
+        .env("XDG_CONFIG_HOME", w.path().join("elsewhere"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not logged in"));
 }
@@ -80,8 +92,17 @@ fn t02_an_enrollment_token_works_once() {
     let config = w.client_config();
     let state = w.path().join("another-state-dir");
     let out = w.ferry(&[
-        "host", "--config", &config, "--name", "lab-pc-2", "--state-dir", state.to_str().unwrap(),
-        "--enroll", &token, "--expose", "echo=127.0.0.1:9",
+        "host",
+        "--config",
+        &config,
+        "--name",
+        "lab-pc-2",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--enroll",
+        &token,
+        "--expose",
+        "echo=127.0.0.1:9",
     ]);
     out.fails(4, "an enrollment token works once");
 }
@@ -92,11 +113,21 @@ fn t02_a_client_trusting_another_ca_refuses_the_broker() {
     let other = World::init();
     let untrusting = w.path().join("untrusting");
     std::fs::create_dir_all(&untrusting).unwrap();
-    std::fs::copy(w.cluster().join("client.toml"), untrusting.join("client.toml")).unwrap();
+    std::fs::copy(
+        w.cluster().join("client.toml"),
+        untrusting.join("client.toml"),
+    )
+    .unwrap();
     std::fs::copy(other.cluster().join("ca.pem"), untrusting.join("ca.pem")).unwrap();
     let config = untrusting.join("client.toml");
     let out = w.ferry_with(
-        &["login", "--config", config.to_str().unwrap(), "--user", "alice"],
+        &[
+            "login",
+            "--config",
+            config.to_str().unwrap(),
+            "--user",
+            "alice",
+        ],
         None,
         &[("FERRY_PASSWORD", PASSWORD)],
     );
@@ -107,11 +138,25 @@ fn t02_a_client_trusting_another_ca_refuses_the_broker() {
 fn t02_a_broker_certificate_from_another_ca_is_refused() {
     let other = World::init();
     let w = World::init();
-    std::fs::copy(other.cluster().join("b1.pem"), w.cluster().join("alien.pem")).unwrap();
-    std::fs::copy(other.cluster().join("b1.key"), w.cluster().join("alien.key")).unwrap();
+    std::fs::copy(
+        other.cluster().join("b1.pem"),
+        w.cluster().join("alien.pem"),
+    )
+    .unwrap();
+    std::fs::copy(
+        other.cluster().join("b1.key"),
+        w.cluster().join("alien.key"),
+    )
+    .unwrap();
     let path = w.cluster().join("b1.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, text.replace("\"b1.pem\"", "\"alien.pem\"").replace("\"b1.key\"", "\"alien.key\"")).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("\"b1.pem\"", "\"alien.pem\"")
+            .replace("\"b1.key\"", "\"alien.key\""),
+    )
+    .unwrap();
     let _broker = w.start_broker();
-    w.login("alice", PASSWORD).fails(7, "not signed by the cluster CA");
+    w.login("alice", PASSWORD)
+        .fails(7, "not signed by the cluster CA");
 }

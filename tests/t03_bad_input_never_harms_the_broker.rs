@@ -10,7 +10,11 @@ use ferry_transport::{close, endpoint, framed, tls};
 use std::time::Duration;
 
 async fn close_reason(ep: &quinn::Endpoint, w: &World, bytes: &[u8]) -> String {
-    let conn = ep.connect(w.relay_addr(), "b1").unwrap().await.expect("TLS handshake with the broker");
+    let conn = ep
+        .connect(w.relay_addr(), "b1")
+        .unwrap()
+        .await
+        .expect("TLS handshake with the broker");
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     send.write_all(bytes).await.unwrap();
     let error = tokio::time::timeout(Duration::from_secs(15), conn.closed())
@@ -28,22 +32,47 @@ async fn t03_garbage_oversized_and_wrong_version_close_only_that_connection() {
     let ep = endpoint::client(&trust, &endpoint::Limits::default()).unwrap();
 
     let reason = close_reason(&ep, &w, &[0, 0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).await;
-    assert!(reason.contains("protocol error: malformed Hello frame"), "{reason}");
+    assert!(
+        reason.contains("protocol error: malformed Hello frame"),
+        "{reason}"
+    );
 
     let reason = close_reason(&ep, &w, &u32::MAX.to_be_bytes()).await;
-    assert!(reason.contains("frame of 4294967295 bytes exceeds the maximum of 65536 bytes"), "{reason}");
+    assert!(
+        reason.contains("frame of 4294967295 bytes exceeds the maximum of 65536 bytes"),
+        "{reason}"
+    );
 
     // A well-formed Hello of a protocol version the broker does not speak.
-    let hello = wire::Hello { protocol_version: 99, role: wire::Role::Client as i32, software: "future".into() };
+    let hello = wire::Hello {
+        protocol_version: 99,
+        role: wire::Role::Client as i32,
+        software: "future".into(),
+    };
     let frame = ferry_proto::frame::encode(&hello, FrameLimits::default()).unwrap();
     let conn = ep.connect(w.relay_addr(), "b1").unwrap().await.unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&frame).await.unwrap();
-    let reply: wire::HelloReply = framed::read(&mut recv, FrameLimits::default()).await.unwrap();
-    let Some(wire::hello_reply::Reply::Error(e)) = reply.reply else { panic!("expected an error reply") };
-    assert!(e.message.contains("unsupported protocol version 99"), "{}", e.message);
-    let reason = close::describe(&tokio::time::timeout(Duration::from_secs(15), conn.closed()).await.unwrap());
-    assert!(reason.contains("unsupported protocol version 99"), "{reason}");
+    let reply: wire::HelloReply = framed::read(&mut recv, FrameLimits::default())
+        .await
+        .unwrap();
+    let Some(wire::hello_reply::Reply::Error(e)) = reply.reply else {
+        panic!("expected an error reply")
+    };
+    assert!(
+        e.message.contains("unsupported protocol version 99"),
+        "{}",
+        e.message
+    );
+    let reason = close::describe(
+        &tokio::time::timeout(Duration::from_secs(15), conn.closed())
+            .await
+            .unwrap(),
+    );
+    assert!(
+        reason.contains("unsupported protocol version 99"),
+        "{reason}"
+    );
 
     // Memory stays bounded under a burst of hostile connections, each claiming a huge frame and
     // sending junk after it, plus a flood of junk UDP datagrams at the QUIC port.
@@ -80,6 +109,9 @@ async fn t03_garbage_oversized_and_wrong_version_close_only_that_connection() {
     w.login("alice", "correct horse battery").ok();
     let (code, metrics) = http_get(&format!("{}/metrics", w.admin_url())).unwrap();
     assert_eq!(code, 200);
-    assert!(metrics.contains("ferry_protocol_errors_total{node=\"b1\",reason=\"oversized_frame\"}"), "{metrics}");
+    assert!(
+        metrics.contains("ferry_protocol_errors_total{node=\"b1\",reason=\"oversized_frame\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("reason=\"malformed_frame\""), "{metrics}");
 }

@@ -33,7 +33,10 @@ fn t04_sigkill_and_restart_keep_users_hosts_grants_and_audit() {
     w.admin(&["grant", "group1", "lab"]).ok();
     let _host = w.start_host("lab-pc", Some(&token), &[("echo", echo_server())]);
     w.login("alice", "correct horse battery").ok();
-    assert_eq!(w.connect_stdio("lab-pc", "echo", "before\n").ok(), "before\n");
+    assert_eq!(
+        w.connect_stdio("lab-pc", "echo", "before\n").ok(),
+        "before\n"
+    );
 
     let users = json(w.admin(&["user", "list", "--json"]));
     let hosts = stored_hosts(&w);
@@ -48,13 +51,24 @@ fn t04_sigkill_and_restart_keep_users_hosts_grants_and_audit() {
     assert_eq!(stored_hosts(&w), hosts);
     assert_eq!(json(w.admin(&["grants", "--json"])), grants);
     let after = json(w.admin(&["audit", "--json"]));
-    let (before, after) = (audit["records"].as_array().unwrap(), after["records"].as_array().unwrap());
-    assert_eq!(&after[..before.len()], &before[..], "the audit log kept every record, in order");
+    let (before, after) = (
+        audit["records"].as_array().unwrap(),
+        after["records"].as_array().unwrap(),
+    );
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "the audit log kept every record, in order"
+    );
 
     // The cached token, the host's credential and the password all still work.
-    wait_for("the host agent to reattach", std::time::Duration::from_secs(30), || {
-        let out = w.connect_stdio("lab-pc", "echo", "after\n");
-        (out.code == 0).then_some(out)
-    });
+    wait_for(
+        "the host agent to reattach",
+        std::time::Duration::from_secs(30),
+        || {
+            let out = w.connect_stdio("lab-pc", "echo", "after\n");
+            (out.code == 0).then_some(out)
+        },
+    );
     w.login("bob", "correct horse battery").ok();
 }

@@ -20,7 +20,10 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Op
         if let Some(v) = check() {
             return v;
         }
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }
@@ -56,9 +59,15 @@ impl Proc {
 
     /// Sends SIGTERM and waits (bounded) for a clean exit.
     pub fn terminate(&mut self) -> ExitStatus {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let child = &mut self.child;
-        wait_for(&format!("{} to exit", self.name), Duration::from_secs(15), || child.try_wait().ok().flatten())
+        wait_for(
+            &format!("{} to exit", self.name),
+            Duration::from_secs(15),
+            || child.try_wait().ok().flatten(),
+        )
     }
 
     pub fn log_text(&self) -> String {
@@ -67,7 +76,8 @@ impl Proc {
 
     /// Resident memory in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -80,7 +90,12 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!("----- log of {} ({}) -----\n{}", self.name, self.log.display(), self.log_text());
+            eprintln!(
+                "----- log of {} ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.log_text()
+            );
         }
     }
 }
@@ -119,11 +134,22 @@ pub struct World {
 impl World {
     /// Runs `ferry init` in a new temporary directory.
     pub fn init() -> Self {
-        let dir = tempfile::Builder::new().prefix("ferry-e2e-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-e2e-")
+            .tempdir()
+            .expect("temp dir");
         let base_port = free_base_port();
         let world = Self { dir, base_port };
         world
-            .ferry(&["init", "--out", world.cluster().to_str().unwrap(), "--base-port", &base_port.to_string(), "--cluster-name", "e2e"])
+            .ferry(&[
+                "init",
+                "--out",
+                world.cluster().to_str().unwrap(),
+                "--base-port",
+                &base_port.to_string(),
+                "--cluster-name",
+                "e2e",
+            ])
             .ok();
         world
     }
@@ -165,12 +191,21 @@ impl World {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn ferry");
         if let Some(input) = stdin {
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         while child.try_wait().unwrap().is_none() {
@@ -213,7 +248,10 @@ impl World {
     /// Starts broker b1 and waits until its admin API answers.
     pub fn start_broker(&self) -> Proc {
         let config = self.cluster().join("b1.toml");
-        let mut broker = self.spawn("broker-b1", &["broker", "--config", config.to_str().unwrap()]);
+        let mut broker = self.spawn(
+            "broker-b1",
+            &["broker", "--config", config.to_str().unwrap()],
+        );
         let url = format!("{}/readyz", self.admin_url());
         wait_for("broker b1 to be ready", Duration::from_secs(20), || {
             if let Ok(Some(status)) = broker.child.try_wait() {
@@ -234,7 +272,17 @@ impl World {
     pub fn add_user(&self, name: &str, group: &str, password: &str) {
         let config = self.client_config();
         self.ferry_with(
-            &["admin", "--config", &config, "user", "add", name, "--group", group, "--password-stdin"],
+            &[
+                "admin",
+                "--config",
+                &config,
+                "user",
+                "add",
+                name,
+                "--group",
+                group,
+                "--password-stdin",
+            ],
             Some(&format!("{password}\n")),
             &[],
         )
@@ -243,16 +291,29 @@ impl World {
 
     /// Enrolls a host and returns its one-time token.
     pub fn enroll(&self, name: &str, group: &str) -> String {
-        self.admin(&["host", "enroll", name, "--group", group]).ok().trim().to_owned()
+        self.admin(&["host", "enroll", name, "--group", group])
+            .ok()
+            .trim()
+            .to_owned()
     }
 
     /// Starts a host agent exposing `services` and waits until the broker lists it as connected.
-    pub fn start_host(&self, name: &str, token: Option<&str>, services: &[(&str, SocketAddr)]) -> Proc {
+    pub fn start_host(
+        &self,
+        name: &str,
+        token: Option<&str>,
+        services: &[(&str, SocketAddr)],
+    ) -> Proc {
         let state = self.path().join(format!("host-{name}"));
         let config = self.client_config();
         let mut args: Vec<String> = vec![
-            "host".into(), "--config".into(), config, "--name".into(), name.into(),
-            "--state-dir".into(), state.display().to_string(),
+            "host".into(),
+            "--config".into(),
+            config,
+            "--name".into(),
+            name.into(),
+            "--state-dir".into(),
+            state.display().to_string(),
         ];
         if let Some(token) = token {
             args.extend(["--enroll".into(), token.into()]);
@@ -262,45 +323,77 @@ impl World {
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut host = self.spawn(&format!("host-{name}"), &refs);
-        wait_for(&format!("host {name} to attach"), Duration::from_secs(20), || {
-            if let Ok(Some(status)) = host.child.try_wait() {
-                panic!("host agent exited early with {status}:\n{}", host.log_text());
-            }
-            let hosts = self.admin(&["host", "list", "--json"]).ok();
-            let hosts: serde_json::Value = serde_json::from_str(&hosts).ok()?;
-            hosts["hosts"].as_array()?.iter().any(|h| h["name"] == name && h["connected"] == true).then_some(())
-        });
+        wait_for(
+            &format!("host {name} to attach"),
+            Duration::from_secs(20),
+            || {
+                if let Ok(Some(status)) = host.child.try_wait() {
+                    panic!(
+                        "host agent exited early with {status}:\n{}",
+                        host.log_text()
+                    );
+                }
+                let hosts = self.admin(&["host", "list", "--json"]).ok();
+                let hosts: serde_json::Value = serde_json::from_str(&hosts).ok()?;
+                hosts["hosts"]
+                    .as_array()?
+                    .iter()
+                    .any(|h| h["name"] == name && h["connected"] == true)
+                    .then_some(())
+            },
+        );
         host
     }
 
     pub fn login(&self, user: &str, password: &str) -> Output {
         let config = self.client_config();
-        self.ferry_with(&["login", "--config", &config, "--user", user], None, &[("FERRY_PASSWORD", password)])
+        self.ferry_with(
+            &["login", "--config", &config, "--user", user],
+            None,
+            &[("FERRY_PASSWORD", password)],
+        )
     }
 
     /// Starts `ferry connect HOST SVC --listen` on a free port and waits until it listens.
     pub fn forward(&self, host: &str, service: &str) -> (Proc, SocketAddr) {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let listen = format!("127.0.0.1:{port}");
         let config = self.client_config();
         let mut proc = self.spawn(
             &format!("connect-{host}-{service}-{port}"),
-            &["connect", host, service, "--listen", &listen, "--config", &config],
+            &[
+                "connect", host, service, "--listen", &listen, "--config", &config,
+            ],
         );
         let addr: SocketAddr = listen.parse().unwrap();
-        wait_for("the forwarded port to listen", Duration::from_secs(20), || {
-            if let Ok(Some(status)) = proc.child.try_wait() {
-                panic!("ferry connect exited early with {status}:\n{}", proc.log_text());
-            }
-            proc.log_text().contains("forwarding").then_some(())
-        });
+        wait_for(
+            "the forwarded port to listen",
+            Duration::from_secs(20),
+            || {
+                if let Ok(Some(status)) = proc.child.try_wait() {
+                    panic!(
+                        "ferry connect exited early with {status}:\n{}",
+                        proc.log_text()
+                    );
+                }
+                proc.log_text().contains("forwarding").then_some(())
+            },
+        );
         (proc, addr)
     }
 
     /// `ferry connect HOST SVC --stdio` with `input` on stdin.
     pub fn connect_stdio(&self, host: &str, service: &str, input: &str) -> Output {
         let config = self.client_config();
-        self.ferry_with(&["connect", host, service, "--stdio", "--config", &config], Some(input), &[])
+        self.ferry_with(
+            &["connect", host, service, "--stdio", "--config", &config],
+            Some(input),
+            &[],
+        )
     }
 }
 
@@ -308,14 +401,24 @@ impl World {
 pub fn http_get(url: &str) -> Option<(u16, String)> {
     use std::io::Read;
     let rest = url.strip_prefix("http://")?;
-    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let (authority, path) = rest
+        .split_once('/')
+        .map(|(a, p)| (a, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
     let mut stream = std::net::TcpStream::connect(authority).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((code, body))
 }
 
@@ -344,7 +447,9 @@ pub fn push_through(addr: SocketAddr, len: usize, seed: u64) -> ([u8; 32], [u8; 
     use sha2::{Digest, Sha256};
     use std::io::Read;
     let stream = std::net::TcpStream::connect(addr).expect("connect to forwarded port");
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let mut writer = stream.try_clone().unwrap();
     let sender = std::thread::spawn(move || {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -355,7 +460,9 @@ pub fn push_through(addr: SocketAddr, len: usize, seed: u64) -> ([u8; 32], [u8; 
             let n = left.min(buf.len());
             rng.fill_bytes(&mut buf[..n]);
             hash.update(&buf[..n]);
-            writer.write_all(&buf[..n]).expect("write to forwarded port");
+            writer
+                .write_all(&buf[..n])
+                .expect("write to forwarded port");
             left -= n;
         }
         writer.shutdown(std::net::Shutdown::Write).unwrap();

@@ -14,7 +14,14 @@ use tokio::sync::{Mutex, Semaphore};
 async fn request(
     conn: &quinn::Connection,
     request: client_request::Request,
-) -> Result<(quinn::SendStream, quinn::RecvStream, client_response::Response), Error> {
+) -> Result<
+    (
+        quinn::SendStream,
+        quinn::RecvStream,
+        client_response::Response,
+    ),
+    Error,
+> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| closed(conn, &e))?;
     let request = ClientRequest {
         request: Some(request),
@@ -33,7 +40,11 @@ async fn request(
 }
 
 /// Logs `user` in and returns the token and its expiry.
-pub async fn login(config: &ClientConfig, user: &str, password: &str) -> Result<wire::LoginOk, Error> {
+pub async fn login(
+    config: &ClientConfig,
+    user: &str,
+    password: &str,
+) -> Result<wire::LoginOk, Error> {
     let dialer = Dialer::new(config, Role::Client)?;
     let connected = dialer.connect().await?;
     let login = client_request::Request::Login(wire::Login {
@@ -42,10 +53,16 @@ pub async fn login(config: &ClientConfig, user: &str, password: &str) -> Result<
     });
     let (_, _, response) = request(&connected.conn, login).await?;
     connected.conn.close(0u32.into(), b"done");
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), dialer.endpoint().wait_idle()).await;
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        dialer.endpoint().wait_idle(),
+    )
+    .await;
     match response {
         client_response::Response::LoginOk(ok) => Ok(ok),
-        _ => Err(Error::Protocol("broker answered a login with something else".into())),
+        _ => Err(Error::Protocol(
+            "broker answered a login with something else".into(),
+        )),
     }
 }
 
@@ -94,7 +111,11 @@ impl SessionOpener {
         if let Some(conn) = self.conn.lock().await.take() {
             conn.close(0u32.into(), b"client done");
         }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.dialer.endpoint().wait_idle()).await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            self.dialer.endpoint().wait_idle(),
+        )
+        .await;
     }
 
     pub async fn open(&self, host: &str, service: &str) -> Result<Session, Error> {
@@ -111,7 +132,9 @@ impl SessionOpener {
                 send,
                 recv,
             }),
-            _ => Err(Error::Protocol("broker answered OpenSession with something else".into())),
+            _ => Err(Error::Protocol(
+                "broker answered OpenSession with something else".into(),
+            )),
         }
     }
 }
@@ -121,7 +144,12 @@ impl SessionOpener {
 const FORWARDED_CONNECTIONS_MAX: usize = 256;
 
 /// Accepts local TCP connections and carries each over its own session, until `listener` fails.
-pub async fn forward(listener: TcpListener, opener: Arc<SessionOpener>, host: String, service: String) -> Result<(), Error> {
+pub async fn forward(
+    listener: TcpListener,
+    opener: Arc<SessionOpener>,
+    host: String,
+    service: String,
+) -> Result<(), Error> {
     let slots = Arc::new(Semaphore::new(FORWARDED_CONNECTIONS_MAX));
     loop {
         let (tcp, peer) = listener

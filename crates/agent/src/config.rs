@@ -33,7 +33,10 @@ impl ClientConfig {
         let mut config: ClientConfig = toml::from_str(&text)
             .map_err(|e| crate::Error::Config(format!("{} is invalid: {e}", path.display())))?;
         if config.ca_cert.is_relative() {
-            config.ca_cert = path.parent().unwrap_or(Path::new(".")).join(&config.ca_cert);
+            config.ca_cert = path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(&config.ca_cert);
         }
         if config.brokers.is_empty() {
             return Err(crate::Error::Config(format!(

@@ -71,7 +71,10 @@ impl Dialer {
             Ok(Err(e)) => {
                 let text = close::describe(&e);
                 return Err(if text.contains("certificate") {
-                    Error::Untrusted(format!("broker {} at {}: {text}", broker.node_id, broker.relay_addr))
+                    Error::Untrusted(format!(
+                        "broker {} at {}: {text}",
+                        broker.node_id, broker.relay_addr
+                    ))
                 } else {
                     Error::Unreachable(text)
                 });
@@ -123,10 +126,14 @@ pub(crate) fn closed(conn: &quinn::Connection, e: &dyn std::fmt::Display) -> Err
     };
     let text = close::describe(&reason);
     let refusal = match &reason {
-        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == CloseCode::Unauthenticated.varint() => {
+        quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == CloseCode::Unauthenticated.varint() =>
+        {
             Some(wire::ErrorCode::Unauthenticated)
         }
-        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == CloseCode::UnsupportedVersion.varint() => {
+        quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == CloseCode::UnsupportedVersion.varint() =>
+        {
             Some(wire::ErrorCode::UnsupportedVersion)
         }
         _ => None,

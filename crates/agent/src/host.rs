@@ -54,8 +54,12 @@ fn load_credential(opts: &HostOptions) -> Result<Option<String>, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::Local(format!("cannot read {}: {e}", path.display()))),
     };
-    let stored: Credential = toml::from_str(&text)
-        .map_err(|e| Error::Config(format!("{} is damaged ({e}); re-enroll the host", path.display())))?;
+    let stored: Credential = toml::from_str(&text).map_err(|e| {
+        Error::Config(format!(
+            "{} is damaged ({e}); re-enroll the host",
+            path.display()
+        ))
+    })?;
     if stored.host != opts.name || stored.cluster_name != opts.config.cluster_name {
         return Err(Error::Config(format!(
             "{} belongs to host {:?} of cluster {:?}, not {:?} of {:?}; use another --state-dir",
@@ -84,13 +88,21 @@ fn save_credential(opts: &HostOptions, credential: &str) -> Result<(), Error> {
 
 /// Runs the agent until `shutdown` resolves or a broker refuses it for good (bad credential,
 /// used enrollment token, untrusted certificate).
-pub async fn run(opts: HostOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(
+    opts: HostOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
     if opts.services.is_empty() {
-        return Err(Error::Config("expose at least one service: --expose NAME=ADDR:PORT".into()));
+        return Err(Error::Config(
+            "expose at least one service: --expose NAME=ADDR:PORT".into(),
+        ));
     }
     let mut credential = load_credential(&opts)?;
     if credential.is_some() && opts.enroll_token.is_some() {
-        tracing::warn!("already enrolled (credential in {}); ignoring --enroll", opts.state_dir.display());
+        tracing::warn!(
+            "already enrolled (credential in {}); ignoring --enroll",
+            opts.state_dir.display()
+        );
     }
     if credential.is_none() && opts.enroll_token.is_none() {
         return Err(Error::Config(format!(
@@ -110,9 +122,12 @@ pub async fn run(opts: HostOptions, shutdown: impl std::future::Future<Output = 
             _ = &mut shutdown => return Ok(()),
         };
         match result {
-            Err(e @ (Error::Refused { .. } | Error::Untrusted(_) | Error::Config(_) | Error::Local(_))) => {
-                return Err(e)
-            }
+            Err(
+                e @ (Error::Refused { .. }
+                | Error::Untrusted(_)
+                | Error::Config(_)
+                | Error::Local(_)),
+            ) => return Err(e),
             Err(e) => tracing::warn!(error = %e, "connection to the broker lost"),
             Ok(()) => {}
         }
@@ -153,10 +168,18 @@ async fn attach_once(
             host_response::Response::Enrolled(enrolled) => {
                 // Durable before use: a crash after attaching must not lose the only copy.
                 save_credential(opts, &enrolled.credential)?;
-                eprintln!("ferry: host {:?} enrolled; credential saved in {}", opts.name, opts.state_dir.display());
+                eprintln!(
+                    "ferry: host {:?} enrolled; credential saved in {}",
+                    opts.name,
+                    opts.state_dir.display()
+                );
                 *credential = Some(enrolled.credential);
             }
-            _ => return Err(Error::Protocol("broker answered Enroll with something else".into())),
+            _ => {
+                return Err(Error::Protocol(
+                    "broker answered Enroll with something else".into(),
+                ))
+            }
         }
     }
     let attach = host_request::Request::Attach(wire::Attach {
@@ -166,7 +189,11 @@ async fn attach_once(
     });
     match exchange(&conn, &mut send, &mut recv, attach).await? {
         host_response::Response::Attached(_) => {}
-        _ => return Err(Error::Protocol("broker answered Attach with something else".into())),
+        _ => {
+            return Err(Error::Protocol(
+                "broker answered Attach with something else".into(),
+            ))
+        }
     }
     tracing::info!(broker = %node_id, host = %opts.name, "attached");
     eprintln!("ferry: host {:?} attached to broker {node_id}", opts.name);
@@ -203,7 +230,11 @@ async fn exchange(
 }
 
 /// Connects one session to its local service and moves its bytes both ways.
-async fn serve_session(mut send: quinn::SendStream, mut recv: quinn::RecvStream, services: Arc<BTreeMap<String, SocketAddr>>) {
+async fn serve_session(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    services: Arc<BTreeMap<String, SocketAddr>>,
+) {
     let start: wire::SessionStart = match framed::read(&mut recv, FrameLimits::default()).await {
         Ok(s) => s,
         Err(e) => {
@@ -215,7 +246,10 @@ async fn serve_session(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
     let _enter = span.enter();
     let reply = |error: Option<wire::Error>| wire::SessionStartReply { error };
     let Some(addr) = services.get(&start.service).copied() else {
-        let e = wire::Error::new(ErrorCode::NotFound, format!("this host does not expose service {:?}", start.service));
+        let e = wire::Error::new(
+            ErrorCode::NotFound,
+            format!("this host does not expose service {:?}", start.service),
+        );
         let _ = framed::write(&mut send, &reply(Some(e)), FrameLimits::default()).await;
         let _ = send.finish();
         return;
@@ -226,13 +260,19 @@ async fn serve_session(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
         Err(_) => return refuse_local(send, &start.service, addr, "timed out").await,
     };
     let _ = tcp.set_nodelay(true);
-    if framed::write(&mut send, &reply(None), FrameLimits::default()).await.is_err() {
+    if framed::write(&mut send, &reply(None), FrameLimits::default())
+        .await
+        .is_err()
+    {
         return;
     }
     tracing::info!(%addr, "session connected to local service");
     drop(_enter);
     let (r, w) = tcp.into_split();
-    let (up, down) = tokio::join!(splice::local_to_quic(r, send), splice::quic_to_local(recv, w));
+    let (up, down) = tokio::join!(
+        splice::local_to_quic(r, send),
+        splice::quic_to_local(recv, w)
+    );
     let _enter = span.enter();
     tracing::info!(to_client = ?up, from_client = ?down, "session ended");
 }
@@ -243,6 +283,11 @@ async fn refuse_local(mut send: quinn::SendStream, service: &str, addr: SocketAd
         ErrorCode::Unavailable,
         format!("host cannot connect to its service {service:?} at {addr}: {why}"),
     );
-    let _ = framed::write(&mut send, &wire::SessionStartReply { error: Some(e) }, FrameLimits::default()).await;
+    let _ = framed::write(
+        &mut send,
+        &wire::SessionStartReply { error: Some(e) },
+        FrameLimits::default(),
+    )
+    .await;
     let _ = send.finish();
 }

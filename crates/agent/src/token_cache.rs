@@ -30,7 +30,10 @@ pub fn path(cluster_name: &str) -> Result<PathBuf, Error> {
     let base = dirs::config_dir().ok_or_else(|| {
         Error::Config("no user config directory (set HOME or XDG_CONFIG_HOME)".into())
     })?;
-    Ok(base.join("ferry").join("tokens").join(format!("{cluster_name}.toml")))
+    Ok(base
+        .join("ferry")
+        .join("tokens")
+        .join(format!("{cluster_name}.toml")))
 }
 
 pub fn save(cluster_name: &str, token: &CachedToken) -> Result<PathBuf, Error> {
@@ -52,7 +55,12 @@ pub fn load(cluster_name: &str) -> Result<CachedToken, Error> {
             message: format!("not logged in to cluster {cluster_name:?}; run `ferry login --config CLIENT.toml --user NAME` first"),
         }
     })?;
-    toml::from_str(&text).map_err(|e| Error::Config(format!("{} is damaged ({e}); run `ferry login` again", path.display())))
+    toml::from_str(&text).map_err(|e| {
+        Error::Config(format!(
+            "{} is damaged ({e}); run `ferry login` again",
+            path.display()
+        ))
+    })
 }
 
 /// Writes a file only its owner can read, replacing it atomically.

@@ -21,7 +21,11 @@ use tokio::sync::watch;
 /// operator identities come with the operator features (issue 4).
 const ADMIN_ACTOR: &str = "admin";
 
-pub(crate) async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<Ctx>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     ctx.metrics.set_service_up("admin", true);
     let app = router(ctx.clone());
     let result = axum::serve(listener, app)
@@ -69,7 +73,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
     }
 }
 
@@ -101,7 +109,10 @@ async fn require_token(State(ctx): State<Arc<Ctx>>, request: Request, next: Next
 
 /// Proposes an admin command and maps a refusal to an HTTP status.
 async fn propose(ctx: &Ctx, kind: Kind) -> Result<Outcome, ApiError> {
-    match ctx.propose(ADMIN_ACTOR.into(), "admin-api".into(), kind).await? {
+    match ctx
+        .propose(ADMIN_ACTOR.into(), "admin-api".into(), kind)
+        .await?
+    {
         Outcome::Refused(r) => {
             let status = match r.kind {
                 RefusalKind::Invalid => StatusCode::BAD_REQUEST,
@@ -153,9 +164,18 @@ fn services(ctx: &Ctx) -> Vec<ServiceStatus> {
             == 1
     };
     vec![
-        ServiceStatus { name: "relay".into(), running: up("relay") },
-        ServiceStatus { name: "admin".into(), running: up("admin") },
-        ServiceStatus { name: "replication".into(), running: ctx.replica.is_running() },
+        ServiceStatus {
+            name: "relay".into(),
+            running: up("relay"),
+        },
+        ServiceStatus {
+            name: "admin".into(),
+            running: up("admin"),
+        },
+        ServiceStatus {
+            name: "replication".into(),
+            running: ctx.replica.is_running(),
+        },
     ]
 }
 
@@ -196,16 +216,26 @@ async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
     if down.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready:\n{}\n", down.join("\n"))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready:\n{}\n", down.join("\n")),
+        )
+            .into_response()
     }
 }
 
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
-    ctx.metrics.applied_index.set(ctx.replica.applied_index() as i64);
+    ctx.metrics
+        .applied_index
+        .set(ctx.replica.applied_index() as i64);
     ctx.metrics.hosts_attached.set(ctx.hosts.len() as i64);
-    ctx.metrics.set_service_up("replication", ctx.replica.is_running());
+    ctx.metrics
+        .set_service_up("replication", ctx.replica.is_running());
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         ctx.metrics.encode(),
     )
         .into_response()
@@ -224,11 +254,17 @@ const PASSWORD_CHARS_MIN: usize = 8;
 /// Longest password accepted; bounds the argon2 input (and the request) sensibly.
 const PASSWORD_BYTES_MAX: usize = 1024;
 
-async fn add_user(State(ctx): State<Arc<Ctx>>, Json(req): Json<AddUser>) -> ApiResult<serde_json::Value> {
-    if req.password.chars().count() < PASSWORD_CHARS_MIN || req.password.len() > PASSWORD_BYTES_MAX {
+async fn add_user(
+    State(ctx): State<Arc<Ctx>>,
+    Json(req): Json<AddUser>,
+) -> ApiResult<serde_json::Value> {
+    if req.password.chars().count() < PASSWORD_CHARS_MIN || req.password.len() > PASSWORD_BYTES_MAX
+    {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("the password must be {PASSWORD_CHARS_MIN} to {PASSWORD_BYTES_MAX} characters long"),
+            format!(
+                "the password must be {PASSWORD_CHARS_MIN} to {PASSWORD_BYTES_MAX} characters long"
+            ),
         ));
     }
     let password = req.password;
@@ -245,7 +281,9 @@ async fn add_user(State(ctx): State<Arc<Ctx>>, Json(req): Json<AddUser>) -> ApiR
         }),
     )
     .await?;
-    Ok(Json(serde_json::json!({ "name": req.name, "groups": req.groups })))
+    Ok(Json(
+        serde_json::json!({ "name": req.name, "groups": req.groups }),
+    ))
 }
 
 async fn list_users(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
@@ -276,7 +314,10 @@ pub struct Enrollment {
     pub expires_at_ms: u64,
 }
 
-async fn enroll_host(State(ctx): State<Arc<Ctx>>, Json(req): Json<EnrollHost>) -> ApiResult<Enrollment> {
+async fn enroll_host(
+    State(ctx): State<Arc<Ctx>>,
+    Json(req): Json<EnrollHost>,
+) -> ApiResult<Enrollment> {
     let token = crate::auth::new_secret();
     let expires_at_ms = crate::now_ms() + ctx.config.limits.enrollment_ttl_secs * 1000;
     propose(
@@ -366,7 +407,10 @@ struct AuditQuery {
 /// Largest page of audit records one request returns.
 const AUDIT_PAGE_MAX: usize = 1000;
 
-async fn audit(State(ctx): State<Arc<Ctx>>, Query(q): Query<AuditQuery>) -> Json<serde_json::Value> {
+async fn audit(
+    State(ctx): State<Arc<Ctx>>,
+    Query(q): Query<AuditQuery>,
+) -> Json<serde_json::Value> {
     let limit = q.limit.unwrap_or(AUDIT_PAGE_MAX).min(AUDIT_PAGE_MAX);
     let state = ctx.replica.read();
     let records: Vec<_> = state

@@ -1,7 +1,9 @@
 //! Secrets and passwords at the edge of the state machine: hashing (salted, so never inside
 //! the deterministic state machine), random secrets, and login throttling.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 use rand::RngCore;
 use std::collections::HashMap;
@@ -20,7 +22,11 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
 /// Checks a password against a stored PHC hash. A malformed stored hash never verifies.
 pub fn verify_password(stored_hash: &str, password: &str) -> bool {
     PasswordHash::new(stored_hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -142,8 +148,14 @@ mod tests {
         }
         let err = t.check("alice", other, t0).unwrap_err();
         assert!(err.contains("too many failed logins for user"), "{err}");
-        assert!(t.check("bob", other, t0).is_ok(), "other users are unaffected");
-        assert!(t.check("alice", ip, t0 + Duration::from_secs(61)).is_ok(), "lockout ends");
+        assert!(
+            t.check("bob", other, t0).is_ok(),
+            "other users are unaffected"
+        );
+        assert!(
+            t.check("alice", ip, t0 + Duration::from_secs(61)).is_ok(),
+            "lockout ends"
+        );
         // Many users from one source lock the source.
         for i in 0..12 {
             t.record_failure(&format!("u{i}"), ip, t0);

@@ -139,7 +139,10 @@ impl NodeConfig {
         let positive = [
             ("limits.connections_max", l.connections_max as u64),
             ("limits.unauthenticated_max", l.unauthenticated_max as u64),
-            ("limits.streams_per_connection_max", u64::from(l.streams_per_connection_max)),
+            (
+                "limits.streams_per_connection_max",
+                u64::from(l.streams_per_connection_max),
+            ),
             ("limits.sessions_max", l.sessions_max as u64),
             ("limits.token_ttl_secs", l.token_ttl_secs),
             ("limits.enrollment_ttl_secs", l.enrollment_ttl_secs),

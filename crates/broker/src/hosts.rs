@@ -30,7 +30,10 @@ impl HostRegistry {
     /// of the same host must not be removed by the old one's cleanup).
     pub fn detach(&self, name: &str, stable_id: usize) {
         let mut hosts = self.lock();
-        if hosts.get(name).is_some_and(|h| h.conn.stable_id() == stable_id) {
+        if hosts
+            .get(name)
+            .is_some_and(|h| h.conn.stable_id() == stable_id)
+        {
             hosts.remove(name);
         }
     }

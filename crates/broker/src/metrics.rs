@@ -48,8 +48,11 @@ impl Metrics {
     pub fn new(node_id: &str) -> Self {
         let mut registry = Registry::with_prefix_and_labels(
             "ferry",
-            [(std::borrow::Cow::Borrowed("node"), std::borrow::Cow::Owned(node_id.to_owned()))]
-                .into_iter(),
+            [(
+                std::borrow::Cow::Borrowed("node"),
+                std::borrow::Cow::Owned(node_id.to_owned()),
+            )]
+            .into_iter(),
         );
         macro_rules! register {
             ($name:literal, $help:literal, $metric:expr) => {{
@@ -59,27 +62,81 @@ impl Metrics {
             }};
         }
         Self {
-            connections_accepted: register!("connections_accepted", "QUIC connections accepted", Counter::default()),
-            connections_refused: register!("connections_refused", "QUIC connections refused, by reason", Family::default()),
-            connections_open: register!("connections_open", "QUIC connections open now", Gauge::default()),
-            protocol_errors: register!("protocol_errors", "Connections closed for bad input, by reason", Family::default()),
+            connections_accepted: register!(
+                "connections_accepted",
+                "QUIC connections accepted",
+                Counter::default()
+            ),
+            connections_refused: register!(
+                "connections_refused",
+                "QUIC connections refused, by reason",
+                Family::default()
+            ),
+            connections_open: register!(
+                "connections_open",
+                "QUIC connections open now",
+                Gauge::default()
+            ),
+            protocol_errors: register!(
+                "protocol_errors",
+                "Connections closed for bad input, by reason",
+                Family::default()
+            ),
             logins: register!("logins", "Login attempts, by result", Family::default()),
-            enrollments: register!("enrollments", "Host enrollments, by result", Family::default()),
+            enrollments: register!(
+                "enrollments",
+                "Host enrollments, by result",
+                Family::default()
+            ),
             sessions_opened: register!("sessions_opened", "Sessions opened", Counter::default()),
-            sessions_refused: register!("sessions_refused", "Session requests refused, by reason", Family::default()),
-            sessions_open: register!("sessions_open", "Sessions relayed by this node now", Gauge::default()),
-            relay_bytes: register!("relay_bytes", "Session bytes relayed, by direction", Family::default()),
-            hosts_attached: register!("hosts_attached", "Host agents attached to this node", Gauge::default()),
-            proposals: register!("proposals", "State-machine commands proposed, by result", Family::default()),
-            applied_index: register!("applied_index", "Index of the last applied command", Gauge::default()),
-            store_bytes: register!("store_bytes", "Bytes the store occupies on disk", Gauge::default()),
-            service_up: register!("service_up", "1 when the named service of this node is running", Family::default()),
+            sessions_refused: register!(
+                "sessions_refused",
+                "Session requests refused, by reason",
+                Family::default()
+            ),
+            sessions_open: register!(
+                "sessions_open",
+                "Sessions relayed by this node now",
+                Gauge::default()
+            ),
+            relay_bytes: register!(
+                "relay_bytes",
+                "Session bytes relayed, by direction",
+                Family::default()
+            ),
+            hosts_attached: register!(
+                "hosts_attached",
+                "Host agents attached to this node",
+                Gauge::default()
+            ),
+            proposals: register!(
+                "proposals",
+                "State-machine commands proposed, by result",
+                Family::default()
+            ),
+            applied_index: register!(
+                "applied_index",
+                "Index of the last applied command",
+                Gauge::default()
+            ),
+            store_bytes: register!(
+                "store_bytes",
+                "Bytes the store occupies on disk",
+                Gauge::default()
+            ),
+            service_up: register!(
+                "service_up",
+                "1 when the named service of this node is running",
+                Family::default()
+            ),
             registry,
         }
     }
 
     pub fn refuse_connection(&self, reason: &'static str) {
-        self.connections_refused.get_or_create(&Reason { reason }).inc();
+        self.connections_refused
+            .get_or_create(&Reason { reason })
+            .inc();
     }
 
     pub fn protocol_error(&self, reason: &'static str) {
@@ -87,11 +144,15 @@ impl Metrics {
     }
 
     pub fn refuse_session(&self, reason: &'static str) {
-        self.sessions_refused.get_or_create(&Reason { reason }).inc();
+        self.sessions_refused
+            .get_or_create(&Reason { reason })
+            .inc();
     }
 
     pub fn set_service_up(&self, service: &'static str, up: bool) {
-        self.service_up.get_or_create(&Service { service }).set(i64::from(up));
+        self.service_up
+            .get_or_create(&Service { service })
+            .set(i64::from(up));
     }
 
     /// Prometheus text exposition of every metric.

@@ -78,7 +78,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     .with_context(|| format!("cannot recover state from {}", store_dir.display()))?;
 
     let admin_token = std::fs::read_to_string(&config.admin_token_file).with_context(|| {
-        format!("cannot read the admin token {}", config.admin_token_file.display())
+        format!(
+            "cannot read the admin token {}",
+            config.admin_token_file.display()
+        )
     })?;
     let admin_token = admin_token.trim();
     anyhow::ensure!(
@@ -117,7 +120,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tasks.spawn(relay::serve(quic, ctx.clone(), shutdown_rx.clone()));
-    tasks.spawn(admin::serve(admin_listener, ctx.clone(), shutdown_rx.clone()));
+    tasks.spawn(admin::serve(
+        admin_listener,
+        ctx.clone(),
+        shutdown_rx.clone(),
+    ));
     tasks.spawn(housekeeping(ctx.clone(), store, shutdown_rx));
     tracing::info!(node = %node_id, %relay_addr, %admin_addr, "node started");
     Ok(RunningNode {
@@ -159,7 +166,11 @@ async fn close_orphaned_sessions(ctx: &Ctx) {
 }
 
 /// Periodic upkeep: purge expired tokens, refresh gauges.
-async fn housekeeping(ctx: Arc<Ctx>, store: ferry_store::Store, mut shutdown: watch::Receiver<bool>) {
+async fn housekeeping(
+    ctx: Arc<Ctx>,
+    store: ferry_store::Store,
+    mut shutdown: watch::Receiver<bool>,
+) {
     /// Expired tokens are refused on sight; purging them is only to bound the state's size.
     const PURGE_EVERY: Duration = Duration::from_secs(300);
     let mut purge = tokio::time::interval(PURGE_EVERY);

@@ -72,7 +72,11 @@ pub fn start_single_node(
     queue_max: usize,
 ) -> Result<(Replica, std::thread::JoinHandle<()>), ferry_store::Error> {
     let (state, applied) = store.recover()?;
-    tracing::info!(applied, log_entries = store.log_len(), "state recovered from the store");
+    tracing::info!(
+        applied,
+        log_entries = store.log_len(),
+        "state recovered from the store"
+    );
     let (tx, rx) = mpsc::channel(queue_max);
     let replica = Replica {
         proposals: tx,
@@ -125,7 +129,10 @@ impl Writer {
             .enumerate()
             .map(|(i, p)| (first + i as u64, &p.command))
             .collect();
-        let durable = self.store.append(&entries).and_then(|()| self.store.flush());
+        let durable = self
+            .store
+            .append(&entries)
+            .and_then(|()| self.store.flush());
         if let Err(e) = durable {
             tracing::error!(error = %e, "log write failed; refusing the batch");
             for p in batch.drain(..) {
@@ -136,7 +143,10 @@ impl Writer {
         let last = first + batch.len() as u64 - 1;
         let mut outcomes = Vec::with_capacity(batch.len());
         {
-            let mut state = self.state.write().expect("only this thread writes the state");
+            let mut state = self
+                .state
+                .write()
+                .expect("only this thread writes the state");
             for p in batch.iter() {
                 outcomes.push(state.apply(&p.command));
             }

@@ -25,7 +25,10 @@ impl AdminClient {
             Ok(token) if token_file.is_none() => token,
             _ => {
                 let path: PathBuf = token_file.map(Path::to_path_buf).unwrap_or_else(|| {
-                    config_path.parent().unwrap_or(Path::new(".")).join("admin.token")
+                    config_path
+                        .parent()
+                        .unwrap_or(Path::new("."))
+                        .join("admin.token")
                 });
                 std::fs::read_to_string(&path).map_err(|e| {
                     Failure::new(
@@ -54,10 +57,14 @@ impl AdminClient {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, Failure> {
-        self.call(|url| self.http.post(format!("{url}{path}")).json(body)).await
+        self.call(|url| self.http.post(format!("{url}{path}")).json(body))
+            .await
     }
 
-    async fn call(&self, build: impl Fn(&str) -> reqwest::RequestBuilder) -> Result<Value, Failure> {
+    async fn call(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<Value, Failure> {
         let mut unreachable = Vec::new();
         for url in &self.urls {
             let response = match build(url).bearer_auth(&self.token).send().await {
@@ -72,7 +79,10 @@ impl AdminClient {
             if status.is_success() {
                 return Ok(body);
             }
-            let message = body["error"].as_str().unwrap_or("no reason given").to_owned();
+            let message = body["error"]
+                .as_str()
+                .unwrap_or("no reason given")
+                .to_owned();
             let code = match status {
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => exit::DENIED,
                 StatusCode::NOT_FOUND => exit::NOT_FOUND,
@@ -99,7 +109,11 @@ pub async fn run(args: AdminArgs) -> CliResult {
                 print_status(&status);
             }
         }
-        AdminCommand::User(UserCommand::Add { name, groups, password_stdin }) => {
+        AdminCommand::User(UserCommand::Add {
+            name,
+            groups,
+            password_stdin,
+        }) => {
             let password = read_password(password_stdin)?;
             let body = serde_json::json!({ "name": name, "groups": groups, "password": password });
             client.post("/v1/users", &body).await?;
@@ -107,7 +121,12 @@ pub async fn run(args: AdminArgs) -> CliResult {
         }
         AdminCommand::User(UserCommand::List { json }) => {
             let users = client.get("/v1/users").await?;
-            table(json, &users, "users", &["name", "groups", "disabled", "failed_logins"]);
+            table(
+                json,
+                &users,
+                "users",
+                &["name", "groups", "disabled", "failed_logins"],
+            );
         }
         AdminCommand::Host(HostCommand::Enroll { name, groups }) => {
             let body = serde_json::json!({ "name": name, "groups": groups });
@@ -123,12 +142,26 @@ pub async fn run(args: AdminArgs) -> CliResult {
         }
         AdminCommand::Host(HostCommand::List { json }) => {
             let hosts = client.get("/v1/hosts").await?;
-            table(json, &hosts, "hosts", &["name", "groups", "enrolled", "connected", "attached_broker", "services"]);
+            table(
+                json,
+                &hosts,
+                "hosts",
+                &[
+                    "name",
+                    "groups",
+                    "enrolled",
+                    "connected",
+                    "attached_broker",
+                    "services",
+                ],
+            );
         }
         AdminCommand::Grant { group, host_group } => {
             let body = serde_json::json!({ "user_group": group, "host_group": host_group });
             client.post("/v1/grants", &body).await?;
-            eprintln!("users of group {group:?} may now open sessions to hosts of group {host_group:?}");
+            eprintln!(
+                "users of group {group:?} may now open sessions to hosts of group {host_group:?}"
+            );
         }
         AdminCommand::Grants { json } => {
             let grants = client.get("/v1/grants").await?;
@@ -136,11 +169,23 @@ pub async fn run(args: AdminArgs) -> CliResult {
         }
         AdminCommand::Sessions { json } => {
             let sessions = client.get("/v1/sessions").await?;
-            table(json, &sessions, "sessions", &["id", "user", "host", "service", "broker", "opened_at_ms"]);
+            table(
+                json,
+                &sessions,
+                "sessions",
+                &["id", "user", "host", "service", "broker", "opened_at_ms"],
+            );
         }
         AdminCommand::Audit { after, json } => {
             let records = client.get(&format!("/v1/audit?after={after}")).await?;
-            table(json, &records, "records", &["seq", "at_ms", "actor", "source", "action", "target", "outcome"]);
+            table(
+                json,
+                &records,
+                "records",
+                &[
+                    "seq", "at_ms", "actor", "source", "action", "target", "outcome",
+                ],
+            );
         }
     }
     Ok(())
@@ -149,23 +194,36 @@ pub async fn run(args: AdminArgs) -> CliResult {
 fn read_password(from_stdin: bool) -> Result<String, Failure> {
     if from_stdin {
         let mut line = String::new();
-        std::io::stdin()
-            .read_line(&mut line)
-            .map_err(|e| Failure::new(exit::FAILURE, format!("cannot read the password from stdin: {e}")))?;
+        std::io::stdin().read_line(&mut line).map_err(|e| {
+            Failure::new(
+                exit::FAILURE,
+                format!("cannot read the password from stdin: {e}"),
+            )
+        })?;
         return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
     }
-    let first = rpassword::prompt_password("New password: ")
-        .map_err(|e| Failure::new(exit::FAILURE, format!("cannot read the password: {e} (use --password-stdin)")))?;
+    let first = rpassword::prompt_password("New password: ").map_err(|e| {
+        Failure::new(
+            exit::FAILURE,
+            format!("cannot read the password: {e} (use --password-stdin)"),
+        )
+    })?;
     let second = rpassword::prompt_password("Repeat it: ")
         .map_err(|e| Failure::new(exit::FAILURE, format!("cannot read the password: {e}")))?;
     if first != second {
-        return Err(Failure::new(exit::FAILURE, "the passwords differ; nothing was changed"));
+        return Err(Failure::new(
+            exit::FAILURE,
+            "the passwords differ; nothing was changed",
+        ));
     }
     Ok(first)
 }
 
 pub fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).expect("a JSON value serializes"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("a JSON value serializes")
+    );
 }
 
 fn cell(v: &Value) -> String {
@@ -184,15 +242,30 @@ fn table(json: bool, value: &Value, key: &str, columns: &[&str]) {
     }
     let rows: Vec<Vec<String>> = value[key]
         .as_array()
-        .map(|items| items.iter().map(|item| columns.iter().map(|c| cell(&item[*c])).collect()).collect())
+        .map(|items| {
+            items
+                .iter()
+                .map(|item| columns.iter().map(|c| cell(&item[*c])).collect())
+                .collect()
+        })
         .unwrap_or_default();
     let widths: Vec<usize> = columns
         .iter()
         .enumerate()
-        .map(|(i, c)| rows.iter().map(|r| r[i].len()).chain([c.len()]).max().unwrap_or(0))
+        .map(|(i, c)| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(columns.iter().map(|c| c.to_uppercase()).collect());
@@ -202,21 +275,59 @@ fn table(json: bool, value: &Value, key: &str, columns: &[&str]) {
 }
 
 fn print_status(s: &Value) {
-    println!("node        {} ({}, cluster {})", cell(&s["node_id"]), cell(&s["role"]), cell(&s["cluster_name"]));
-    println!("version     {}   uptime {} s", cell(&s["version"]), cell(&s["uptime_secs"]));
-    println!("relay       {}   admin {}", cell(&s["relay_addr"]), cell(&s["admin_addr"]));
+    println!(
+        "node        {} ({}, cluster {})",
+        cell(&s["node_id"]),
+        cell(&s["role"]),
+        cell(&s["cluster_name"])
+    );
+    println!(
+        "version     {}   uptime {} s",
+        cell(&s["version"]),
+        cell(&s["uptime_secs"])
+    );
+    println!(
+        "relay       {}   admin {}",
+        cell(&s["relay_addr"]),
+        cell(&s["admin_addr"])
+    );
     println!("applied     {}", cell(&s["applied_index"]));
     let services: Vec<String> = s["services"]
         .as_array()
         .map(|v| {
             v.iter()
-                .map(|svc| format!("{} {}", cell(&svc["name"]), if svc["running"] == true { "running" } else { "STOPPED" }))
+                .map(|svc| {
+                    format!(
+                        "{} {}",
+                        cell(&svc["name"]),
+                        if svc["running"] == true {
+                            "running"
+                        } else {
+                            "STOPPED"
+                        }
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
     println!("services    {}", services.join(", "));
-    println!("hosts       {} attached ({}), {} enrolled of {}", 
-        s["hosts_attached"].as_array().map_or(0, Vec::len), cell(&s["hosts_attached"]), cell(&s["hosts_enrolled"]), cell(&s["hosts"]));
-    println!("sessions    {} relayed here (limit {}), {} open in the cluster", cell(&s["sessions_relayed"]), cell(&s["sessions_max"]), cell(&s["sessions_open"]));
-    println!("users       {}   grants {}   audit records {}", cell(&s["users"]), cell(&s["grants"]), cell(&s["audit_records"]));
+    println!(
+        "hosts       {} attached ({}), {} enrolled of {}",
+        s["hosts_attached"].as_array().map_or(0, Vec::len),
+        cell(&s["hosts_attached"]),
+        cell(&s["hosts_enrolled"]),
+        cell(&s["hosts"])
+    );
+    println!(
+        "sessions    {} relayed here (limit {}), {} open in the cluster",
+        cell(&s["sessions_relayed"]),
+        cell(&s["sessions_max"]),
+        cell(&s["sessions_open"])
+    );
+    println!(
+        "users       {}   grants {}   audit records {}",
+        cell(&s["users"]),
+        cell(&s["grants"]),
+        cell(&s["audit_records"])
+    );
 }

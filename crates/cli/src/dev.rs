@@ -35,25 +35,42 @@ pub async fn run(args: DevArgs) -> CliResult {
     let node_config = ferry_broker::NodeConfig::load(&cluster.node_configs[0])
         .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
     let node = ferry_broker::start(node_config).await.map_err(|e| {
-        Failure::new(exit::FAILURE, format!("{e:#} (another `ferry dev` running? try --base-port)"))
+        Failure::new(
+            exit::FAILURE,
+            format!("{e:#} (another `ferry dev` running? try --base-port)"),
+        )
     })?;
 
     let demo_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.base_port.saturating_add(50)));
     let demo = tokio::net::TcpListener::bind(demo_addr)
         .await
-        .map_err(|e| Failure::new(exit::FAILURE, format!("cannot start the demo service on {demo_addr}: {e}")))?;
+        .map_err(|e| {
+            Failure::new(
+                exit::FAILURE,
+                format!("cannot start the demo service on {demo_addr}: {e}"),
+            )
+        })?;
     tokio::spawn(demo_service(demo));
 
     let admin = AdminClient::new(&cluster.client_config, None)?;
     let password = Alphanumeric.sample_string(&mut rand::thread_rng(), 16);
     admin
-        .post("/v1/users", &serde_json::json!({ "name": DEMO_USER, "groups": ["staff"], "password": password }))
+        .post(
+            "/v1/users",
+            &serde_json::json!({ "name": DEMO_USER, "groups": ["staff"], "password": password }),
+        )
         .await?;
     let enrollment = admin
-        .post("/v1/hosts", &serde_json::json!({ "name": DEMO_HOST, "groups": ["lab"] }))
+        .post(
+            "/v1/hosts",
+            &serde_json::json!({ "name": DEMO_HOST, "groups": ["lab"] }),
+        )
         .await?;
     admin
-        .post("/v1/grants", &serde_json::json!({ "user_group": "staff", "host_group": "lab" }))
+        .post(
+            "/v1/grants",
+            &serde_json::json!({ "user_group": "staff", "host_group": "lab" }),
+        )
         .await?;
 
     let host = HostOptions {
@@ -102,34 +119,50 @@ pub async fn run(args: DevArgs) -> CliResult {
 }
 
 fn prepare_dir(dir: &std::path::Path) -> Result<(), Failure> {
-    let fail = |e: std::io::Error| Failure::new(exit::FAILURE, format!("cannot prepare {}: {e}", dir.display()));
+    let fail = |e: std::io::Error| {
+        Failure::new(
+            exit::FAILURE,
+            format!("cannot prepare {}: {e}", dir.display()),
+        )
+    };
     if dir.exists() {
         let empty = std::fs::read_dir(dir).map_err(fail)?.next().is_none();
         if !dir.join(MARKER).exists() && !empty {
             return Err(Failure::new(
                 exit::CONFIG,
-                format!("{} exists and was not made by `ferry dev`; pass another --dir", dir.display()),
+                format!(
+                    "{} exists and was not made by `ferry dev`; pass another --dir",
+                    dir.display()
+                ),
             ));
         }
         std::fs::remove_dir_all(dir).map_err(fail)?;
     }
     std::fs::create_dir_all(dir).map_err(fail)?;
-    std::fs::write(dir.join(MARKER), "made by `ferry dev`; deleted by its next run\n").map_err(fail)
+    std::fs::write(
+        dir.join(MARKER),
+        "made by `ferry dev`; deleted by its next run\n",
+    )
+    .map_err(fail)
 }
 
 async fn wait_for_host(admin: &AdminClient) -> Result<(), Failure> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while tokio::time::Instant::now() < deadline {
         let hosts = admin.get("/v1/hosts").await?;
-        let attached = hosts["hosts"]
-            .as_array()
-            .is_some_and(|hs| hs.iter().any(|h| h["name"] == DEMO_HOST && h["connected"] == true));
+        let attached = hosts["hosts"].as_array().is_some_and(|hs| {
+            hs.iter()
+                .any(|h| h["name"] == DEMO_HOST && h["connected"] == true)
+        });
         if attached {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(Failure::new(exit::FAILURE, "the demo host did not attach within 15 s; see the log above"))
+    Err(Failure::new(
+        exit::FAILURE,
+        "the demo host did not attach within 15 s; see the log above",
+    ))
 }
 
 /// The demo service: a banner, then every line sent back in capitals.
@@ -143,7 +176,10 @@ async fn demo_service(listener: tokio::net::TcpListener) {
             }
             let mut lines = BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if w.write_all(format!("{}\n", line.to_uppercase()).as_bytes()).await.is_err() {
+                if w.write_all(format!("{}\n", line.to_uppercase()).as_bytes())
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

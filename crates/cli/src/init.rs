@@ -24,23 +24,35 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
              replicated clusters arrive with Raft replication",
         ));
     }
-    if !args.cluster_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    if !args
+        .cluster_name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         || args.cluster_name.is_empty()
     {
         return Err(Failure::new(
             exit::CONFIG,
-            format!("cluster name {:?} may contain only letters, digits, '-' and '_'", args.cluster_name),
+            format!(
+                "cluster name {:?} may contain only letters, digits, '-' and '_'",
+                args.cluster_name
+            ),
         ));
     }
     let dir = &args.out;
     if dir.join("ca.pem").exists() {
         return Err(Failure::new(
             exit::CONFIG,
-            format!("{} already holds a cluster (ca.pem exists); choose another --out", dir.display()),
+            format!(
+                "{} already holds a cluster (ca.pem exists); choose another --out",
+                dir.display()
+            ),
         ));
     }
     let io = |what: &str, path: &Path, e: std::io::Error| {
-        Failure::new(exit::FAILURE, format!("cannot {what} {}: {e}", path.display()))
+        Failure::new(
+            exit::FAILURE,
+            format!("cannot {what} {}: {e}", path.display()),
+        )
     };
     std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
     let write = |name: &str, contents: &str, private: bool| -> Result<PathBuf, Failure> {
@@ -49,7 +61,8 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
         Ok(path)
     };
 
-    let ca = ClusterCa::generate(&args.cluster_name).map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
+    let ca = ClusterCa::generate(&args.cluster_name)
+        .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
     write("ca.pem", &ca.cert_pem(), false)?;
     // Kept to sign certificates of nodes added later; guard it like the cluster itself.
     write("ca.key", &ca.key_pem(), true)?;
@@ -62,7 +75,9 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
         let node_id = format!("b{}", i + 1);
         let port = |offset: u16| -> Result<SocketAddr, Failure> {
             let p = u32::from(args.base_port) + 10 * u32::from(i) + u32::from(offset);
-            let p = u16::try_from(p).map_err(|_| Failure::new(exit::CONFIG, "--base-port is too high for this many nodes"))?;
+            let p = u16::try_from(p).map_err(|_| {
+                Failure::new(exit::CONFIG, "--base-port is too high for this many nodes")
+            })?;
             Ok(SocketAddr::new(args.bind_ip, p))
         };
         let pair = ca

@@ -49,7 +49,10 @@ pub type CliResult = Result<(), Failure>;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     args::init_logging(&cli);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ferry: cannot start the async runtime: {e}");

@@ -86,9 +86,14 @@ async fn login(args: LoginArgs) -> CliResult {
     let config = ClientConfig::load(&args.config)?;
     let password = match std::env::var("FERRY_PASSWORD") {
         Ok(p) => p,
-        Err(_) => rpassword::prompt_password(format!("Password for {}: ", args.user)).map_err(|e| {
-            Failure::new(exit::FAILURE, format!("cannot read the password: {e} (or set FERRY_PASSWORD)"))
-        })?,
+        Err(_) => {
+            rpassword::prompt_password(format!("Password for {}: ", args.user)).map_err(|e| {
+                Failure::new(
+                    exit::FAILURE,
+                    format!("cannot read the password: {e} (or set FERRY_PASSWORD)"),
+                )
+            })?
+        }
     };
     let ok = client::login(&config, &args.user, &password).await?;
     let path = token_cache::save(

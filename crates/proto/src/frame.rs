@@ -122,7 +122,10 @@ mod tests {
             software: "ferry test".into(),
         };
         let frame = encode(&hello, FrameLimits::default()).unwrap();
-        assert_eq!(decode_frame::<wire::Hello>(&frame, FrameLimits::default()).unwrap(), hello);
+        assert_eq!(
+            decode_frame::<wire::Hello>(&frame, FrameLimits::default()).unwrap(),
+            hello
+        );
 
         // An all-default message is a zero-length payload that decodes to the default.
         let empty = wire::SessionStartReply::default();
@@ -143,10 +146,30 @@ mod tests {
             want: &'static str,
         }
         let cases = [
-            Case { name: "oversized", frame: vec![0, 1, 0, 0, 1], max: 1024, want: "exceeds the maximum of 1024" },
-            Case { name: "truncated header", frame: vec![0, 0], max: 1024, want: "truncated header" },
-            Case { name: "short payload", frame: vec![0, 0, 0, 9, 1], max: 1024, want: "header says 9 bytes" },
-            Case { name: "garbage payload", frame: vec![0, 0, 0, 3, 0xff, 0xff, 0xff], max: 1024, want: "malformed Hello frame" },
+            Case {
+                name: "oversized",
+                frame: vec![0, 1, 0, 0, 1],
+                max: 1024,
+                want: "exceeds the maximum of 1024",
+            },
+            Case {
+                name: "truncated header",
+                frame: vec![0, 0],
+                max: 1024,
+                want: "truncated header",
+            },
+            Case {
+                name: "short payload",
+                frame: vec![0, 0, 0, 9, 1],
+                max: 1024,
+                want: "header says 9 bytes",
+            },
+            Case {
+                name: "garbage payload",
+                frame: vec![0, 0, 0, 3, 0xff, 0xff, 0xff],
+                max: 1024,
+                want: "malformed Hello frame",
+            },
         ];
         for case in cases {
             let err = decode_frame::<wire::Hello>(&case.frame, limits(case.max)).unwrap_err();
@@ -165,6 +188,9 @@ mod tests {
             software: "x".repeat(100),
             ..Default::default()
         };
-        assert!(matches!(encode(&big, limits(50)), Err(Error::TooLarge { .. })));
+        assert!(matches!(
+            encode(&big, limits(50)),
+            Err(Error::TooLarge { .. })
+        ));
     }
 }

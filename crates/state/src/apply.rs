@@ -112,7 +112,10 @@ impl StateMachine {
     }
 
     fn issue_token(&mut self, c: &pb::IssueToken, now: u64) -> Applied {
-        let user = self.users.get_mut(&c.user).ok_or_else(|| unknown_user(&c.user))?;
+        let user = self
+            .users
+            .get_mut(&c.user)
+            .ok_or_else(|| unknown_user(&c.user))?;
         if user.disabled {
             return Err(Refusal::new(
                 RefusalKind::PermissionDenied,
@@ -160,7 +163,10 @@ impl StateMachine {
         validate_name(NameKind::Host, &c.name)?;
         validate_groups(&c.groups)?;
         if c.enrollment_token_hash.is_empty() {
-            return Err(Refusal::new(RefusalKind::Invalid, "enrollment token hash is empty"));
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                "enrollment token hash is empty",
+            ));
         }
         if let Some(host) = self.hosts.get(&c.name) {
             if host.enrollment() == EnrollmentState::Enrolled {
@@ -188,7 +194,10 @@ impl StateMachine {
     }
 
     fn complete_enrollment(&mut self, c: &pb::CompleteEnrollment, now: u64) -> Applied {
-        let host = self.hosts.get_mut(&c.name).ok_or_else(|| unknown_host(&c.name))?;
+        let host = self
+            .hosts
+            .get_mut(&c.name)
+            .ok_or_else(|| unknown_host(&c.name))?;
         if host.enrollment() == EnrollmentState::Enrolled {
             return Err(Refusal::new(
                 RefusalKind::AlreadyUsed,
@@ -212,7 +221,10 @@ impl StateMachine {
             ));
         }
         if c.credential_hash.is_empty() {
-            return Err(Refusal::new(RefusalKind::Invalid, "credential hash is empty"));
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                "credential hash is empty",
+            ));
         }
         host.enrollment = EnrollmentState::Enrolled as i32;
         host.enrollment_token_hash.clear();
@@ -230,7 +242,10 @@ impl StateMachine {
     }
 
     fn attach_host(&mut self, c: &pb::AttachHost) -> Applied {
-        let host = self.hosts.get_mut(&c.name).ok_or_else(|| unknown_host(&c.name))?;
+        let host = self
+            .hosts
+            .get_mut(&c.name)
+            .ok_or_else(|| unknown_host(&c.name))?;
         host.attached_broker = c.broker.clone();
         host.presence_epoch += 1;
         Ok(Outcome::Applied)
@@ -280,7 +295,10 @@ impl StateMachine {
 
 fn validate_groups(groups: &[String]) -> Result<(), Refusal> {
     if groups.is_empty() {
-        return Err(Refusal::new(RefusalKind::Invalid, "at least one group is required"));
+        return Err(Refusal::new(
+            RefusalKind::Invalid,
+            "at least one group is required",
+        ));
     }
     groups
         .iter()

@@ -92,12 +92,18 @@ impl StateMachine {
     }
 
     /// Checks a host agent's long-term credential (given by its hash).
-    pub fn check_host_credential(&self, name: &str, credential_hash: &[u8]) -> Result<&Host, Refusal> {
+    pub fn check_host_credential(
+        &self,
+        name: &str,
+        credential_hash: &[u8],
+    ) -> Result<&Host, Refusal> {
         let host = self.hosts.get(name).ok_or_else(|| unknown_host(name))?;
         if host.enrollment() != EnrollmentState::Enrolled {
             return Err(Refusal::new(
                 RefusalKind::PermissionDenied,
-                format!("host {name:?} has not completed enrollment; run `ferry host --enroll TOKEN`"),
+                format!(
+                    "host {name:?} has not completed enrollment; run `ferry host --enroll TOKEN`"
+                ),
             ));
         }
         if host.credential_hash != credential_hash {

@@ -78,7 +78,10 @@ impl StateMachine {
             return inconsistent(format!("{} audit records", snapshot.audit.len()));
         }
         let in_order = snapshot.audit.windows(2).all(|w| w[0].seq < w[1].seq);
-        let below_next = snapshot.audit.last().is_none_or(|r| r.seq < state.next_audit_seq);
+        let below_next = snapshot
+            .audit
+            .last()
+            .is_none_or(|r| r.seq < state.next_audit_seq);
         if !in_order || !below_next {
             return inconsistent("audit records out of sequence".into());
         }

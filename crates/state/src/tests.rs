@@ -79,12 +79,24 @@ fn enrollment_grants_and_sessions() {
     let state = check(vec![
         (T0, add_user("alice", &["staff"]), Ok(())),
         (T0, add_user("alice", &["staff"]), Err("already exists")),
-        (T0, add_user("bad name", &["staff"]), Err("may contain only")),
+        (
+            T0,
+            add_user("bad name", &["staff"]),
+            Err("may contain only"),
+        ),
         (T0, add_user("bob", &[]), Err("at least one group")),
         (T0, create_host("pc1", &["lab"], "tok"), Ok(())),
-        (T0, enroll("pc1", "wrong", "cred"), Err("wrong enrollment token")),
+        (
+            T0,
+            enroll("pc1", "wrong", "cred"),
+            Err("wrong enrollment token"),
+        ),
         (T0, enroll("nope", "tok", "cred"), Err("unknown host")),
-        (T0, open("alice", "pc1"), Err("has not completed enrollment")),
+        (
+            T0,
+            open("alice", "pc1"),
+            Err("has not completed enrollment"),
+        ),
         (T0, enroll("pc1", "tok", "cred"), Ok(())),
         (T0, enroll("pc1", "tok", "cred"), Err("works once")),
         (T0, open("alice", "pc1"), Err("not granted")),
@@ -96,8 +108,12 @@ fn enrollment_grants_and_sessions() {
         (T0 + 5000, enroll("pc2", "t2", "c2"), Err("expired")),
     ]);
     assert_eq!(state.counts().sessions_open, 1);
-    assert!(state.check_host_credential("pc1", &hash_secret("cred")).is_ok());
-    assert!(state.check_host_credential("pc1", &hash_secret("other")).is_err());
+    assert!(state
+        .check_host_credential("pc1", &hash_secret("cred"))
+        .is_ok());
+    assert!(state
+        .check_host_credential("pc1", &hash_secret("other"))
+        .is_err());
     // Every command left an audit record, refusals included.
     assert_eq!(state.counts().audit_records, 17);
 }
@@ -118,8 +134,14 @@ fn tokens_expire_and_are_bounded_per_user() {
     assert_eq!(state.counts().tokens, TOKENS_PER_USER_MAX);
     let newest = hash_secret(&format!("t{}", TOKENS_PER_USER_MAX + 9));
     assert!(matches!(state.check_token(&newest, T0), TokenCheck::Valid(u) if u.name == "alice"));
-    assert_eq!(state.check_token(&hash_secret("t0"), T0), TokenCheck::Unknown);
-    assert_eq!(state.check_token(&newest, T0 + 100_000), TokenCheck::Expired);
+    assert_eq!(
+        state.check_token(&hash_secret("t0"), T0),
+        TokenCheck::Unknown
+    );
+    assert_eq!(
+        state.check_token(&newest, T0 + 100_000),
+        TokenCheck::Expired
+    );
     state.apply(&cmd(T0 + 100_000, Kind::PurgeExpired(pb::PurgeExpired {})));
     assert_eq!(state.counts().tokens, 0);
 }
@@ -137,10 +159,16 @@ fn snapshot_restores_an_identical_state() {
     assert_eq!(restored, state);
     let mut bad = state.snapshot();
     bad.format_version = 99;
-    assert!(matches!(StateMachine::restore(bad), Err(RestoreError::Version { found: 99 })));
+    assert!(matches!(
+        StateMachine::restore(bad),
+        Err(RestoreError::Version { found: 99 })
+    ));
     let mut bad = state.snapshot();
     bad.next_session_id = 1;
-    assert!(matches!(StateMachine::restore(bad), Err(RestoreError::Inconsistent(_))));
+    assert!(matches!(
+        StateMachine::restore(bad),
+        Err(RestoreError::Inconsistent(_))
+    ));
 }
 
 /// Random command sequences: applying them twice gives identical states (determinism), and a

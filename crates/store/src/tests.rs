@@ -28,7 +28,11 @@ fn log_and_snapshot_survive_reopen() {
             }
         }
         store.flush().unwrap();
-        assert_eq!(store.log_len(), 4, "entries up to the snapshot are compacted");
+        assert_eq!(
+            store.log_len(),
+            4,
+            "entries up to the snapshot are compacted"
+        );
     }
     let store = Store::open(dir.path()).unwrap();
     let (state, applied) = store.recover().unwrap();
@@ -44,10 +48,16 @@ fn records_detect_damage() {
     for i in 0..sealed.len() {
         let mut bad = sealed.clone();
         bad[i] ^= 0x40;
-        assert!(record::open(&bad).is_err(), "flip at byte {i} went unnoticed");
+        assert!(
+            record::open(&bad).is_err(),
+            "flip at byte {i} went unnoticed"
+        );
     }
     for len in 0..sealed.len() {
-        assert!(record::open(&sealed[..len]).is_err(), "truncation to {len} went unnoticed");
+        assert!(
+            record::open(&sealed[..len]).is_err(),
+            "truncation to {len} went unnoticed"
+        );
     }
 }
 

@@ -29,7 +29,10 @@ impl ClusterCa {
     pub fn generate(cluster_name: &str) -> Result<Self, Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("Ferry cluster CA {cluster_name}"));
+        dn.push(
+            DnType::CommonName,
+            format!("Ferry cluster CA {cluster_name}"),
+        );
         dn.push(DnType::OrganizationName, "Ferry");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -55,8 +58,7 @@ impl ClusterCa {
     /// put in SNI), `localhost`, and the given IP addresses. It serves both as a TLS server
     /// certificate and, for peer links between brokers, as a client certificate.
     pub fn issue_node(&self, node_id: &str, ips: &[IpAddr]) -> Result<PemPair, Error> {
-        let mut params =
-            CertificateParams::new(vec![node_id.to_owned(), "localhost".to_owned()])?;
+        let mut params = CertificateParams::new(vec![node_id.to_owned(), "localhost".to_owned()])?;
         for ip in ips {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
         }

@@ -53,17 +53,18 @@ fn transport(limits: &Limits) -> Arc<quinn::TransportConfig> {
         .stream_receive_window(limits.stream_window_bytes.into())
         .send_window(u64::from(limits.connection_window_bytes))
         .keep_alive_interval(Some(limits.keep_alive))
-        .max_idle_timeout(Some(
-            limits
-                .idle_timeout
-                .try_into()
-                .expect("idle timeout is configured in seconds, far below QUIC's 2^62 ms limit"),
-        ));
+        .max_idle_timeout(Some(limits.idle_timeout.try_into().expect(
+            "idle timeout is configured in seconds, far below QUIC's 2^62 ms limit",
+        )));
     Arc::new(t)
 }
 
 /// A broker's listening endpoint.
-pub fn server(addr: SocketAddr, identity: tls::Identity, limits: &Limits) -> Result<quinn::Endpoint, Error> {
+pub fn server(
+    addr: SocketAddr,
+    identity: tls::Identity,
+    limits: &Limits,
+) -> Result<quinn::Endpoint, Error> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server(identity)?)
         .map_err(|e| Error::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));

@@ -66,14 +66,21 @@ mod tests {
 
         // An oversized header is refused before any payload is read or allocated.
         a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-        let err = read::<wire::Hello, _>(&mut b, FrameLimits::default()).await.unwrap_err();
-        assert!(matches!(err, Error::Codec(frame::Error::TooLarge { .. })), "{err}");
+        let err = read::<wire::Hello, _>(&mut b, FrameLimits::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Codec(frame::Error::TooLarge { .. })),
+            "{err}"
+        );
 
         // A stream that ends mid-frame is reported as truncated.
         let (mut a, mut b) = tokio::io::duplex(1024);
         a.write_all(&[0, 0, 0, 10, 1, 2]).await.unwrap();
         drop(a);
-        let err = read::<wire::Hello, _>(&mut b, FrameLimits::default()).await.unwrap_err();
+        let err = read::<wire::Hello, _>(&mut b, FrameLimits::default())
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::Truncated), "{err}");
     }
 }

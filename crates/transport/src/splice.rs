@@ -48,7 +48,10 @@ pub async fn quic_to_quic(mut recv: RecvStream, mut send: SendStream) -> Result<
 }
 
 /// Copies a local byte stream (TCP, stdin) into a QUIC stream until the local side ends.
-pub async fn local_to_quic<R: AsyncRead + Unpin>(mut local: R, mut send: SendStream) -> Result<u64, Error> {
+pub async fn local_to_quic<R: AsyncRead + Unpin>(
+    mut local: R,
+    mut send: SendStream,
+) -> Result<u64, Error> {
     let mut moved = 0u64;
     let mut buf = BytesMut::with_capacity(CHUNK_BYTES_MAX);
     loop {
@@ -74,7 +77,10 @@ pub async fn local_to_quic<R: AsyncRead + Unpin>(mut local: R, mut send: SendStr
 
 /// Copies a QUIC stream into a local byte stream (TCP, stdout) until the QUIC stream ends, then
 /// shuts the local writer down so the local program sees end of file.
-pub async fn quic_to_local<W: AsyncWrite + Unpin>(mut recv: RecvStream, mut local: W) -> Result<u64, Error> {
+pub async fn quic_to_local<W: AsyncWrite + Unpin>(
+    mut recv: RecvStream,
+    mut local: W,
+) -> Result<u64, Error> {
     let mut moved = 0u64;
     loop {
         match recv.read_chunk(CHUNK_BYTES_MAX, true).await {

@@ -30,11 +30,12 @@ async fn request(
     remote: SocketAddr,
 ) {
     let deadline = ctx.config.limits.handshake_timeout();
-    let request: wire::ClientRequest = match timeout(deadline, framed::read(&mut recv, frame_limits(&ctx))).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return reject_input(&ctx, &conn, &e),
-        Err(_) => return,
-    };
+    let request: wire::ClientRequest =
+        match timeout(deadline, framed::read(&mut recv, frame_limits(&ctx))).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return reject_input(&ctx, &conn, &e),
+            Err(_) => return,
+        };
     match request.request {
         Some(client_request::Request::Login(login)) => {
             let response = match self::login(&ctx, login, remote).await {
@@ -65,7 +66,11 @@ fn error(code: ErrorCode, message: impl Into<String>) -> wire::Error {
     wire::Error::new(code, message)
 }
 
-async fn login(ctx: &Ctx, login: wire::Login, remote: SocketAddr) -> Result<wire::LoginOk, wire::Error> {
+async fn login(
+    ctx: &Ctx,
+    login: wire::Login,
+    remote: SocketAddr,
+) -> Result<wire::LoginOk, wire::Error> {
     let source = remote.ip();
     let result_label = |result| crate::metrics::Result_ { result };
     ctx.throttle
@@ -73,10 +78,17 @@ async fn login(ctx: &Ctx, login: wire::Login, remote: SocketAddr) -> Result<wire
         .expect("no code panics while holding the throttle lock")
         .check(&login.user, source, Instant::now())
         .map_err(|why| {
-            ctx.metrics.logins.get_or_create(&result_label("throttled")).inc();
+            ctx.metrics
+                .logins
+                .get_or_create(&result_label("throttled"))
+                .inc();
             error(ErrorCode::ResourceExhausted, why)
         })?;
-    let stored = ctx.replica.read().user(&login.user).map(|u| u.password_hash.clone());
+    let stored = ctx
+        .replica
+        .read()
+        .user(&login.user)
+        .map(|u| u.password_hash.clone());
     let password = login.password;
     // Verify even for unknown users (against nothing), so timing does not reveal who exists.
     let verified = match stored.clone() {
@@ -87,12 +99,19 @@ async fn login(ctx: &Ctx, login: wire::Login, remote: SocketAddr) -> Result<wire
     };
     let actor = format!("user:{}", login.user);
     if !verified {
-        ctx.metrics.logins.get_or_create(&result_label("failed")).inc();
+        ctx.metrics
+            .logins
+            .get_or_create(&result_label("failed"))
+            .inc();
         ctx.throttle
             .lock()
             .expect("no code panics while holding the throttle lock")
             .record_failure(&login.user, source, Instant::now());
-        let reason = if stored.is_some() { "wrong password" } else { "unknown user" };
+        let reason = if stored.is_some() {
+            "wrong password"
+        } else {
+            "unknown user"
+        };
         let _ = ctx
             .propose(
                 actor,
@@ -107,7 +126,10 @@ async fn login(ctx: &Ctx, login: wire::Login, remote: SocketAddr) -> Result<wire
         // The audit log records which it was.
         return Err(error(
             ErrorCode::Unauthenticated,
-            format!("login failed for {:?}: unknown user or wrong password", login.user),
+            format!(
+                "login failed for {:?}: unknown user or wrong password",
+                login.user
+            ),
         ));
     }
     let token = auth::new_secret();
@@ -125,7 +147,10 @@ async fn login(ctx: &Ctx, login: wire::Login, remote: SocketAddr) -> Result<wire
                 .lock()
                 .expect("no code panics while holding the throttle lock")
                 .record_success(&login.user);
-            Ok(wire::LoginOk { token, expires_at_ms })
+            Ok(wire::LoginOk {
+                token,
+                expires_at_ms,
+            })
         }
         Err(e) => Err(propose_error_to_wire(&e)),
     }
@@ -178,13 +203,21 @@ async fn open_session(
         Ok(Outcome::SessionOpened { session_id }) => session_id,
         Ok(Outcome::Refused(r)) => {
             ctx.metrics.refuse_session("refused");
-            respond(ctx, &mut send, client_response::Response::Error(refusal_to_wire(&r))).await;
+            respond(
+                ctx,
+                &mut send,
+                client_response::Response::Error(refusal_to_wire(&r)),
+            )
+            .await;
             let _ = send.finish();
             return;
         }
         Ok(Outcome::Applied) | Err(_) => {
             ctx.metrics.refuse_session("unavailable");
-            let e = error(ErrorCode::Unavailable, "the session could not be recorded; try again");
+            let e = error(
+                ErrorCode::Unavailable,
+                "the session could not be recorded; try again",
+            );
             respond(ctx, &mut send, client_response::Response::Error(e)).await;
             let _ = send.finish();
             return;
@@ -201,24 +234,26 @@ async fn open_session(
 fn authorize(ctx: &Ctx, open: &wire::OpenSession) -> Result<String, (&'static str, wire::Error)> {
     let user = {
         let state = ctx.replica.read();
-        let user = match state.check_token(&hash_secret(&open.token), crate::now_ms()) {
-            TokenCheck::Valid(user) => user.name.clone(),
-            TokenCheck::Expired => {
-                return Err((
-                    "token_expired",
-                    error(ErrorCode::Expired, "your login token has expired; run `ferry login` again"),
-                ))
-            }
-            TokenCheck::Unknown => {
-                return Err((
+        let user =
+            match state.check_token(&hash_secret(&open.token), crate::now_ms()) {
+                TokenCheck::Valid(user) => user.name.clone(),
+                TokenCheck::Expired => {
+                    return Err((
+                        "token_expired",
+                        error(
+                            ErrorCode::Expired,
+                            "your login token has expired; run `ferry login` again",
+                        ),
+                    ))
+                }
+                TokenCheck::Unknown => return Err((
                     "token_unknown",
                     error(
                         ErrorCode::Unauthenticated,
                         "your login token is not valid on this cluster; run `ferry login` again",
                     ),
-                ))
-            }
-        };
+                )),
+            };
         state
             .may_open(&user, &open.host)
             .map_err(|r| ("not_granted", refusal_to_wire(&r)))?;
@@ -229,7 +264,10 @@ fn authorize(ctx: &Ctx, open: &wire::OpenSession) -> Result<String, (&'static st
             "host_offline",
             error(
                 ErrorCode::Unavailable,
-                format!("host {:?} is enrolled but its agent is not connected", open.host),
+                format!(
+                    "host {:?} is enrolled but its agent is not connected",
+                    open.host
+                ),
             ),
         ));
     };
@@ -269,7 +307,8 @@ async fn relay(
             let _ = client_send.finish();
         }
         Ok((host_send, host_recv)) => {
-            let opened = client_response::Response::SessionOpened(wire::SessionOpened { session_id });
+            let opened =
+                client_response::Response::SessionOpened(wire::SessionOpened { session_id });
             respond(ctx, &mut client_send, opened).await;
             ctx.metrics.sessions_opened.inc();
             ctx.metrics.sessions_open.inc();
@@ -284,8 +323,14 @@ async fn relay(
             let direction = |direction| crate::metrics::Direction { direction };
             up = *a.as_ref().unwrap_or(&0);
             down = *b.as_ref().unwrap_or(&0);
-            ctx.metrics.relay_bytes.get_or_create(&direction("client_to_host")).inc_by(up);
-            ctx.metrics.relay_bytes.get_or_create(&direction("host_to_client")).inc_by(down);
+            ctx.metrics
+                .relay_bytes
+                .get_or_create(&direction("client_to_host"))
+                .inc_by(up);
+            ctx.metrics
+                .relay_bytes
+                .get_or_create(&direction("host_to_client"))
+                .inc_by(down);
             close_reason = match (a, b) {
                 (Ok(_), Ok(_)) => "closed".to_owned(),
                 (Err(e), _) => format!("client side: {e}"),
@@ -300,7 +345,10 @@ async fn relay(
         bytes_host_to_client: down,
         reason: close_reason,
     });
-    if let Err(e) = ctx.propose(format!("node:{}", ctx.config.node_id), String::new(), close).await {
+    if let Err(e) = ctx
+        .propose(format!("node:{}", ctx.config.node_id), String::new(), close)
+        .await
+    {
         tracing::warn!(error = %e, "could not record the session's end");
     }
 }

@@ -28,14 +28,16 @@ pub(super) async fn serve(
     let deadline = ctx.config.limits.handshake_timeout();
     // At most an enrollment and an attachment; anything more before attaching is abuse.
     for _ in 0..2 {
-        let request: wire::HostRequest = match timeout(deadline, framed::read(&mut recv, frame_limits(&ctx))).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return reject_input(&ctx, &conn, &e),
-            Err(_) => {
-                CloseCode::Protocol.close(&conn, "host sent no request within the handshake timeout");
-                return;
-            }
-        };
+        let request: wire::HostRequest =
+            match timeout(deadline, framed::read(&mut recv, frame_limits(&ctx))).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return reject_input(&ctx, &conn, &e),
+                Err(_) => {
+                    CloseCode::Protocol
+                        .close(&conn, "host sent no request within the handshake timeout");
+                    return;
+                }
+            };
         let result = match request.request {
             Some(host_request::Request::Enroll(e)) => enroll(&ctx, e, remote).await.map(Some),
             Some(host_request::Request::Attach(a)) => {
@@ -45,7 +47,10 @@ pub(super) async fn serve(
                         let response = HostResponse {
                             response: Some(host_response::Response::Attached(attached)),
                         };
-                        if framed::write(&mut send, &response, frame_limits(&ctx)).await.is_ok() {
+                        if framed::write(&mut send, &response, frame_limits(&ctx))
+                            .await
+                            .is_ok()
+                        {
                             drop(unauthenticated);
                             stay_attached(&ctx, &conn, &name, recv).await;
                         }
@@ -54,14 +59,20 @@ pub(super) async fn serve(
                     Err(e) => Err(e),
                 }
             }
-            None => Err(wire::Error::new(ErrorCode::Malformed, "host request names no operation")),
+            None => Err(wire::Error::new(
+                ErrorCode::Malformed,
+                "host request names no operation",
+            )),
         };
         match result {
             Ok(Some(enrolled)) => {
                 let response = HostResponse {
                     response: Some(host_response::Response::Enrolled(enrolled)),
                 };
-                if framed::write(&mut send, &response, frame_limits(&ctx)).await.is_err() {
+                if framed::write(&mut send, &response, frame_limits(&ctx))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -81,7 +92,11 @@ pub(super) async fn serve(
     CloseCode::Protocol.close(&conn, "host did not attach");
 }
 
-async fn enroll(ctx: &Ctx, enroll: wire::Enroll, remote: SocketAddr) -> Result<wire::Enrolled, wire::Error> {
+async fn enroll(
+    ctx: &Ctx,
+    enroll: wire::Enroll,
+    remote: SocketAddr,
+) -> Result<wire::Enrolled, wire::Error> {
     let label = |result| crate::metrics::Result_ { result };
     let credential = auth::new_secret();
     let complete = Kind::CompleteEnrollment(cmd::CompleteEnrollment {
@@ -89,9 +104,19 @@ async fn enroll(ctx: &Ctx, enroll: wire::Enroll, remote: SocketAddr) -> Result<w
         enrollment_token_hash: hash_secret(&enroll.token),
         credential_hash: hash_secret(&credential),
     });
-    match ctx.propose(format!("host:{}", enroll.name), remote.to_string(), complete).await {
+    match ctx
+        .propose(
+            format!("host:{}", enroll.name),
+            remote.to_string(),
+            complete,
+        )
+        .await
+    {
         Ok(Outcome::Refused(r)) => {
-            ctx.metrics.enrollments.get_or_create(&label("refused")).inc();
+            ctx.metrics
+                .enrollments
+                .get_or_create(&label("refused"))
+                .inc();
             Err(refusal_to_wire(&r))
         }
         Ok(_) => {
@@ -112,7 +137,10 @@ async fn attach(
     if attach.services.is_empty() || attach.services.len() > SERVICES_PER_HOST_MAX {
         return Err(wire::Error::new(
             ErrorCode::InvalidArgument,
-            format!("a host exposes between 1 and {SERVICES_PER_HOST_MAX} services, not {}", attach.services.len()),
+            format!(
+                "a host exposes between 1 and {SERVICES_PER_HOST_MAX} services, not {}",
+                attach.services.len()
+            ),
         ));
     }
     for service in &attach.services {
@@ -127,7 +155,14 @@ async fn attach(
         name: attach.name.clone(),
         broker: ctx.config.node_id.clone(),
     });
-    match ctx.propose(format!("host:{}", attach.name), remote.to_string(), presence).await {
+    match ctx
+        .propose(
+            format!("host:{}", attach.name),
+            remote.to_string(),
+            presence,
+        )
+        .await
+    {
         Ok(Outcome::Refused(r)) => return Err(refusal_to_wire(&r)),
         Ok(_) => {}
         Err(e) => return Err(propose_error_to_wire(&e)),
@@ -150,7 +185,12 @@ async fn attach(
 }
 
 /// Holds the host registered until its connection or control stream ends.
-async fn stay_attached(ctx: &Ctx, conn: &quinn::Connection, name: &str, mut control: quinn::RecvStream) {
+async fn stay_attached(
+    ctx: &Ctx,
+    conn: &quinn::Connection,
+    name: &str,
+    mut control: quinn::RecvStream,
+) {
     // The agent sends nothing more on the control stream today; reading it to the end notices a
     // clean close as soon as the connection's own close does. Bytes are discarded, bounded.
     let mut scratch = [0u8; 1024];

@@ -20,7 +20,11 @@ use tokio::time::timeout;
 /// Longest close reason sent; QUIC carries it in one packet.
 const CLOSE_REASON_BYTES_MAX: usize = 400;
 
-pub(crate) async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    endpoint: quinn::Endpoint,
+    ctx: Arc<Ctx>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let limits = &ctx.config.limits;
     let connection_slots = Arc::new(Semaphore::new(limits.connections_max));
     let unauthenticated_slots = Arc::new(Semaphore::new(limits.unauthenticated_max));
@@ -62,7 +66,11 @@ pub(crate) fn frame_limits(ctx: &Ctx) -> FrameLimits {
     }
 }
 
-async fn handle(incoming: quinn::Incoming, ctx: Arc<Ctx>, unauthenticated: tokio::sync::OwnedSemaphorePermit) {
+async fn handle(
+    incoming: quinn::Incoming,
+    ctx: Arc<Ctx>,
+    unauthenticated: tokio::sync::OwnedSemaphorePermit,
+) {
     let remote = incoming.remote_address();
     let deadline = ctx.config.limits.handshake_timeout();
     let conn = match timeout(deadline, incoming).await {
@@ -91,14 +99,15 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Ctx>, unauthenticated: tokio
             return;
         }
     };
-    let hello: wire::Hello = match timeout(deadline, framed::read(&mut recv, frame_limits(&ctx))).await {
-        Ok(Ok(hello)) => hello,
-        Ok(Err(e)) => return reject_input(&ctx, &conn, &e),
-        Err(_) => {
-            CloseCode::Protocol.close(&conn, "no Hello within the handshake timeout");
-            return;
-        }
-    };
+    let hello: wire::Hello =
+        match timeout(deadline, framed::read(&mut recv, frame_limits(&ctx))).await {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(e)) => return reject_input(&ctx, &conn, &e),
+            Err(_) => {
+                CloseCode::Protocol.close(&conn, "no Hello within the handshake timeout");
+                return;
+            }
+        };
     if hello.protocol_version != PROTOCOL_VERSION {
         let message = format!(
             "unsupported protocol version {} (broker {} speaks {PROTOCOL_VERSION}); upgrade the older side",
@@ -126,7 +135,10 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Ctx>, unauthenticated: tokio
             }],
         })),
     };
-    if framed::write(&mut send, &ack, frame_limits(&ctx)).await.is_err() {
+    if framed::write(&mut send, &ack, frame_limits(&ctx))
+        .await
+        .is_err()
+    {
         return;
     }
     match hello.role() {
@@ -199,5 +211,8 @@ pub(crate) fn refusal_to_wire(refusal: &ferry_state::Refusal) -> wire::Error {
 
 /// The wire form of a failed proposal.
 pub(crate) fn propose_error_to_wire(error: &crate::replication::ProposeError) -> wire::Error {
-    wire::Error::new(wire::ErrorCode::Unavailable, format!("broker cannot record this now: {error}"))
+    wire::Error::new(
+        wire::ErrorCode::Unavailable,
+        format!("broker cannot record this now: {error}"),
+    )
 }
