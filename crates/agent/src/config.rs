@@ -11,8 +11,23 @@ pub struct ClientConfig {
     pub cluster_name: String,
     /// The cluster CA certificate; the only certificate this endpoint trusts.
     pub ca_cert: PathBuf,
+    /// Largest UDP payload to send and accept (default 1452, Ethernet-safe). Raise it on
+    /// loopback or jumbo-frame networks; must match what the brokers allow to help.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_payload_bytes_max: Option<u16>,
     /// Brokers to try, in order. Endpoints also learn the current list from the brokers.
     pub brokers: Vec<BrokerEntry>,
+}
+
+impl ClientConfig {
+    /// Transport limits of this endpoint.
+    pub fn transport_limits(&self) -> ferry_transport::endpoint::Limits {
+        let mut limits = ferry_transport::endpoint::Limits::default();
+        if let Some(bytes) = self.udp_payload_bytes_max {
+            limits.udp_payload_bytes_max = bytes;
+        }
+        limits
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

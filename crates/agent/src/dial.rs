@@ -33,7 +33,7 @@ pub struct Dialer {
 impl Dialer {
     pub fn new(config: &ClientConfig, role: Role) -> Result<Self, Error> {
         let trust = tls::Trust::load(&config.ca_cert).map_err(|e| Error::Config(e.to_string()))?;
-        let endpoint = endpoint::client(&trust, &endpoint::Limits::default())
+        let endpoint = endpoint::client(&trust, &config.transport_limits())
             .map_err(|e| Error::Local(e.to_string()))?;
         Ok(Self {
             endpoint,

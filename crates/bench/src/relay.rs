@@ -22,6 +22,8 @@ use tokio::sync::mpsc;
 pub struct Options {
     pub bytes: u64,
     pub runs: u32,
+    /// UDP payload bound for every endpoint in both runs (broker, client, host, direct pair).
+    pub udp_payload_bytes_max: u16,
 }
 
 /// Size of each write; matches the relay's chunk size.
@@ -64,6 +66,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         ],
         None,
     )?;
+    set_udp_payload(&cluster, options.udp_payload_bytes_max)?;
     let log = std::fs::File::create(dir.path().join("broker.log"))?;
     let broker = ChildGuard(
         Command::new(std::env::current_exe()?)
@@ -127,7 +130,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let login = client::login(&client_config, "bench", "bench-password").await?;
     let opener = client::SessionOpener::new(&client_config, login.token)?;
 
-    let direct = Direct::start(&cluster).await?;
+    let direct = Direct::start(&cluster, client_config.transport_limits()).await?;
     let payload = Bytes::from(vec![0x5a; WRITE_BYTES]);
     let mut relayed_runs = Vec::new();
     let mut direct_runs = Vec::new();
@@ -196,7 +199,10 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     Ok(Report {
         scenario: "relay",
         machine: machine(),
-        parameters: serde_json::json!({ "bytes": options.bytes, "runs": options.runs }),
+        parameters: serde_json::json!({
+            "bytes": options.bytes, "runs": options.runs,
+            "udp_payload_bytes_max": options.udp_payload_bytes_max,
+        }),
         figures: vec![
             Figure {
                 id: "P1",
@@ -289,9 +295,8 @@ struct Direct {
 }
 
 impl Direct {
-    async fn start(cluster: &Path) -> anyhow::Result<Self> {
+    async fn start(cluster: &Path, limits: endpoint::Limits) -> anyhow::Result<Self> {
         let identity = tls::Identity::load(&cluster.join("b1.pem"), &cluster.join("b1.key"))?;
-        let limits = endpoint::Limits::default();
         let server = endpoint::server("127.0.0.1:0".parse()?, identity, &limits)?;
         let server_addr = server.local_addr()?;
         let (tx, rx) = mpsc::channel(16);
@@ -349,6 +354,25 @@ async fn send_and_wait(
     if got != bytes {
         bail!("the direct server received {got} bytes of {bytes}");
     }
+    Ok(())
+}
+
+/// Writes the UDP payload bound into the broker's and the endpoints' configs.
+fn set_udp_payload(cluster: &Path, bytes: u16) -> anyhow::Result<()> {
+    let node = cluster.join("b1.toml");
+    let text = std::fs::read_to_string(&node)?;
+    let key = format!(
+        "udp_payload_bytes_max = {}",
+        endpoint::UDP_PAYLOAD_BYTES_DEFAULT
+    );
+    anyhow::ensure!(text.contains(&key), "b1.toml does not hold {key:?}");
+    std::fs::write(
+        &node,
+        text.replace(&key, &format!("udp_payload_bytes_max = {bytes}")),
+    )?;
+    let client = cluster.join("client.toml");
+    let text = std::fs::read_to_string(&client)?;
+    std::fs::write(&client, format!("udp_payload_bytes_max = {bytes}\n{text}"))?;
     Ok(())
 }
 

@@ -62,6 +62,9 @@ pub struct Limits {
     pub snapshot_every_entries: u64,
     /// Proposals waiting for the log writer; further proposers wait (backpressure).
     pub proposal_queue_max: usize,
+    /// Largest UDP payload the relay listener sends and accepts (see
+    /// `ferry_transport::endpoint::Limits::udp_payload_bytes_max`).
+    pub udp_payload_bytes_max: u16,
 }
 
 impl Default for Limits {
@@ -79,6 +82,7 @@ impl Default for Limits {
             login_lockout_secs: 60,
             snapshot_every_entries: 10_000,
             proposal_queue_max: 4096,
+            udp_payload_bytes_max: ferry_transport::endpoint::UDP_PAYLOAD_BYTES_DEFAULT,
         }
     }
 }
@@ -151,6 +155,13 @@ impl NodeConfig {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be greater than 0"));
+        }
+        use ferry_transport::endpoint::{UDP_PAYLOAD_BYTES_MAX, UDP_PAYLOAD_BYTES_MIN};
+        if !(UDP_PAYLOAD_BYTES_MIN..=UDP_PAYLOAD_BYTES_MAX).contains(&l.udp_payload_bytes_max) {
+            return Err(format!(
+                "limits.udp_payload_bytes_max is {}; it must be between {UDP_PAYLOAD_BYTES_MIN} and {UDP_PAYLOAD_BYTES_MAX}",
+                l.udp_payload_bytes_max
+            ));
         }
         if !(1024..=16 * 1024 * 1024).contains(&l.frame_bytes_max) {
             return Err(format!(

@@ -93,6 +93,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let identity = tls::Identity::load(&config.cert, &config.key)?;
     let limits = endpoint::Limits {
         streams_per_connection_max: config.limits.streams_per_connection_max,
+        udp_payload_bytes_max: config.limits.udp_payload_bytes_max,
         ..Default::default()
     };
     let quic = endpoint::server(config.relay_addr, identity, &limits)?;

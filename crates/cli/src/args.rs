@@ -252,6 +252,10 @@ pub enum BenchScenario {
         /// Runs of each kind; the median is reported.
         #[arg(long, default_value_t = 3)]
         runs: u32,
+        /// UDP payload bound for every endpoint, relayed and direct alike (1452 is the
+        /// Ethernet-safe default; loopback allows up to 65527).
+        #[arg(long, default_value_t = ferry_transport::endpoint::UDP_PAYLOAD_BYTES_DEFAULT)]
+        udp_payload_bytes: u16,
     },
 }
 

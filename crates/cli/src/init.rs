@@ -112,6 +112,7 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
     let client = ClientConfig {
         cluster_name: args.cluster_name.clone(),
         ca_cert: "ca.pem".into(),
+        udp_payload_bytes_max: None,
         brokers,
     };
     let text = format!(

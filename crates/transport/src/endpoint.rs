@@ -31,7 +31,19 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Keep-alive pings, so an idle but healthy connection never hits the idle timeout.
     pub keep_alive: Duration,
+    /// Largest UDP payload sent (MTU discovery searches up to it) and accepted. 1452 fits any
+    /// Ethernet path; loopback and jumbo-frame networks can go up to 65527, which cuts the
+    /// per-packet cost of bulk transfers. Discovery makes a too-high value safe, only slower
+    /// to converge; the receive buffer grows linearly with it.
+    pub udp_payload_bytes_max: u16,
 }
+
+/// Ethernet-safe UDP payload for IPv4 and IPv6 (quinn's default MTU discovery bound).
+pub const UDP_PAYLOAD_BYTES_DEFAULT: u16 = 1452;
+/// QUIC's minimum; nothing smaller can carry an Initial packet.
+pub const UDP_PAYLOAD_BYTES_MIN: u16 = 1200;
+/// The largest UDP payload IPv6 allows.
+pub const UDP_PAYLOAD_BYTES_MAX: u16 = 65527;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -41,12 +53,21 @@ impl Default for Limits {
             stream_window_bytes: 8 * 1024 * 1024,
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(2),
+            udp_payload_bytes_max: UDP_PAYLOAD_BYTES_DEFAULT,
         }
     }
 }
 
 fn transport(limits: &Limits) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(limits.udp_payload_bytes_max);
+    t.mtu_discovery_config(Some(mtu));
+    // Ask the peer to acknowledge every 8th ack-eliciting packet instead of every 2nd: bulk
+    // transfers spend a large share of their CPU on ACKs (measured in docs/BENCHMARKS.md).
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(7u32.into());
+    t.ack_frequency_config(Some(ack));
     t.max_concurrent_bidi_streams(limits.streams_per_connection_max.into())
         .max_concurrent_uni_streams(0u32.into())
         .receive_window(limits.connection_window_bytes.into())
@@ -69,7 +90,28 @@ pub fn server(
         .map_err(|e| Error::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport(limits));
-    quinn::Endpoint::server(config, addr).map_err(|source| Error::Bind { addr, source })
+    bind(addr, Some(config), limits)
+}
+
+/// Binds a UDP socket and builds an endpoint with Ferry's endpoint-wide limits.
+fn bind(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    limits: &Limits,
+) -> Result<quinn::Endpoint, Error> {
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(limits.udp_payload_bytes_max.max(UDP_PAYLOAD_BYTES_MIN))
+        .map_err(|e| {
+            Error::Quic(format!(
+                "UDP payload limit {}: {e}",
+                limits.udp_payload_bytes_max
+            ))
+        })?;
+    let socket = std::net::UdpSocket::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+    let runtime = quinn::default_runtime().ok_or_else(|| Error::Quic("no async runtime".into()))?;
+    quinn::Endpoint::new(config, server, socket, runtime)
+        .map_err(|source| Error::Bind { addr, source })
 }
 
 /// An endpoint that dials brokers, trusting only the cluster CA.
@@ -79,8 +121,7 @@ pub fn client(trust: &tls::Trust, limits: &Limits) -> Result<quinn::Endpoint, Er
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport(limits));
     let addr: SocketAddr = "0.0.0.0:0".parse().expect("literal socket address");
-    let mut endpoint =
-        quinn::Endpoint::client(addr).map_err(|source| Error::Bind { addr, source })?;
+    let mut endpoint = bind(addr, None, limits)?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
