@@ -30,6 +30,16 @@ pub fn verify_password(stored_hash: &str, password: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// A valid argon2id hash of a random password, computed once: verifying against it costs what
+/// verifying a real user's password costs, and never succeeds.
+pub fn dummy_password_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        hash_password(&new_secret())
+            .expect("hashing a random password with default parameters succeeds")
+    })
+}
+
 /// A new 256-bit random secret, hex-encoded (login tokens, enrollment tokens, credentials).
 pub fn new_secret() -> String {
     let mut bytes = [0u8; 32];
@@ -134,6 +144,8 @@ mod tests {
         assert!(verify_password(&hash, "correct horse"));
         assert!(!verify_password(&hash, "wrong"));
         assert!(!verify_password("not a hash", "correct horse"));
+        assert!(dummy_password_hash().starts_with("$argon2id$"));
+        assert!(!verify_password(dummy_password_hash(), ""));
     }
 
     #[test]

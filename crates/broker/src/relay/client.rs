@@ -90,13 +90,20 @@ async fn login(
         .user(&login.user)
         .map(|u| u.password_hash.clone());
     let password = login.password;
-    // Verify even for unknown users (against nothing), so timing does not reveal who exists.
-    let verified = match stored.clone() {
-        Some(hash) => tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password))
-            .await
-            .unwrap_or(false),
-        None => false,
-    };
+    // An unknown user costs the same argon2 work as a known one (against a dummy hash), so
+    // response times do not reveal which users exist.
+    let known = stored.is_some();
+    let hash = stored.clone();
+    let verified = tokio::task::spawn_blocking(move || match hash {
+        Some(hash) => auth::verify_password(&hash, &password),
+        None => {
+            auth::verify_password(auth::dummy_password_hash(), &password);
+            false
+        }
+    })
+    .await
+    .unwrap_or(false)
+        && known;
     let actor = format!("user:{}", login.user);
     if !verified {
         ctx.metrics
