@@ -1,0 +1,308 @@
+//! [`Core`]: a raft-rs `RawNode` and the state machine it feeds, handled without IO.
+//!
+//! The order of [`Core::handle_ready`] is the contract with the driver:
+//!
+//! 1. `messages()` go out first: these are a leader's appends and heartbeats, which may be
+//!    sent before the leader's own fsync (followers persist before acknowledging, and the
+//!    leader only counts itself once its own write is durable).
+//! 2. The snapshot (if any), new entries and the hard state are written, then `sync`.
+//! 3. `persisted_messages()` (votes, append responses) go out: they promise what step 2 made
+//!    durable, so they must never leave before it.
+//! 4. Committed entries are applied. The commit index they depend on is part of the hard state
+//!    synced in step 2, so a restart never applies beyond what is durable.
+//! 5. `advance`; the light ready's commit index is written and synced, then its messages go out
+//!    and its committed entries are applied; `advance_apply`.
+//! 6. Every `snapshot_every_entries` applied entries, the state is snapshotted and the log
+//!    compacted; lagging peers then catch up from that snapshot.
+
+use crate::log::LogStore;
+use ferry_proto::state::{Command, Snapshot as StateSnapshot};
+use ferry_state::{Outcome, StateMachine};
+use prost::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType, Message, Snapshot};
+use raft::{RawNode, StateRole};
+
+/// Configuration of one node's consensus core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Raft id of this node; never 0, unique in the cluster, never reused.
+    pub id: u64,
+    /// Ticks between heartbeats.
+    pub heartbeat_tick: usize,
+    /// Election timeout is drawn from `[min_election_tick, max_election_tick)` ticks.
+    /// `max = min + 1` pins it, which the simulation uses for reproducibility.
+    pub min_election_tick: usize,
+    pub max_election_tick: usize,
+    /// Applied entries between local snapshots (and log compactions).
+    pub snapshot_every_entries: u64,
+    /// Bytes of entries per append message, and append messages in flight per peer.
+    pub max_size_per_msg: u64,
+    pub max_inflight_msgs: usize,
+}
+
+impl CoreConfig {
+    fn raft(&self, applied: u64) -> raft::Config {
+        raft::Config {
+            id: self.id,
+            election_tick: self.min_election_tick,
+            min_election_tick: self.min_election_tick,
+            max_election_tick: self.max_election_tick,
+            heartbeat_tick: self.heartbeat_tick,
+            applied,
+            max_size_per_msg: self.max_size_per_msg,
+            max_inflight_msgs: self.max_inflight_msgs,
+            // A leader that cannot hear a quorum steps down; a partitioned node cannot
+            // disrupt the cluster with term inflation when it returns.
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("snapshot at index {index} cannot be restored: {detail}")]
+    Snapshot { index: u64, detail: String },
+}
+
+/// Why a proposal was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// Only the leader takes proposals; `leader` is 0 when none is known.
+    #[error("not the leader (leader: {leader})")]
+    NotLeader { leader: u64 },
+    #[error("proposal dropped by raft: {0}")]
+    Dropped(String),
+}
+
+/// A committed command, applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub index: u64,
+    /// Term of the entry: with `index`, what identifies it in the log.
+    pub term: u64,
+    /// The token given to [`Core::propose`], when the entry carries one. Tokens embed the
+    /// proposing node's id, so a driver recognises its own.
+    pub token: Option<u64>,
+    pub outcome: Outcome,
+}
+
+/// What one [`Core::handle_ready`] produced, for the driver to carry out.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Messages to peers, in order.
+    pub messages: Vec<Message>,
+    /// Commands applied, in log order.
+    pub applied: Vec<Applied>,
+}
+
+pub struct Core<L: LogStore> {
+    raw: RawNode<L>,
+    state: StateMachine,
+    /// Index of the last entry applied to `state`.
+    applied: u64,
+    /// Index of the latest local snapshot.
+    snapshot_index: u64,
+    snapshot_every_entries: u64,
+}
+
+impl<L: LogStore> Core<L> {
+    /// Opens the core on `log`, restoring the state machine from the log's snapshot; raft-rs
+    /// then re-delivers the committed entries after it.
+    pub fn new(config: &CoreConfig, log: L) -> Result<Self, Error> {
+        let snapshot = log.latest_snapshot();
+        let (state, applied) = restore(&snapshot)?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = RawNode::new(&config.raft(applied), log, &logger)?;
+        Ok(Self {
+            raw,
+            state,
+            applied,
+            snapshot_index: applied,
+            snapshot_every_entries: config.snapshot_every_entries,
+        })
+    }
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    /// Feeds a message from a peer.
+    pub fn step(&mut self, message: Message) -> Result<(), Error> {
+        Ok(self.raw.step(message)?)
+    }
+
+    /// Proposes a command; its outcome arrives in [`Output::applied`] with `token`.
+    pub fn propose(&mut self, command: &Command, token: u64) -> Result<(), ProposeError> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.raw.raft.leader_id,
+            });
+        }
+        self.raw
+            .propose(token.to_be_bytes().to_vec(), command.encode_to_vec())
+            .map_err(|e| ProposeError::Dropped(e.to_string()))
+    }
+
+    /// Handles one Ready, in the order documented at the top of this module.
+    pub fn handle_ready(&mut self) -> Result<Output, Error> {
+        let mut out = Output::default();
+        if !self.raw.has_ready() {
+            return Ok(out);
+        }
+        let mut ready = self.raw.ready();
+        out.messages.extend(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            self.install_snapshot(&snapshot)?;
+        }
+        if !ready.entries().is_empty() {
+            self.raw.mut_store().append(ready.entries())?;
+        }
+        if let Some(hard_state) = ready.hs() {
+            self.raw.mut_store().set_hard_state(hard_state)?;
+        }
+        self.raw.mut_store().sync()?;
+        out.messages.extend(ready.take_persisted_messages());
+        self.apply(ready.take_committed_entries(), &mut out)?;
+
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+            self.raw.mut_store().sync()?;
+        }
+        out.messages.extend(light.take_messages());
+        self.apply(light.take_committed_entries(), &mut out)?;
+        self.raw.advance_apply_to(self.applied);
+        self.maybe_snapshot()?;
+        Ok(out)
+    }
+
+    fn apply(&mut self, entries: Vec<raft::eraftpb::Entry>, out: &mut Output) -> Result<(), Error> {
+        for entry in entries {
+            assert_eq!(
+                entry.index,
+                self.applied + 1,
+                "committed entries arrive in order and without gaps"
+            );
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {} // a new leader's no-op
+                EntryType::EntryNormal => {
+                    // Bytes that do not decode are applied as a refused no-op on every node
+                    // alike, so the replicas stay identical.
+                    let command = Command::decode(&entry.data[..]).unwrap_or_default();
+                    let outcome = self.state.apply(&command);
+                    let token = <[u8; 8]>::try_from(&entry.context[..])
+                        .ok()
+                        .map(u64::from_be_bytes);
+                    out.applied.push(Applied {
+                        index: entry.index,
+                        term: entry.term,
+                        token,
+                        outcome,
+                    });
+                }
+                EntryType::EntryConfChange => {
+                    let mut cc = ConfChange::default();
+                    protobuf::Message::merge_from_bytes(&mut cc, &entry.data)
+                        .map_err(raft::Error::CodecError)?;
+                    let conf_state = self.raw.apply_conf_change(&cc)?;
+                    self.raw.mut_store().set_conf_state(&conf_state)?;
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let mut cc = ConfChangeV2::default();
+                    protobuf::Message::merge_from_bytes(&mut cc, &entry.data)
+                        .map_err(raft::Error::CodecError)?;
+                    let conf_state = self.raw.apply_conf_change(&cc)?;
+                    self.raw.mut_store().set_conf_state(&conf_state)?;
+                }
+            }
+            self.applied = entry.index;
+        }
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), Error> {
+        let (state, index) = restore(snapshot)?;
+        self.raw.mut_store().apply_snapshot(snapshot)?;
+        self.state = state;
+        self.applied = index;
+        self.snapshot_index = index;
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), Error> {
+        if self.applied - self.snapshot_index < self.snapshot_every_entries {
+            return Ok(());
+        }
+        let data = self.state.snapshot().encode_to_vec();
+        let conf_state = self.raw.raft.prs().conf().to_conf_state();
+        self.raw
+            .mut_store()
+            .compact(self.applied, &conf_state, data)?;
+        self.raw.mut_store().sync()?;
+        self.snapshot_index = self.applied;
+        Ok(())
+    }
+
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    pub fn role(&self) -> StateRole {
+        self.raw.raft.state
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// The leader this node knows of, 0 if none.
+    pub fn leader(&self) -> u64 {
+        self.raw.raft.leader_id
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn commit(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    /// The applied state machine.
+    pub fn state(&self) -> &StateMachine {
+        &self.state
+    }
+
+    pub fn log(&self) -> &L {
+        self.raw.store()
+    }
+
+    /// Tells raft-rs whether a snapshot sent to `peer` arrived; after a failure the leader
+    /// probes the peer again instead of waiting for it forever.
+    pub fn report_snapshot(&mut self, peer: u64, delivered: raft::SnapshotStatus) {
+        self.raw.report_snapshot(peer, delivered);
+    }
+
+    /// Tells raft-rs a peer could not be reached, so it stops optimistic pipelining to it.
+    pub fn report_unreachable(&mut self, peer: u64) {
+        self.raw.report_unreachable(peer);
+    }
+}
+
+/// The state machine and index a snapshot holds (a fresh state at 0 when it holds no data).
+fn restore(snapshot: &Snapshot) -> Result<(StateMachine, u64), Error> {
+    let index = snapshot.get_metadata().index;
+    if snapshot.data.is_empty() {
+        return Ok((StateMachine::new(), index));
+    }
+    let fail = |detail: String| Error::Snapshot { index, detail };
+    let decoded = StateSnapshot::decode(&snapshot.data[..]).map_err(|e| fail(e.to_string()))?;
+    let state = StateMachine::restore(decoded).map_err(|e| fail(e.to_string()))?;
+    Ok((state, index))
+}

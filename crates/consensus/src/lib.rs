@@ -1,0 +1,18 @@
+//! Ferry's consensus core: one raft-rs `RawNode` and the replicated [`StateMachine`], driven
+//! without IO. The node's driver (issue 2) feeds it ticks, peer messages and proposals, and
+//! carries out what [`Core::handle_ready`] returns: messages to send. Storage is reached only
+//! through the [`LogStore`] trait, whose `sync` is the durability point.
+//!
+//! Architecture invariant: no tokio, no quinn, no sled, no clock, no thread. Time is `tick()`;
+//! the only randomness raft-rs itself draws (election timeouts) can be pinned by configuration,
+//! which is what makes the simulation in `tests/sim.rs` reproducible from a seed.
+//!
+//! [`StateMachine`]: ferry_state::StateMachine
+
+mod core;
+mod log;
+
+pub use crate::core::{Applied, Core, CoreConfig, Error, Output, ProposeError};
+pub use crate::log::{LogStore, MemLog};
+pub use raft::eraftpb::{ConfState, Entry, HardState, Message, Snapshot};
+pub use raft::{SnapshotStatus, StateRole};
