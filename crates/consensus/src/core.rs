@@ -113,7 +113,7 @@ impl<L: LogStore> Core<L> {
     /// Opens the core on `log`, restoring the state machine from the log's snapshot; raft-rs
     /// then re-delivers the committed entries after it.
     pub fn new(config: &CoreConfig, log: L) -> Result<Self, Error> {
-        let snapshot = log.latest_snapshot();
+        let snapshot = log.latest_snapshot()?;
         let (state, applied) = restore(&snapshot)?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let raw = RawNode::new(&config.raft(applied), log, &logger)?;

@@ -22,7 +22,7 @@ pub trait LogStore: raft::Storage {
     /// Records a snapshot of the local state at `index` and drops the entries it covers.
     fn compact(&mut self, index: u64, conf_state: &ConfState, data: Vec<u8>) -> raft::Result<()>;
     /// The latest snapshot (index 0 and no data when there is none).
-    fn latest_snapshot(&self) -> Snapshot;
+    fn latest_snapshot(&self) -> raft::Result<Snapshot>;
     /// Makes every write so far durable.
     fn sync(&mut self) -> raft::Result<()>;
 }
@@ -191,8 +191,8 @@ impl LogStore for MemLog {
         Ok(())
     }
 
-    fn latest_snapshot(&self) -> Snapshot {
-        self.snapshot.clone()
+    fn latest_snapshot(&self) -> raft::Result<Snapshot> {
+        Ok(self.snapshot.clone())
     }
 
     fn sync(&mut self) -> raft::Result<()> {

@@ -7,7 +7,10 @@
 //! Architecture invariant: this is the only crate that names sled. It knows commands and
 //! snapshots as protobuf messages and nothing of networking or consensus.
 
+pub mod raft_log;
 pub mod record;
+
+pub use raft_log::SledLog;
 
 use ferry_proto::state::{Command, Snapshot};
 use ferry_state::StateMachine;
