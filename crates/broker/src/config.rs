@@ -32,6 +32,40 @@ pub struct NodeConfig {
     pub admin_token_file: PathBuf,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub raft: RaftConfig,
+}
+
+/// Consensus settings. Every node of a cluster should use the same timing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// This node's Raft id: unique in the cluster, never reused (a replaced node gets a new one).
+    pub id: u64,
+    /// Raft ids of the voters a new cluster starts with. Ignored once the log holds a
+    /// configuration; membership then changes only through committed changes.
+    pub initial_voters: Vec<u64>,
+    /// Length of one Raft tick.
+    pub tick_ms: u64,
+    /// Ticks without a leader before a follower campaigns (randomized up to twice this).
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// How long a write waits to be applied before the caller is told it timed out.
+    pub propose_timeout_ms: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            id: 1,
+            initial_voters: vec![1],
+            tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            propose_timeout_ms: 5_000,
+        }
+    }
 }
 
 /// Every bound a node enforces (STYLE: bound everything). Units are in the names.
@@ -161,6 +195,19 @@ impl NodeConfig {
             return Err(format!(
                 "limits.udp_payload_bytes_max is {}; it must be between {UDP_PAYLOAD_BYTES_MIN} and {UDP_PAYLOAD_BYTES_MAX}",
                 l.udp_payload_bytes_max
+            ));
+        }
+        let r = &self.raft;
+        if r.id == 0 {
+            return Err("raft.id must be greater than 0".into());
+        }
+        if r.initial_voters.is_empty() {
+            return Err("raft.initial_voters must name at least one voter".into());
+        }
+        if r.tick_ms == 0 || r.heartbeat_ticks == 0 || r.election_ticks <= r.heartbeat_ticks {
+            return Err(format!(
+                "raft timing is invalid: tick_ms {} must be > 0 and election_ticks {} must exceed heartbeat_ticks {} (> 0)",
+                r.tick_ms, r.election_ticks, r.heartbeat_ticks
             ));
         }
         if !(1024..=16 * 1024 * 1024).contains(&l.frame_bytes_max) {

@@ -1,186 +1,298 @@
 //! The seam between the node and consensus: propose a command, read the applied state.
 //!
-//! Today one node applies commands alone: a log-writer thread takes proposals in batches,
-//! appends them to the store, fsyncs once per batch (group commit), applies them, and answers
-//! each proposer. Issue 2 replaces the thread with a Raft driver behind the same [`Replica`]
-//! handle; nothing else in the node changes.
+//! One thread ("ferry-raft") owns the consensus [`Core`] over the node's [`SledLog`]. It takes
+//! events from one bounded channel (proposals, peer messages), ticks on a deadline, and after
+//! each batch of events handles one Ready: a batch of proposals costs one fsync (group commit).
+//! Proposers get their outcome when their entry is applied, or a clear error (not the leader,
+//! timed out, shutting down). Outgoing peer messages go to the peer transport's queue.
 
+use ferry_consensus::{
+    Core, CoreConfig, Message, ProposeError as CoreProposeError, SharedState, StateRole,
+};
 use ferry_proto::state::Command;
 use ferry_state::{Outcome, StateMachine};
-use ferry_store::Store;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
-use tokio::sync::{mpsc, oneshot};
+use ferry_store::SledLog;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, RwLockReadGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
-/// Most proposals written by one fsync. Larger batches amortise the fsync further but delay
-/// the first proposer of the batch; 512 keeps a batch's write under a millisecond.
+/// Events handled per Ready at most; bounds the latency a large burst adds to its first member.
 const BATCH_MAX: usize = 512;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
     #[error("the node is shutting down")]
     ShuttingDown,
+    #[error("this node is not the leader (leader: {})", leader_name(*.leader))]
+    NotLeader { leader: u64 },
+    #[error("no leader elected yet; the cluster may have lost its quorum")]
+    NoLeader,
+    #[error("the write was not applied within {0:?}; it may still be applied later")]
+    Timeout(Duration),
+    #[error("the consensus queue is full; try again")]
+    Busy,
     #[error("the write could not be made durable: {0}")]
     Storage(String),
 }
 
-struct Proposal {
-    command: Command,
-    reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+fn leader_name(id: u64) -> String {
+    if id == 0 {
+        "unknown".into()
+    } else {
+        format!("raft id {id}")
+    }
+}
+
+/// Consensus settings of a node.
+#[derive(Debug, Clone)]
+pub struct RaftOptions {
+    pub raft_id: u64,
+    /// Voters a new cluster starts with (ignored once the log holds a configuration).
+    pub voters: Vec<u64>,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub snapshot_every_entries: u64,
+    pub queue_max: usize,
+    /// How long a proposer waits for its entry to be applied.
+    pub propose_timeout: Duration,
+}
+
+enum Event {
+    Propose(Command, oneshot::Sender<Result<Outcome, ProposeError>>),
+    Peer(Message),
+}
+
+/// Facts about consensus the node reports; written by the driver, read by anyone.
+#[derive(Default)]
+pub struct Status {
+    pub leader: AtomicU64,
+    pub term: AtomicU64,
+    pub commit: AtomicU64,
+    pub applied: AtomicU64,
+    pub is_leader: AtomicBool,
+    pub running: AtomicBool,
 }
 
 /// A cheap, cloneable handle to the replicated state.
 #[derive(Clone)]
 pub struct Replica {
-    /// Bounded: when the writer falls behind, proposers wait here (backpressure).
-    proposals: mpsc::Sender<Proposal>,
-    /// The applied state; written only by the log writer.
-    state: Arc<RwLock<StateMachine>>,
-    /// Index of the last applied command.
-    applied: Arc<AtomicU64>,
+    events: SyncSender<Event>,
+    state: SharedState,
+    status: Arc<Status>,
+    raft_id: u64,
+    propose_timeout: Duration,
 }
 
 impl Replica {
-    /// Proposes a command and waits until it is durable and applied.
+    /// Proposes a command and waits until it is durable on a quorum and applied here.
+    ///
+    /// While no leader is known (start-up, election) it retries until the timeout.
     pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
-        let (reply, outcome) = oneshot::channel();
-        self.proposals
-            .send(Proposal { command, reply })
-            .await
-            .map_err(|_| ProposeError::ShuttingDown)?;
-        outcome.await.map_err(|_| ProposeError::ShuttingDown)?
+        let deadline = tokio::time::Instant::now() + self.propose_timeout;
+        loop {
+            let (reply, outcome) = oneshot::channel();
+            match self.events.try_send(Event::Propose(command.clone(), reply)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => return Err(ProposeError::Busy),
+                Err(TrySendError::Disconnected(_)) => return Err(ProposeError::ShuttingDown),
+            }
+            let result = tokio::time::timeout_at(deadline, outcome)
+                .await
+                .map_err(|_| ProposeError::Timeout(self.propose_timeout))?
+                .map_err(|_| ProposeError::ShuttingDown)?;
+            match result {
+                Err(ProposeError::NoLeader) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
-    /// Read access to the applied state. Hold the guard briefly: the writer waits for it.
+    /// Hands a message from a peer to consensus. Dropped when the queue is full: Raft
+    /// retransmits what matters.
+    pub fn step(&self, message: Message) {
+        let _ = self.events.try_send(Event::Peer(message));
+    }
+
+    /// Read access to the applied state. Hold the guard briefly: the driver waits for it.
     pub fn read(&self) -> RwLockReadGuard<'_, StateMachine> {
         self.state
             .read()
-            .expect("the log writer never panics while holding the state lock")
+            .expect("the state lock is never held across a panic")
     }
 
     pub fn applied_index(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
+        self.status.applied.load(Ordering::Acquire)
+    }
+
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    pub fn raft_id(&self) -> u64 {
+        self.raft_id
+    }
+
+    /// Whether the consensus driver is alive to take proposals.
+    pub fn is_running(&self) -> bool {
+        self.status.running.load(Ordering::Acquire)
     }
 }
 
-/// Recovers the state from `store` and starts the single-node log writer.
-///
-/// The writer thread ends when every [`Replica`] handle has been dropped.
-pub fn start_single_node(
-    store: Store,
-    snapshot_every_entries: u64,
-    queue_max: usize,
-) -> Result<(Replica, std::thread::JoinHandle<()>), ferry_store::Error> {
-    let (state, applied) = store.recover()?;
-    tracing::info!(
-        applied,
-        log_entries = store.log_len(),
-        "state recovered from the store"
-    );
-    let (tx, rx) = mpsc::channel(queue_max);
-    let replica = Replica {
-        proposals: tx,
-        state: Arc::new(RwLock::new(state)),
-        applied: Arc::new(AtomicU64::new(applied)),
+/// Opens the log in `dir`, recovers the state, and starts the consensus driver. Messages for
+/// peers go to `outbox`; the driver ends when every [`Replica`] handle is dropped.
+pub fn start(
+    dir: &Path,
+    options: RaftOptions,
+    outbox: tokio::sync::mpsc::Sender<Message>,
+) -> anyhow::Result<(Replica, std::thread::JoinHandle<()>)> {
+    let log = SledLog::open(dir, &options.voters)?;
+    let config = CoreConfig {
+        id: options.raft_id,
+        heartbeat_tick: options.heartbeat_ticks,
+        min_election_tick: options.election_ticks,
+        max_election_tick: options.election_ticks * 2,
+        snapshot_every_entries: options.snapshot_every_entries,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
     };
-    let writer = Writer {
-        store,
-        state: replica.state.clone(),
-        applied: replica.applied.clone(),
-        snapshot_index: applied,
-        snapshot_every_entries,
+    let mut core = Core::new(&config, log)?;
+    if options.voters == [options.raft_id] && core.voters() == [options.raft_id] {
+        // A lone voter need not wait an election timeout to lead.
+        core.campaign()?;
+    }
+    let (events, rx) = mpsc::sync_channel(options.queue_max);
+    let status = Arc::new(Status::default());
+    status.running.store(true, Ordering::Release);
+    let replica = Replica {
+        events,
+        state: core.shared_state(),
+        status: status.clone(),
+        raft_id: options.raft_id,
+        propose_timeout: options.propose_timeout,
+    };
+    let driver = Driver {
+        core,
+        outbox,
+        status,
+        pending: HashMap::new(),
+        next_seq: 0,
+        tick: options.tick,
     };
     let handle = std::thread::Builder::new()
-        .name("ferry-log".into())
-        .spawn(move || writer.run(rx))
-        .expect("spawning a thread succeeds unless the process is out of resources");
+        .name("ferry-raft".into())
+        .spawn(move || driver.run(rx))?;
     Ok((replica, handle))
 }
 
-struct Writer {
-    store: Store,
-    state: Arc<RwLock<StateMachine>>,
-    applied: Arc<AtomicU64>,
-    /// Index covered by the latest snapshot (or recovery point).
-    snapshot_index: u64,
-    snapshot_every_entries: u64,
+struct Driver {
+    core: Core<SledLog>,
+    outbox: tokio::sync::mpsc::Sender<Message>,
+    status: Arc<Status>,
+    /// Proposals awaiting their entry, by token (raft id in the high 16 bits, sequence below).
+    pending: HashMap<u64, (Instant, oneshot::Sender<Result<Outcome, ProposeError>>)>,
+    next_seq: u64,
+    tick: Duration,
 }
 
-impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Proposal>) {
-        let mut batch = Vec::with_capacity(BATCH_MAX);
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < BATCH_MAX {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
+impl Driver {
+    fn run(mut self, rx: mpsc::Receiver<Event>) {
+        let mut next_tick = Instant::now() + self.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(event) => {
+                    self.handle(event);
+                    for event in rx.try_iter().take(BATCH_MAX) {
+                        self.handle(event);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_tick {
+                self.core.tick();
+                next_tick += self.tick;
+                self.expire_pending();
+            }
+            if let Err(e) = self.ready() {
+                // Storage failed: raft-rs cannot continue safely on a store that may lie.
+                tracing::error!(error = %e, "consensus stopped: storage failure");
+                for (_, (_, reply)) in self.pending.drain() {
+                    let _ = reply.send(Err(ProposeError::Storage(e.to_string())));
+                }
+                break;
+            }
+        }
+        self.status.running.store(false, Ordering::Release);
+        for (_, (_, reply)) in self.pending.drain() {
+            let _ = reply.send(Err(ProposeError::ShuttingDown));
+        }
+        tracing::debug!("consensus driver stopped");
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Peer(message) => {
+                if let Err(e) = self.core.step(message) {
+                    tracing::debug!(error = %e, "peer message ignored");
                 }
             }
-            self.commit(&mut batch);
-        }
-        tracing::debug!("log writer stopped: every replica handle is gone");
-    }
-
-    fn commit(&mut self, batch: &mut Vec<Proposal>) {
-        let first = self.applied.load(Ordering::Acquire) + 1;
-        let entries: Vec<(u64, &Command)> = batch
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (first + i as u64, &p.command))
-            .collect();
-        let durable = self
-            .store
-            .append(&entries)
-            .and_then(|()| self.store.flush());
-        if let Err(e) = durable {
-            tracing::error!(error = %e, "log write failed; refusing the batch");
-            for p in batch.drain(..) {
-                let _ = p.reply.send(Err(ProposeError::Storage(e.to_string())));
+            Event::Propose(command, reply) => {
+                self.next_seq += 1;
+                let token = (self.core.id() << 48) | (self.next_seq & ((1 << 48) - 1));
+                match self.core.propose(&command, token) {
+                    Ok(()) => {
+                        self.pending.insert(token, (Instant::now(), reply));
+                    }
+                    Err(CoreProposeError::NotLeader { leader: 0 }) => {
+                        let _ = reply.send(Err(ProposeError::NoLeader));
+                    }
+                    Err(CoreProposeError::NotLeader { leader }) => {
+                        let _ = reply.send(Err(ProposeError::NotLeader { leader }));
+                    }
+                    Err(CoreProposeError::Dropped(why)) => {
+                        tracing::debug!(%why, "proposal dropped");
+                        let _ = reply.send(Err(ProposeError::NoLeader));
+                    }
+                }
             }
-            return;
-        }
-        let last = first + batch.len() as u64 - 1;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        {
-            let mut state = self
-                .state
-                .write()
-                .expect("only this thread writes the state");
-            for p in batch.iter() {
-                outcomes.push(state.apply(&p.command));
-            }
-        }
-        self.applied.store(last, Ordering::Release);
-        for (p, outcome) in batch.drain(..).zip(outcomes) {
-            // A proposer that gave up waiting is not an error: the command still took effect.
-            let _ = p.reply.send(Ok(outcome));
-        }
-        if last - self.snapshot_index >= self.snapshot_every_entries {
-            self.snapshot(last);
         }
     }
 
-    fn snapshot(&mut self, index: u64) {
-        let snapshot = self
-            .state
-            .read()
-            .expect("only this thread writes the state")
-            .snapshot();
-        match self.store.save_snapshot(index, &snapshot) {
-            Ok(()) => {
-                self.snapshot_index = index;
-                tracing::info!(index, "snapshot saved; log compacted");
-            }
-            // The log still holds everything, so a failed snapshot loses nothing; retry later.
-            Err(e) => tracing::warn!(index, error = %e, "snapshot failed; will retry"),
+    fn ready(&mut self) -> Result<(), ferry_consensus::Error> {
+        let output = self.core.handle_ready()?;
+        for message in output.messages {
+            // A full queue means the peer link is behind; Raft retransmits what matters.
+            let _ = self.outbox.try_send(message);
         }
+        for applied in output.applied {
+            if let Some((_, reply)) = applied.token.and_then(|t| self.pending.remove(&t)) {
+                let _ = reply.send(Ok(applied.outcome));
+            }
+        }
+        let s = &self.status;
+        s.leader.store(self.core.leader(), Ordering::Release);
+        s.term.store(self.core.term(), Ordering::Release);
+        s.commit.store(self.core.commit(), Ordering::Release);
+        s.applied.store(self.core.applied(), Ordering::Release);
+        s.is_leader
+            .store(self.core.role() == StateRole::Leader, Ordering::Release);
+        Ok(())
     }
-}
 
-impl Replica {
-    /// Whether the log writer is alive to take proposals.
-    pub fn is_running(&self) -> bool {
-        !self.proposals.is_closed()
+    /// Proposals whose entry was lost (a deposed leader's uncommitted tail) never complete;
+    /// their proposers time out on their own, and their entries are forgotten here.
+    fn expire_pending(&mut self) {
+        /// Longer than any proposer waits.
+        const FORGET_AFTER: Duration = Duration::from_secs(60);
+        self.pending
+            .retain(|_, (since, reply)| since.elapsed() < FORGET_AFTER && !reply.is_closed());
     }
 }

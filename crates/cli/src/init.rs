@@ -4,7 +4,7 @@ use crate::args::InitArgs;
 use crate::Failure;
 use ferry_agent::config::{BrokerEntry, ClientConfig};
 use ferry_agent::error::exit;
-use ferry_broker::config::{Limits, NodeConfig};
+use ferry_broker::config::{Limits, NodeConfig, RaftConfig};
 use ferry_transport::certs::ClusterCa;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -96,6 +96,11 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
             key: format!("{node_id}.key").into(),
             admin_token_file: "admin.token".into(),
             limits: Limits::default(),
+            raft: RaftConfig {
+                id: u64::from(i) + 1,
+                initial_voters: (1..=u64::from(args.brokers)).collect(),
+                ..RaftConfig::default()
+            },
         };
         let text = format!(
             "# Ferry node {node_id}. Relative paths are relative to this file.\n\

@@ -21,6 +21,7 @@ use ferry_state::{Outcome, StateMachine};
 use prost::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType, Message, Snapshot};
 use raft::{RawNode, StateRole};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Configuration of one node's consensus core.
 #[derive(Debug, Clone)]
@@ -99,9 +100,13 @@ pub struct Output {
     pub applied: Vec<Applied>,
 }
 
+/// The applied state, shared with readers (the node's request handlers) without copying.
+/// Only [`Core`] writes it; readers hold the lock briefly.
+pub type SharedState = Arc<RwLock<StateMachine>>;
+
 pub struct Core<L: LogStore> {
     raw: RawNode<L>,
-    state: StateMachine,
+    state: SharedState,
     /// Index of the last entry applied to `state`.
     applied: u64,
     /// Index of the latest local snapshot.
@@ -119,11 +124,17 @@ impl<L: LogStore> Core<L> {
         let raw = RawNode::new(&config.raft(applied), log, &logger)?;
         Ok(Self {
             raw,
-            state,
+            state: Arc::new(RwLock::new(state)),
             applied,
             snapshot_index: applied,
             snapshot_every_entries: config.snapshot_every_entries,
         })
+    }
+
+    /// Starts an election now instead of waiting for the election timeout (a lone voter at
+    /// start-up, or a planned leadership hand-over).
+    pub fn campaign(&mut self) -> Result<(), Error> {
+        Ok(self.raw.campaign()?)
     }
 
     /// Advances logical time by one tick.
@@ -195,7 +206,7 @@ impl<L: LogStore> Core<L> {
                     // Bytes that do not decode are applied as a refused no-op on every node
                     // alike, so the replicas stay identical.
                     let command = Command::decode(&entry.data[..]).unwrap_or_default();
-                    let outcome = self.state.apply(&command);
+                    let outcome = self.state_mut().apply(&command);
                     let token = <[u8; 8]>::try_from(&entry.context[..])
                         .ok()
                         .map(u64::from_be_bytes);
@@ -229,7 +240,7 @@ impl<L: LogStore> Core<L> {
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), Error> {
         let (state, index) = restore(snapshot)?;
         self.raw.mut_store().apply_snapshot(snapshot)?;
-        self.state = state;
+        *self.state_mut() = state;
         self.applied = index;
         self.snapshot_index = index;
         Ok(())
@@ -239,7 +250,7 @@ impl<L: LogStore> Core<L> {
         if self.applied - self.snapshot_index < self.snapshot_every_entries {
             return Ok(());
         }
-        let data = self.state.snapshot().encode_to_vec();
+        let data = self.state().snapshot().encode_to_vec();
         let conf_state = self.raw.raft.prs().conf().to_conf_state();
         self.raw
             .mut_store()
@@ -274,9 +285,27 @@ impl<L: LogStore> Core<L> {
         self.raw.raft.raft_log.committed
     }
 
-    /// The applied state machine.
-    pub fn state(&self) -> &StateMachine {
-        &self.state
+    /// The applied state machine (a read guard: hold it briefly).
+    pub fn state(&self) -> RwLockReadGuard<'_, StateMachine> {
+        self.state
+            .read()
+            .expect("the state lock is never held across a panic")
+    }
+
+    /// A handle readers can keep to see the applied state.
+    pub fn shared_state(&self) -> SharedState {
+        self.state.clone()
+    }
+
+    fn state_mut(&self) -> RwLockWriteGuard<'_, StateMachine> {
+        self.state
+            .write()
+            .expect("the state lock is never held across a panic")
+    }
+
+    /// Hard state and configuration facts for status output.
+    pub fn voters(&self) -> Vec<u64> {
+        self.raw.raft.prs().conf().voters().ids().iter().collect()
     }
 
     pub fn log(&self) -> &L {

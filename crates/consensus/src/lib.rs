@@ -12,7 +12,7 @@
 mod core;
 mod log;
 
-pub use crate::core::{Applied, Core, CoreConfig, Error, Output, ProposeError};
+pub use crate::core::{Applied, Core, CoreConfig, Error, Output, ProposeError, SharedState};
 pub use crate::log::{LogStore, MemLog};
 pub use raft::eraftpb::{ConfState, Entry, HardState, Message, Snapshot};
 pub use raft::{SnapshotStatus, StateRole};

@@ -296,8 +296,9 @@ impl Sim {
                     .all(|c| c.state().grants().any(|(u, _)| u == name))
             });
             if caught_up && marked {
+                let first = nodes[0].state().clone();
                 for (i, core) in nodes.iter().enumerate() {
-                    assert_eq!(core.state(), nodes[0].state(), "node {} diverged", i + 1);
+                    assert_eq!(*core.state(), first, "node {} diverged", i + 1);
                 }
                 return;
             }

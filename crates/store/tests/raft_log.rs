@@ -157,7 +157,8 @@ fn a_single_node_core_on_sled_commits_and_recovers_its_state() {
             let tokens: Vec<_> = out.applied.iter().map(|a| a.token).collect();
             assert_eq!(tokens, vec![Some(i)]);
         }
-        core.state().clone()
+        let state = core.state().clone();
+        state
     };
     // The snapshot (every 7 entries) restores most of the state at once; raft-rs re-delivers
     // the committed rest once the node handles its first Ready.
@@ -166,5 +167,5 @@ fn a_single_node_core_on_sled_commits_and_recovers_its_state() {
         core.tick();
         core.handle_ready().unwrap();
     }
-    assert_eq!(core.state(), &expected);
+    assert_eq!(*core.state(), expected);
 }
