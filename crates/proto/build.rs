@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["ferry/wire.proto", "ferry/state.proto"];
+    let files = ["ferry/wire.proto", "ferry/state.proto", "ferry/peer.proto"];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }

@@ -40,6 +40,25 @@ pub fn free_base_port() -> u16 {
     })
 }
 
+/// A base port `p` such that, for each of `nodes` nodes i, UDP p+10i, TCP p+10i+1 and UDP
+/// p+10i+2 are free on 127.0.0.1.
+pub fn free_port_block(nodes: u8) -> u16 {
+    use rand::Rng;
+    wait_for("a free block of ports", Duration::from_secs(10), || {
+        let p: u16 = rand::thread_rng().gen_range(20_000..60_000);
+        let mut held = Vec::new();
+        for i in 0..u16::from(nodes) {
+            let base = p + 10 * i;
+            held.push((
+                UdpSocket::bind(("127.0.0.1", base)).ok()?,
+                TcpListener::bind(("127.0.0.1", base + 1)).ok()?,
+                UdpSocket::bind(("127.0.0.1", base + 2)).ok()?,
+            ));
+        }
+        Some(p)
+    })
+}
+
 /// A child process killed on drop, its output in `<dir>/<name>.log`.
 pub struct Proc {
     pub name: String,
@@ -134,11 +153,17 @@ pub struct World {
 impl World {
     /// Runs `ferry init` in a new temporary directory.
     pub fn init() -> Self {
+        Self::init_brokers(1)
+    }
+
+    /// Runs `ferry init --brokers N`: node i (from 1) uses base+10(i-1) (relay), +1 (admin),
+    /// +2 (peers).
+    pub fn init_brokers(brokers: u8) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ferry-e2e-")
             .tempdir()
             .expect("temp dir");
-        let base_port = free_base_port();
+        let base_port = free_port_block(brokers);
         let world = Self { dir, base_port };
         world
             .ferry(&[
@@ -149,9 +174,66 @@ impl World {
                 &base_port.to_string(),
                 "--cluster-name",
                 "e2e",
+                "--brokers",
+                &brokers.to_string(),
             ])
             .ok();
         world
+    }
+
+    /// Admin API base URL of node `i` (from 1).
+    pub fn admin_url_of(&self, i: u8) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.base_port + 10 * (u16::from(i) - 1) + 1
+        )
+    }
+
+    /// Starts broker b`i` and waits until its admin API answers (it need not have a leader).
+    pub fn start_node(&self, i: u8) -> Proc {
+        let config = self.cluster().join(format!("b{i}.toml"));
+        let mut broker = self.spawn(
+            &format!("broker-b{i}"),
+            &["broker", "--config", config.to_str().unwrap()],
+        );
+        let url = format!("{}/healthz", self.admin_url_of(i));
+        wait_for(
+            &format!("broker b{i} to answer"),
+            Duration::from_secs(20),
+            || {
+                if let Ok(Some(status)) = broker.child.try_wait() {
+                    panic!(
+                        "broker b{i} exited early with {status}:\n{}",
+                        broker.log_text()
+                    );
+                }
+                http_get(&url).filter(|(code, _)| *code == 200)
+            },
+        );
+        broker
+    }
+
+    /// `ferry admin --node b<i> ARGS`.
+    pub fn admin_on(&self, i: u8, args: &[&str]) -> Output {
+        let config = self.client_config();
+        let node = format!("b{i}");
+        let mut full = vec![
+            "admin",
+            "--config",
+            config.as_str(),
+            "--node",
+            node.as_str(),
+        ];
+        full.extend_from_slice(args);
+        self.ferry(&full)
+    }
+
+    /// Node b<i>'s status as JSON, if it answers.
+    pub fn status_of(&self, i: u8) -> Option<serde_json::Value> {
+        let out = self.admin_on(i, &["status", "--json"]);
+        (out.code == 0)
+            .then(|| serde_json::from_str(&out.stdout).ok())
+            .flatten()
     }
 
     pub fn path(&self) -> &Path {
@@ -207,15 +289,20 @@ impl World {
                 .write_all(input.as_bytes())
                 .unwrap();
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
+        // Collect output on a thread while it runs: waiting first would deadlock as soon as
+        // the output outgrows the pipe's buffer.
+        let pid = child.id();
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(child.wait_with_output());
+        });
+        let out = match result.recv_timeout(Duration::from_secs(60)) {
+            Ok(out) => out.expect("waiting for ferry"),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
                 panic!("ferry {args:?} did not finish within 60 s");
             }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let out = child.wait_with_output().unwrap();
+        };
         Output {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -143,6 +143,7 @@ pub struct NodeStatus {
     pub relay_addr: String,
     pub admin_addr: String,
     pub applied_index: u64,
+    pub raft: RaftStatus,
     pub services: Vec<ServiceStatus>,
     pub hosts_attached: Vec<String>,
     pub sessions_relayed: u64,
@@ -153,6 +154,36 @@ pub struct NodeStatus {
     pub grants: usize,
     pub sessions_open: usize,
     pub audit_records: usize,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct RaftStatus {
+    pub id: u64,
+    /// "leader" or "follower" (a candidate reports "follower" until it wins).
+    pub role: String,
+    pub term: u64,
+    /// Raft id of the leader this node knows of, 0 if none.
+    pub leader: u64,
+    pub commit: u64,
+    pub applied: u64,
+}
+
+fn raft_status(ctx: &Ctx) -> RaftStatus {
+    use std::sync::atomic::Ordering::Acquire;
+    let s = ctx.replica.status();
+    RaftStatus {
+        id: ctx.replica.raft_id(),
+        role: if s.is_leader.load(Acquire) {
+            "leader"
+        } else {
+            "follower"
+        }
+        .into(),
+        term: s.term.load(Acquire),
+        leader: s.leader.load(Acquire),
+        commit: s.commit.load(Acquire),
+        applied: s.applied.load(Acquire),
+    }
 }
 
 fn services(ctx: &Ctx) -> Vec<ServiceStatus> {
@@ -190,6 +221,7 @@ pub fn node_status(ctx: &Ctx) -> NodeStatus {
         relay_addr: ctx.config.relay_addr.to_string(),
         admin_addr: ctx.config.admin_addr.to_string(),
         applied_index: ctx.replica.applied_index(),
+        raft: raft_status(ctx),
         services: services(ctx),
         hosts_attached: ctx.hosts.names(),
         sessions_relayed: ctx.metrics.sessions_open.get().max(0) as u64,

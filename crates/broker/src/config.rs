@@ -30,10 +30,28 @@ pub struct NodeConfig {
     pub key: PathBuf,
     /// File holding the admin API's bearer token.
     pub admin_token_file: PathBuf,
+    /// UDP address of the QUIC listener for other brokers (mutual TLS). Required when the
+    /// cluster has more than one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_addr: Option<SocketAddr>,
+    /// The other nodes of the cluster.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
     pub raft: RaftConfig,
+}
+
+/// Another node of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its node id; its certificate must carry this name.
+    pub node_id: String,
+    pub raft_id: u64,
+    /// Its peer listener.
+    pub peer_addr: SocketAddr,
 }
 
 /// Consensus settings. Every node of a cluster should use the same timing.
@@ -196,6 +214,18 @@ impl NodeConfig {
                 "limits.udp_payload_bytes_max is {}; it must be between {UDP_PAYLOAD_BYTES_MIN} and {UDP_PAYLOAD_BYTES_MAX}",
                 l.udp_payload_bytes_max
             ));
+        }
+        if !self.peers.is_empty() && self.peer_addr.is_none() {
+            return Err("peer_addr is required when peers are configured".into());
+        }
+        let mut ids = std::collections::BTreeSet::from([self.raft.id]);
+        for peer in &self.peers {
+            if !ids.insert(peer.raft_id) || peer.raft_id == 0 {
+                return Err(format!(
+                    "peer {} has raft_id {}, which is 0 or used twice",
+                    peer.node_id, peer.raft_id
+                ));
+            }
         }
         let r = &self.raft;
         if r.id == 0 {

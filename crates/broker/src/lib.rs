@@ -11,6 +11,7 @@ pub mod config;
 pub mod hosts;
 pub mod metrics;
 pub mod node;
+pub mod peer;
 mod relay;
 pub mod replication;
 

@@ -4,7 +4,8 @@ use crate::auth::LoginThrottle;
 use crate::config::NodeConfig;
 use crate::hosts::HostRegistry;
 use crate::metrics::Metrics;
-use crate::replication::{self, Replica};
+use crate::peer::Peers;
+use crate::replication::{self, ProposeError, Replica};
 use crate::{admin, relay};
 use anyhow::Context as _;
 use ferry_proto::state::{command::Kind, CloseSession, Command};
@@ -45,6 +46,8 @@ pub struct Ctx {
     /// SHA-256 of the admin bearer token.
     pub admin_token_hash: Vec<u8>,
     pub started: std::time::Instant,
+    /// Links to the other brokers; `None` in a one-node cluster.
+    pub peers: Option<Arc<Peers>>,
 }
 
 /// A started node. Dropping it does not stop it; call [`RunningNode::shutdown`].
@@ -95,12 +98,40 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         queue_max: config.limits.proposal_queue_max,
         propose_timeout: Duration::from_millis(config.raft.propose_timeout_ms),
     };
-    // Peer transport arrives with replicated clusters; until then messages for peers (there
-    // are none in a one-voter cluster) are drained and dropped.
-    let (outbox, mut outbox_rx) = tokio::sync::mpsc::channel(OUTBOX_MAX);
-    tokio::spawn(async move { while outbox_rx.recv().await.is_some() {} });
+    let (outbox, outbox_rx) = tokio::sync::mpsc::channel(OUTBOX_MAX);
     let (replica, log_writer) = replication::start(&raft_dir, options, outbox)
         .with_context(|| format!("cannot recover state from {}", raft_dir.display()))?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let peers = match config.peer_addr {
+        Some(peer_addr) if !config.peers.is_empty() => {
+            let identity = tls::Identity::load(&config.cert, &config.key)?;
+            let trust = tls::Trust::load(&config.ca_cert)?;
+            let limits = endpoint::Limits {
+                udp_payload_bytes_max: config.limits.udp_payload_bytes_max,
+                // One stream of Raft messages per connection, with room for reconnects.
+                uni_streams_per_connection_max: 16,
+                // A dead peer must be noticed well within an election timeout, so that
+                // forwarded writes move on to the new leader quickly.
+                idle_timeout: Duration::from_secs(3),
+                keep_alive: Duration::from_millis(500),
+                ..Default::default()
+            };
+            let endpoint = endpoint::peer(peer_addr, identity, &trust, &limits)?;
+            Some(Peers::start(
+                endpoint,
+                &config.peers,
+                replica.clone(),
+                outbox_rx,
+                shutdown_rx.clone(),
+            ))
+        }
+        _ => {
+            // A one-node cluster has no one to talk to; drain the (empty) outbox.
+            let mut outbox_rx = outbox_rx;
+            tokio::spawn(async move { while outbox_rx.recv().await.is_some() {} });
+            None
+        }
+    };
 
     let admin_token = std::fs::read_to_string(&config.admin_token_file).with_context(|| {
         format!(
@@ -140,10 +171,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         replica,
         config,
         started: std::time::Instant::now(),
+        peers,
     });
-    close_orphaned_sessions(&ctx).await;
+    // In the background: with no leader yet (peers still starting), this waits, and a node
+    // never waits for its peers before serving (SPEC lesson L4).
+    tokio::spawn(close_orphaned_sessions(ctx.clone()));
 
-    let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tasks.spawn(relay::serve(quic, ctx.clone(), shutdown_rx.clone()));
     tasks.spawn(admin::serve(
@@ -166,7 +199,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
 
 /// Sessions the state says this node carries cannot have survived its restart: close them so
 /// the state matches reality. (Issue 3 makes sessions resumable on another node instead.)
-async fn close_orphaned_sessions(ctx: &Ctx) {
+async fn close_orphaned_sessions(ctx: Arc<Ctx>) {
     let orphans: Vec<u64> = ctx
         .replica
         .read()
@@ -175,17 +208,13 @@ async fn close_orphaned_sessions(ctx: &Ctx) {
         .map(|s| s.id)
         .collect();
     for session_id in orphans {
-        let command = Command {
-            now_ms: crate::now_ms(),
-            actor: format!("node:{}", ctx.config.node_id),
-            source: String::new(),
-            kind: Some(Kind::CloseSession(CloseSession {
-                session_id,
-                reason: "broker restarted".into(),
-                ..Default::default()
-            })),
-        };
-        if let Err(e) = ctx.replica.propose(command).await {
+        let close = Kind::CloseSession(CloseSession {
+            session_id,
+            reason: "broker restarted".into(),
+            ..Default::default()
+        });
+        let actor = format!("node:{}", ctx.config.node_id);
+        if let Err(e) = ctx.propose(actor, String::new(), close).await {
             tracing::warn!(session_id, error = %e, "could not close an orphaned session");
         }
     }
@@ -205,20 +234,51 @@ async fn housekeeping(
             _ = purge.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let command = Command {
-            now_ms: crate::now_ms(),
-            actor: format!("node:{}", ctx.config.node_id),
-            source: String::new(),
-            kind: Some(Kind::PurgeExpired(Default::default())),
-        };
-        if let Err(e) = ctx.replica.propose(command).await {
-            tracing::warn!(error = %e, "token purge failed");
+        // The leader purges for everyone; the command replicates like any other.
+        if ctx
+            .replica
+            .status()
+            .is_leader
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            let actor = format!("node:{}", ctx.config.node_id);
+            let purge = Kind::PurgeExpired(Default::default());
+            if let Err(e) = ctx.propose(actor, String::new(), purge).await {
+                tracing::warn!(error = %e, "token purge failed");
+            }
         }
         ctx.metrics.store_bytes.set(dir_bytes(&store_dir) as i64);
     }
 }
 
 impl Ctx {
+    /// Proposes locally when this node leads, else forwards to the leader; when the leader is
+    /// unreachable (it may just have died), retries against whoever leads next, until the
+    /// propose timeout.
+    async fn propose_anywhere(
+        &self,
+        command: Command,
+    ) -> Result<ferry_state::Outcome, ProposeError> {
+        let timeout = Duration::from_millis(self.config.raft.propose_timeout_ms);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let leader = match self.replica.propose(command.clone()).await {
+                Err(ProposeError::NotLeader { leader }) => leader,
+                other => return other,
+            };
+            let Some(peers) = &self.peers else {
+                return Err(ProposeError::NotLeader { leader });
+            };
+            match peers.forward(leader, &command).await {
+                Err(ProposeError::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(ProposeError::NotLeader { .. }) => return Err(ProposeError::Timeout(timeout)),
+                other => return other,
+            }
+        }
+    }
+
     /// Proposes a command stamped with the current time, counting the result.
     pub async fn propose(
         &self,
@@ -232,7 +292,7 @@ impl Ctx {
             source,
             kind: Some(kind),
         };
-        let result = self.replica.propose(command).await;
+        let result = self.propose_anywhere(command).await;
         let label = match &result {
             Ok(ferry_state::Outcome::Refused(_)) => "refused",
             Ok(_) => "applied",

@@ -162,7 +162,21 @@ pub fn start(
         max_size_per_msg: 1024 * 1024,
         max_inflight_msgs: 256,
     };
+    let durable_commit = raft::Storage::initial_state(&log)?.hard_state.commit;
     let mut core = Core::new(&config, log)?;
+    // Re-apply what this node already knows is committed before anyone reads the state: a
+    // restarted node must never authorize from a state older than its own durable log.
+    while core.applied() < durable_commit {
+        let before = core.applied();
+        for message in core.handle_ready()?.messages {
+            let _ = outbox.try_send(message);
+        }
+        anyhow::ensure!(
+            core.applied() > before,
+            "cannot replay the log: applied {before}, durable commit {durable_commit}"
+        );
+    }
+    tracing::info!(applied = core.applied(), "state recovered from the log");
     if options.voters == [options.raft_id] && core.voters() == [options.raft_id] {
         // A lone voter need not wait an election timeout to lead.
         core.campaign()?;
@@ -170,6 +184,8 @@ pub fn start(
     let (events, rx) = mpsc::sync_channel(options.queue_max);
     let status = Arc::new(Status::default());
     status.running.store(true, Ordering::Release);
+    status.applied.store(core.applied(), Ordering::Release);
+    status.commit.store(core.commit(), Ordering::Release);
     let replica = Replica {
         events,
         state: core.shared_state(),

@@ -20,7 +20,25 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn new(config_path: &Path, token_file: Option<&Path>) -> Result<Self, Failure> {
-        let config = ClientConfig::load(config_path)?;
+        Self::for_node(config_path, token_file, None)
+    }
+
+    /// A client of one node's admin API (`node`), or of the first node that answers.
+    pub fn for_node(
+        config_path: &Path,
+        token_file: Option<&Path>,
+        node: Option<&str>,
+    ) -> Result<Self, Failure> {
+        let mut config = ClientConfig::load(config_path)?;
+        if let Some(node) = node {
+            config.brokers.retain(|b| b.node_id == node);
+            if config.brokers.is_empty() {
+                return Err(Failure::new(
+                    exit::CONFIG,
+                    format!("{} lists no broker {node:?}", config_path.display()),
+                ));
+            }
+        }
         let token = match std::env::var("FERRY_ADMIN_TOKEN") {
             Ok(token) if token_file.is_none() => token,
             _ => {
@@ -99,7 +117,11 @@ impl AdminClient {
 }
 
 pub async fn run(args: AdminArgs) -> CliResult {
-    let client = AdminClient::new(&args.config, args.token_file.as_deref())?;
+    let client = AdminClient::for_node(
+        &args.config,
+        args.token_file.as_deref(),
+        args.node.as_deref(),
+    )?;
     match args.command {
         AdminCommand::Status { json } => {
             let status = client.get("/v1/status").await?;
@@ -291,7 +313,16 @@ fn print_status(s: &Value) {
         cell(&s["relay_addr"]),
         cell(&s["admin_addr"])
     );
-    println!("applied     {}", cell(&s["applied_index"]));
+    let raft = &s["raft"];
+    println!(
+        "raft        id {} {} term {} leader {} commit {} applied {}",
+        cell(&raft["id"]),
+        cell(&raft["role"]),
+        cell(&raft["term"]),
+        cell(&raft["leader"]),
+        cell(&raft["commit"]),
+        cell(&raft["applied"])
+    );
     let services: Vec<String> = s["services"]
         .as_array()
         .map(|v| {

@@ -102,6 +102,9 @@ pub struct AdminArgs {
     /// Read the admin token from this file instead.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Ask this node (a node id from client.toml) instead of the first that answers.
+    #[arg(long)]
+    pub node: Option<String>,
     #[command(subcommand)]
     pub command: AdminCommand,
 }

@@ -4,7 +4,7 @@ use crate::args::InitArgs;
 use crate::Failure;
 use ferry_agent::config::{BrokerEntry, ClientConfig};
 use ferry_agent::error::exit;
-use ferry_broker::config::{Limits, NodeConfig, RaftConfig};
+use ferry_broker::config::{Limits, NodeConfig, PeerConfig, RaftConfig};
 use ferry_transport::certs::ClusterCa;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,11 +17,13 @@ pub struct Cluster {
 }
 
 pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
-    if args.brokers != 1 || args.witnesses != 0 {
+    if args.brokers == 0 {
+        return Err(Failure::new(exit::CONFIG, "--brokers must be at least 1"));
+    }
+    if args.witnesses != 0 {
         return Err(Failure::new(
             exit::CONFIG,
-            "this version runs single-broker clusters only (--brokers 1 --witnesses 0); \
-             replicated clusters arrive with Raft replication",
+            "witnesses are not supported yet (--witnesses 0); use 1 or 3 or 5 brokers",
         ));
     }
     if !args
@@ -69,17 +71,28 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
     let admin_token = ferry_broker::auth::new_secret();
     write("admin.token", &format!("{admin_token}\n"), true)?;
 
+    // Node i (from 0) listens on base+10i (relay), +1 (admin API), +2 (peers).
+    let node_port = |i: u8, offset: u16| -> Result<SocketAddr, Failure> {
+        let p = u32::from(args.base_port) + 10 * u32::from(i) + u32::from(offset);
+        let p = u16::try_from(p).map_err(|_| {
+            Failure::new(exit::CONFIG, "--base-port is too high for this many nodes")
+        })?;
+        Ok(SocketAddr::new(args.bind_ip, p))
+    };
+    let everyone: Vec<PeerConfig> = (0..args.brokers)
+        .map(|i| {
+            Ok(PeerConfig {
+                node_id: format!("b{}", i + 1),
+                raft_id: u64::from(i) + 1,
+                peer_addr: node_port(i, 2)?,
+            })
+        })
+        .collect::<Result<_, Failure>>()?;
     let mut node_configs = Vec::new();
     let mut brokers = Vec::new();
     for i in 0..args.brokers {
         let node_id = format!("b{}", i + 1);
-        let port = |offset: u16| -> Result<SocketAddr, Failure> {
-            let p = u32::from(args.base_port) + 10 * u32::from(i) + u32::from(offset);
-            let p = u16::try_from(p).map_err(|_| {
-                Failure::new(exit::CONFIG, "--base-port is too high for this many nodes")
-            })?;
-            Ok(SocketAddr::new(args.bind_ip, p))
-        };
+        let port = |offset: u16| node_port(i, offset);
         let pair = ca
             .issue_node(&node_id, &[args.bind_ip])
             .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
@@ -95,6 +108,12 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
             cert: format!("{node_id}.pem").into(),
             key: format!("{node_id}.key").into(),
             admin_token_file: "admin.token".into(),
+            peer_addr: (args.brokers > 1).then(|| port(2)).transpose()?,
+            peers: everyone
+                .iter()
+                .filter(|p| p.node_id != node_id)
+                .cloned()
+                .collect(),
             limits: Limits::default(),
             raft: RaftConfig {
                 id: u64::from(i) + 1,

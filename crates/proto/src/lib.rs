@@ -16,6 +16,15 @@ pub mod state {
     include!(concat!(env!("OUT_DIR"), "/ferry.state.rs"));
 }
 
+/// Messages between brokers (`proto/ferry/peer.proto`).
+pub mod peer {
+    include!(concat!(env!("OUT_DIR"), "/ferry.peer.rs"));
+}
+
+/// ALPN identifier of peer links between brokers; distinct from [`ALPN`], so an endpoint's
+/// connection can never be mistaken for a peer's, and vice versa.
+pub const PEER_ALPN: &[u8] = b"ferry-peer/1";
+
 /// The protocol version this build speaks. A broker refuses any other with a reason that the
 /// endpoint prints; bump it only for incompatible changes (protobuf absorbs additive ones).
 pub const PROTOCOL_VERSION: u32 = 1;

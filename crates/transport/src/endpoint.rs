@@ -23,6 +23,9 @@ pub enum Error {
 pub struct Limits {
     /// Bidirectional streams the peer may have open at once on one connection.
     pub streams_per_connection_max: u32,
+    /// Unidirectional streams the peer may have open at once: none for clients and hosts;
+    /// peer links carry Raft messages on them.
+    pub uni_streams_per_connection_max: u32,
     /// Bytes the peer may have in flight on one connection (all streams).
     pub connection_window_bytes: u32,
     /// Bytes the peer may have in flight on one stream.
@@ -49,6 +52,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             streams_per_connection_max: 256,
+            uni_streams_per_connection_max: 0,
             connection_window_bytes: 32 * 1024 * 1024,
             stream_window_bytes: 8 * 1024 * 1024,
             idle_timeout: Duration::from_secs(10),
@@ -69,7 +73,7 @@ fn transport(limits: &Limits) -> Arc<quinn::TransportConfig> {
     ack.ack_eliciting_threshold(7u32.into());
     t.ack_frequency_config(Some(ack));
     t.max_concurrent_bidi_streams(limits.streams_per_connection_max.into())
-        .max_concurrent_uni_streams(0u32.into())
+        .max_concurrent_uni_streams(limits.uni_streams_per_connection_max.into())
         .receive_window(limits.connection_window_bytes.into())
         .stream_receive_window(limits.stream_window_bytes.into())
         .send_window(u64::from(limits.connection_window_bytes))
@@ -112,6 +116,30 @@ fn bind(
     let runtime = quinn::default_runtime().ok_or_else(|| Error::Quic("no async runtime".into()))?;
     quinn::Endpoint::new(config, server, socket, runtime)
         .map_err(|source| Error::Bind { addr, source })
+}
+
+/// A broker's peer endpoint: accepts peers (mutual TLS) and dials them with the same identity.
+pub fn peer(
+    addr: SocketAddr,
+    identity: tls::Identity,
+    trust: &tls::Trust,
+    limits: &Limits,
+) -> Result<quinn::Endpoint, Error> {
+    let server = quinn::crypto::rustls::QuicServerConfig::try_from(tls::peer_server(
+        identity.duplicate(),
+        trust,
+    )?)
+    .map_err(|e| Error::Quic(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+    server.transport_config(transport(limits));
+    let client =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls::peer_client(identity, trust)?)
+            .map_err(|e| Error::Quic(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client));
+    client.transport_config(transport(limits));
+    let mut endpoint = bind(addr, Some(server), limits)?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
 }
 
 /// An endpoint that dials brokers, trusting only the cluster CA.

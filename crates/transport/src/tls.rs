@@ -118,6 +118,61 @@ pub fn client(trust: &Trust) -> Result<rustls::ClientConfig, Error> {
     Ok(config)
 }
 
+/// TLS for a broker's peer listener: presents the node certificate and requires the peer's,
+/// signed by the cluster CA. Which node it is, [`peer_node`] decides from its names.
+pub fn peer_server(identity: Identity, trust: &Trust) -> Result<rustls::ServerConfig, Error> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        trust.roots.clone(),
+        provider(),
+    )
+    .build()
+    .map_err(|e| Error::Rustls(rustls::Error::General(e.to_string())))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = vec![ferry_proto::PEER_ALPN.to_vec()];
+    Ok(config)
+}
+
+/// TLS for dialing a peer: verifies it against the cluster CA and presents this node's
+/// certificate as a client certificate.
+pub fn peer_client(identity: Identity, trust: &Trust) -> Result<rustls::ClientConfig, Error> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(trust.roots.clone())
+        .with_client_auth_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = vec![ferry_proto::PEER_ALPN.to_vec()];
+    Ok(config)
+}
+
+/// Which of `candidates` (node ids) the certificate chain `presented` (already verified
+/// against the cluster CA by the handshake) was issued to, if any.
+pub fn peer_node<'a>(
+    presented: &[CertificateDer<'_>],
+    candidates: &'a [String],
+) -> Option<&'a str> {
+    let leaf = presented.first()?;
+    let parsed = rustls::server::ParsedCertificate::try_from(leaf).ok()?;
+    candidates
+        .iter()
+        .find(|id| {
+            rustls::pki_types::ServerName::try_from(id.as_str())
+                .is_ok_and(|name| rustls::client::verify_server_name(&parsed, &name).is_ok())
+        })
+        .map(String::as_str)
+}
+
+impl Identity {
+    /// A second copy (the private key is copied in memory).
+    pub fn duplicate(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|e| Error::Pem {
         what,

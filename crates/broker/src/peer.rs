@@ -1,0 +1,301 @@
+//! Peer links between brokers: Raft messages and forwarded proposals over QUIC with mutual TLS.
+//!
+//! Each node dials every peer and keeps one connection per peer for what it sends: Raft
+//! messages on one unidirectional stream, forwarded proposals on bidirectional streams. It
+//! accepts the peers' connections for what they send. A peer is identified by its client
+//! certificate (signed by the cluster CA and naming a configured node), never by what it
+//! claims, and a Raft message is accepted only with that peer's Raft id as sender.
+//!
+//! Every queue is bounded: a slow or dead peer loses its own messages (Raft retransmits) and
+//! never stalls the others.
+
+use crate::config::PeerConfig;
+use crate::replication::{ProposeError, Replica};
+use ferry_consensus::Message;
+use ferry_proto::frame::FrameLimits;
+use ferry_proto::peer::{forward_response, ForwardRequest, ForwardResponse, RaftMessage, Refusal};
+use ferry_proto::state::Command;
+use ferry_state::{Outcome, RefusalKind};
+use ferry_transport::framed;
+use prost::Message as _;
+use protobuf::Message as _;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Mutex};
+
+/// Raft messages queued per peer; beyond it they are dropped.
+const PEER_QUEUE_MAX: usize = 1024;
+/// Largest peer frame: a Raft append (1 MiB of entries) or a whole-state snapshot.
+const PEER_FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Time allowed to connect to a peer before trying again.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time a forwarded proposal may take; past it the leader is presumed gone and the caller
+/// retries with whoever leads next. Covers the leader's fsync and a quorum round trip.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between attempts to reach a peer that is down.
+const RECONNECT_DELAY: Duration = Duration::from_millis(300);
+
+fn limits() -> FrameLimits {
+    FrameLimits {
+        max_frame_bytes: PEER_FRAME_BYTES_MAX,
+    }
+}
+
+struct Link {
+    config: PeerConfig,
+    /// Raft messages waiting to be sent.
+    queue: mpsc::Sender<Message>,
+    /// The connection this node dialed, shared by the sender and by forwarders.
+    conn: Mutex<Option<quinn::Connection>>,
+}
+
+/// This node's side of every peer link.
+pub struct Peers {
+    endpoint: quinn::Endpoint,
+    links: HashMap<u64, Arc<Link>>,
+}
+
+impl Peers {
+    /// Starts the peer tasks: a dispatcher from the consensus outbox, a sender per peer, and
+    /// the acceptor for peers' connections.
+    pub fn start(
+        endpoint: quinn::Endpoint,
+        peers: &[PeerConfig],
+        replica: Replica,
+        mut outbox: mpsc::Receiver<Message>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        let mut links = HashMap::new();
+        let mut receivers = Vec::new();
+        for peer in peers {
+            let (queue, rx) = mpsc::channel(PEER_QUEUE_MAX);
+            let link = Arc::new(Link {
+                config: peer.clone(),
+                queue,
+                conn: Mutex::new(None),
+            });
+            links.insert(peer.raft_id, link.clone());
+            receivers.push((link, rx));
+        }
+        let this = Arc::new(Self { endpoint, links });
+        for (link, rx) in receivers {
+            tokio::spawn(this.clone().send_loop(link, rx, shutdown.clone()));
+        }
+        let dispatcher = this.clone();
+        tokio::spawn(async move {
+            while let Some(message) = outbox.recv().await {
+                match dispatcher.links.get(&message.to) {
+                    // Full: this peer is behind; drop rather than stall the others.
+                    Some(link) => drop(link.queue.try_send(message)),
+                    None => tracing::debug!(to = message.to, "message for an unknown peer dropped"),
+                }
+            }
+        });
+        tokio::spawn(this.clone().accept_loop(peers.to_vec(), replica, shutdown));
+        this
+    }
+
+    /// The connection to `link`, dialing it if needed.
+    async fn connection(&self, link: &Link) -> Option<quinn::Connection> {
+        let mut conn = link.conn.lock().await;
+        if let Some(c) = conn.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Some(c.clone());
+        }
+        let connecting = self
+            .endpoint
+            .connect(link.config.peer_addr, &link.config.node_id)
+            .ok()?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(c)) => {
+                tracing::info!(peer = %link.config.node_id, "peer link up");
+                *conn = Some(c.clone());
+                Some(c)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %link.config.node_id, error = %e, "peer unreachable");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    async fn send_loop(
+        self: Arc<Self>,
+        link: Arc<Link>,
+        mut rx: mpsc::Receiver<Message>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let Some(conn) = self.connection(&link).await else {
+                // Drop what queued up while the peer was down: it is stale by now.
+                while rx.try_recv().is_ok() {}
+                tokio::select! {
+                    _ = tokio::time::sleep(RECONNECT_DELAY) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            };
+            let Ok(mut stream) = conn.open_uni().await else {
+                continue;
+            };
+            loop {
+                let message = tokio::select! {
+                    m = rx.recv() => match m { Some(m) => m, None => return },
+                    _ = shutdown.changed() => return,
+                };
+                let frame = RaftMessage {
+                    message: message.write_to_bytes().unwrap_or_default(),
+                };
+                if framed::write(&mut stream, &frame, limits()).await.is_err() {
+                    break; // reconnect; Raft retransmits what was lost
+                }
+            }
+        }
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        peers: Vec<PeerConfig>,
+        replica: Replica,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let names: Vec<String> = peers.iter().map(|p| p.node_id.clone()).collect();
+        loop {
+            let incoming = tokio::select! {
+                i = self.endpoint.accept() => match i { Some(i) => i, None => return },
+                _ = shutdown.changed() => return,
+            };
+            let (names, peers, replica) = (names.clone(), peers.clone(), replica.clone());
+            tokio::spawn(async move {
+                let Ok(Ok(conn)) = tokio::time::timeout(CONNECT_TIMEOUT, incoming).await else {
+                    return;
+                };
+                let Some(peer) =
+                    identify(&conn, &names).and_then(|id| peers.iter().find(|p| p.node_id == id))
+                else {
+                    tracing::warn!(remote = %conn.remote_address(), "peer connection refused: certificate names no configured peer");
+                    conn.close(1u32.into(), b"certificate names no configured peer");
+                    return;
+                };
+                serve_peer(conn, peer.clone(), replica).await;
+            });
+        }
+    }
+
+    /// Asks the leader to propose `command` and returns its outcome.
+    pub async fn forward(&self, leader: u64, command: &Command) -> Result<Outcome, ProposeError> {
+        let link = self
+            .links
+            .get(&leader)
+            .ok_or(ProposeError::NotLeader { leader })?;
+        let conn = self
+            .connection(link)
+            .await
+            .ok_or(ProposeError::NotLeader { leader })?;
+        let exchange = async {
+            let (mut send, mut recv) = conn.open_bi().await.ok()?;
+            let request = ForwardRequest {
+                command: command.encode_to_vec(),
+            };
+            framed::write(&mut send, &request, limits()).await.ok()?;
+            let _ = send.finish();
+            framed::read::<ForwardResponse, _>(&mut recv, limits())
+                .await
+                .ok()
+        };
+        let response = tokio::time::timeout(FORWARD_TIMEOUT, exchange)
+            .await
+            .ok()
+            .flatten()
+            .ok_or(ProposeError::NotLeader { leader })?;
+        outcome_from_wire(response)
+    }
+}
+
+/// The configured node whose name the peer's (CA-verified) certificate carries.
+fn identify(conn: &quinn::Connection, names: &[String]) -> Option<String> {
+    let identity = conn.peer_identity()?;
+    let chain = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    ferry_transport::tls::peer_node(&chain, names).map(str::to_owned)
+}
+
+async fn serve_peer(conn: quinn::Connection, peer: PeerConfig, replica: Replica) {
+    loop {
+        tokio::select! {
+            uni = conn.accept_uni() => {
+                let Ok(mut recv) = uni else { return };
+                let (replica, peer) = (replica.clone(), peer.clone());
+                tokio::spawn(async move {
+                    while let Ok(frame) = framed::read::<RaftMessage, _>(&mut recv, limits()).await {
+                        match Message::parse_from_bytes(&frame.message) {
+                            Ok(m) if m.from == peer.raft_id => replica.step(m),
+                            Ok(m) => tracing::warn!(peer = %peer.node_id, from = m.from, "raft message with a forged sender dropped"),
+                            Err(e) => tracing::warn!(peer = %peer.node_id, error = %e, "undecodable raft message dropped"),
+                        }
+                    }
+                });
+            }
+            bi = conn.accept_bi() => {
+                let Ok((mut send, mut recv)) = bi else { return };
+                let replica = replica.clone();
+                tokio::spawn(async move {
+                    let Ok(request) = framed::read::<ForwardRequest, _>(&mut recv, limits()).await else { return };
+                    let response = match Command::decode(&request.command[..]) {
+                        Ok(command) => outcome_to_wire(replica.propose(command).await),
+                        Err(e) => outcome_to_wire(Err(ProposeError::Storage(format!("undecodable command: {e}")))),
+                    };
+                    let _ = framed::write(&mut send, &response, limits()).await;
+                    let _ = send.finish();
+                });
+            }
+        }
+    }
+}
+
+const REFUSAL_KINDS: [RefusalKind; 6] = [
+    RefusalKind::Invalid,
+    RefusalKind::NotFound,
+    RefusalKind::AlreadyExists,
+    RefusalKind::PermissionDenied,
+    RefusalKind::AlreadyUsed,
+    RefusalKind::Expired,
+];
+
+fn outcome_to_wire(result: Result<Outcome, ProposeError>) -> ForwardResponse {
+    use forward_response::Result as R;
+    let result = match result {
+        Ok(Outcome::Applied) => R::Applied(true),
+        Ok(Outcome::SessionOpened { session_id }) => R::SessionOpened(session_id),
+        Ok(Outcome::Refused(r)) => R::Refused(Refusal {
+            kind: REFUSAL_KINDS.iter().position(|k| *k == r.kind).unwrap_or(0) as u32,
+            message: r.message,
+        }),
+        Err(e) => R::Error(e.to_string()),
+    };
+    ForwardResponse {
+        result: Some(result),
+    }
+}
+
+fn outcome_from_wire(response: ForwardResponse) -> Result<Outcome, ProposeError> {
+    use forward_response::Result as R;
+    match response.result {
+        Some(R::Applied(_)) => Ok(Outcome::Applied),
+        Some(R::SessionOpened(session_id)) => Ok(Outcome::SessionOpened { session_id }),
+        Some(R::Refused(r)) => Ok(Outcome::Refused(ferry_state::Refusal::new(
+            REFUSAL_KINDS
+                .get(r.kind as usize)
+                .copied()
+                .unwrap_or(RefusalKind::Invalid),
+            r.message,
+        ))),
+        Some(R::Error(e)) => Err(ProposeError::Storage(format!(
+            "the leader could not apply it: {e}"
+        ))),
+        None => Err(ProposeError::Storage(
+            "the leader sent an empty answer".into(),
+        )),
+    }
+}
