@@ -228,6 +228,20 @@ impl World {
         self.ferry(&full)
     }
 
+    /// A copy of client.toml that names only broker b<i>, so endpoints using it attach there.
+    pub fn client_config_for(&self, i: u8) -> String {
+        let text = std::fs::read_to_string(self.cluster().join("client.toml")).unwrap();
+        let mut blocks = text.split("[[brokers]]");
+        let header = blocks.next().unwrap().to_owned();
+        let node = format!("node_id = \"b{i}\"");
+        let block = blocks
+            .find(|b| b.contains(&node))
+            .expect("client.toml lists the node");
+        let path = self.cluster().join(format!("client-b{i}.toml"));
+        std::fs::write(&path, format!("{header}[[brokers]]{block}")).unwrap();
+        path.display().to_string()
+    }
+
     /// Node b<i>'s status as JSON, if it answers.
     pub fn status_of(&self, i: u8) -> Option<serde_json::Value> {
         let out = self.admin_on(i, &["status", "--json"]);
@@ -391,8 +405,19 @@ impl World {
         token: Option<&str>,
         services: &[(&str, SocketAddr)],
     ) -> Proc {
+        self.start_host_via(&self.client_config(), name, token, services)
+    }
+
+    /// Like [`World::start_host`], with a chosen client config (e.g. naming one broker).
+    pub fn start_host_via(
+        &self,
+        config: &str,
+        name: &str,
+        token: Option<&str>,
+        services: &[(&str, SocketAddr)],
+    ) -> Proc {
         let state = self.path().join(format!("host-{name}"));
-        let config = self.client_config();
+        let config = config.to_owned();
         let mut args: Vec<String> = vec![
             "host".into(),
             "--config".into(),
@@ -433,7 +458,11 @@ impl World {
     }
 
     pub fn login(&self, user: &str, password: &str) -> Output {
-        let config = self.client_config();
+        self.login_via(&self.client_config(), user, password)
+    }
+
+    pub fn login_via(&self, config: &str, user: &str, password: &str) -> Output {
+        let config = config.to_owned();
         self.ferry_with(
             &["login", "--config", &config, "--user", user],
             None,
@@ -443,17 +472,20 @@ impl World {
 
     /// Starts `ferry connect HOST SVC --listen` on a free port and waits until it listens.
     pub fn forward(&self, host: &str, service: &str) -> (Proc, SocketAddr) {
+        self.forward_via(&self.client_config(), host, service)
+    }
+
+    pub fn forward_via(&self, config: &str, host: &str, service: &str) -> (Proc, SocketAddr) {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let listen = format!("127.0.0.1:{port}");
-        let config = self.client_config();
         let mut proc = self.spawn(
             &format!("connect-{host}-{service}-{port}"),
             &[
-                "connect", host, service, "--listen", &listen, "--config", &config,
+                "connect", host, service, "--listen", &listen, "--config", config,
             ],
         );
         let addr: SocketAddr = listen.parse().unwrap();

@@ -379,7 +379,8 @@ async fn list_hosts(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
                 "name": h.name, "groups": h.groups,
                 "enrolled": h.enrollment() == ferry_state::EnrollmentState::Enrolled,
                 "attached_broker": h.attached_broker,
-                "connected": attached.is_some(),
+                // Replicated presence: attached to some broker of the cluster.
+                "connected": attached.is_some() || !h.attached_broker.is_empty(),
                 "services": attached.map(|a| a.services).unwrap_or_default(),
             })
         })

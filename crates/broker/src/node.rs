@@ -102,6 +102,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let (replica, log_writer) = replication::start(&raft_dir, options, outbox)
         .with_context(|| format!("cannot recover state from {}", raft_dir.display()))?;
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (relays, mut incoming_relays) = tokio::sync::mpsc::channel(crate::peer::RELAY_QUEUE_MAX);
     let peers = match config.peer_addr {
         Some(peer_addr) if !config.peers.is_empty() => {
             let identity = tls::Identity::load(&config.cert, &config.key)?;
@@ -122,6 +123,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
                 &config.peers,
                 replica.clone(),
                 outbox_rx,
+                relays,
                 shutdown_rx.clone(),
             ))
         }
@@ -172,6 +174,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         config,
         started: std::time::Instant::now(),
         peers,
+    });
+    // Sessions other brokers ask this one to carry to hosts attached here.
+    let relay_ctx = ctx.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = incoming_relays.recv().await {
+            tokio::spawn(relay::carry_for_peer(relay_ctx.clone(), incoming));
+        }
     });
     // In the background: with no leader yet (peers still starting), this waits, and a node
     // never waits for its peers before serving (SPEC lesson L4).

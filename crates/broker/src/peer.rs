@@ -13,8 +13,12 @@ use crate::config::PeerConfig;
 use crate::replication::{ProposeError, Replica};
 use ferry_consensus::Message;
 use ferry_proto::frame::FrameLimits;
-use ferry_proto::peer::{forward_response, ForwardRequest, ForwardResponse, RaftMessage, Refusal};
+use ferry_proto::peer::{
+    forward_response, peer_request, ForwardRequest, ForwardResponse, PeerRequest, RaftMessage,
+    Refusal, RelayRequest, RelayResponse,
+};
 use ferry_proto::state::Command;
+use ferry_proto::wire;
 use ferry_state::{Outcome, RefusalKind};
 use ferry_transport::framed;
 use prost::Message as _;
@@ -50,6 +54,18 @@ struct Link {
     conn: Mutex<Option<quinn::Connection>>,
 }
 
+/// A session another broker asks this one to carry to a host attached here.
+pub struct IncomingRelay {
+    pub request: RelayRequest,
+    /// Toward the client's broker; the answer (`RelayResponse`) goes first.
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+}
+
+/// Relay requests waiting for the node; beyond it they are refused (the sessions limit
+/// applies on the client's broker, this bounds what peers can queue here).
+pub const RELAY_QUEUE_MAX: usize = 256;
+
 /// This node's side of every peer link.
 pub struct Peers {
     endpoint: quinn::Endpoint,
@@ -64,6 +80,7 @@ impl Peers {
         peers: &[PeerConfig],
         replica: Replica,
         mut outbox: mpsc::Receiver<Message>,
+        relays: mpsc::Sender<IncomingRelay>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         let mut links = HashMap::new();
@@ -92,7 +109,10 @@ impl Peers {
                 }
             }
         });
-        tokio::spawn(this.clone().accept_loop(peers.to_vec(), replica, shutdown));
+        tokio::spawn(
+            this.clone()
+                .accept_loop(peers.to_vec(), replica, relays, shutdown),
+        );
         this
     }
 
@@ -157,6 +177,7 @@ impl Peers {
         self: Arc<Self>,
         peers: Vec<PeerConfig>,
         replica: Replica,
+        relays: mpsc::Sender<IncomingRelay>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let names: Vec<String> = peers.iter().map(|p| p.node_id.clone()).collect();
@@ -165,7 +186,12 @@ impl Peers {
                 i = self.endpoint.accept() => match i { Some(i) => i, None => return },
                 _ = shutdown.changed() => return,
             };
-            let (names, peers, replica) = (names.clone(), peers.clone(), replica.clone());
+            let (names, peers, replica, relays) = (
+                names.clone(),
+                peers.clone(),
+                replica.clone(),
+                relays.clone(),
+            );
             tokio::spawn(async move {
                 let Ok(Ok(conn)) = tokio::time::timeout(CONNECT_TIMEOUT, incoming).await else {
                     return;
@@ -177,7 +203,7 @@ impl Peers {
                     conn.close(1u32.into(), b"certificate names no configured peer");
                     return;
                 };
-                serve_peer(conn, peer.clone(), replica).await;
+                serve_peer(conn, peer.clone(), replica, relays).await;
             });
         }
     }
@@ -194,8 +220,10 @@ impl Peers {
             .ok_or(ProposeError::NotLeader { leader })?;
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await.ok()?;
-            let request = ForwardRequest {
-                command: command.encode_to_vec(),
+            let request = PeerRequest {
+                request: Some(peer_request::Request::Forward(ForwardRequest {
+                    command: command.encode_to_vec(),
+                })),
             };
             framed::write(&mut send, &request, limits()).await.ok()?;
             let _ = send.finish();
@@ -210,6 +238,47 @@ impl Peers {
             .ok_or(ProposeError::NotLeader { leader })?;
         outcome_from_wire(response)
     }
+
+    /// Asks broker `node_id` to carry a session to a host attached to it. On success the
+    /// returned streams carry the session's bytes.
+    pub async fn open_relay(
+        &self,
+        node_id: &str,
+        request: RelayRequest,
+        deadline: Duration,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), wire::Error> {
+        let unavailable = |why: String| wire::Error::new(wire::ErrorCode::Unavailable, why);
+        let link = self
+            .links
+            .values()
+            .find(|l| l.config.node_id == node_id)
+            .ok_or_else(|| unavailable(format!("broker {node_id} is not a peer of this one")))?;
+        let conn = self
+            .connection(link)
+            .await
+            .ok_or_else(|| unavailable(format!("broker {node_id} is unreachable")))?;
+        let exchange = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            let request = PeerRequest {
+                request: Some(peer_request::Request::Relay(request)),
+            };
+            framed::write(&mut send, &request, limits())
+                .await
+                .map_err(|e| e.to_string())?;
+            let response: RelayResponse = framed::read(&mut recv, limits())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((send, recv, response))
+        };
+        match tokio::time::timeout(deadline, exchange).await {
+            Err(_) => Err(unavailable(format!(
+                "broker {node_id} did not answer in time"
+            ))),
+            Ok(Err(e)) => Err(unavailable(format!("broker {node_id} failed: {e}"))),
+            Ok(Ok((_, _, RelayResponse { error: Some(e) }))) => Err(e),
+            Ok(Ok((send, recv, RelayResponse { error: None }))) => Ok((send, recv)),
+        }
+    }
 }
 
 /// The configured node whose name the peer's (CA-verified) certificate carries.
@@ -221,7 +290,12 @@ fn identify(conn: &quinn::Connection, names: &[String]) -> Option<String> {
     ferry_transport::tls::peer_node(&chain, names).map(str::to_owned)
 }
 
-async fn serve_peer(conn: quinn::Connection, peer: PeerConfig, replica: Replica) {
+async fn serve_peer(
+    conn: quinn::Connection,
+    peer: PeerConfig,
+    replica: Replica,
+    relays: mpsc::Sender<IncomingRelay>,
+) {
     loop {
         tokio::select! {
             uni = conn.accept_uni() => {
@@ -239,15 +313,29 @@ async fn serve_peer(conn: quinn::Connection, peer: PeerConfig, replica: Replica)
             }
             bi = conn.accept_bi() => {
                 let Ok((mut send, mut recv)) = bi else { return };
-                let replica = replica.clone();
+                let (replica, relays) = (replica.clone(), relays.clone());
                 tokio::spawn(async move {
-                    let Ok(request) = framed::read::<ForwardRequest, _>(&mut recv, limits()).await else { return };
-                    let response = match Command::decode(&request.command[..]) {
-                        Ok(command) => outcome_to_wire(replica.propose(command).await),
-                        Err(e) => outcome_to_wire(Err(ProposeError::Storage(format!("undecodable command: {e}")))),
-                    };
-                    let _ = framed::write(&mut send, &response, limits()).await;
-                    let _ = send.finish();
+                    let Ok(request) = framed::read::<PeerRequest, _>(&mut recv, limits()).await else { return };
+                    match request.request {
+                        Some(peer_request::Request::Forward(forward)) => {
+                            let response = match Command::decode(&forward.command[..]) {
+                                Ok(command) => outcome_to_wire(replica.propose(command).await),
+                                Err(e) => outcome_to_wire(Err(ProposeError::Storage(format!("undecodable command: {e}")))),
+                            };
+                            let _ = framed::write(&mut send, &response, limits()).await;
+                            let _ = send.finish();
+                        }
+                        Some(peer_request::Request::Relay(request)) => {
+                            let incoming = IncomingRelay { request, send, recv };
+                            if let Err(e) = relays.try_send(incoming) {
+                                let mut refused = e.into_inner();
+                                let error = wire::Error::new(wire::ErrorCode::ResourceExhausted, "too many relayed sessions waiting");
+                                let _ = framed::write(&mut refused.send, &RelayResponse { error: Some(error) }, limits()).await;
+                                let _ = refused.send.finish();
+                            }
+                        }
+                        None => {}
+                    }
                 });
             }
         }

@@ -40,6 +40,7 @@ impl StateMachine {
                 self.add_grant(c),
             ),
             Kind::AttachHost(c) => ("host.attach", c.name.clone(), self.attach_host(c)),
+            Kind::DetachHost(c) => ("host.detach", c.name.clone(), self.detach_host(c)),
             Kind::OpenSession(c) => (
                 "session.open",
                 format!("{}/{}", c.host, c.service),
@@ -54,7 +55,10 @@ impl StateMachine {
         };
         let outcome = result.unwrap_or_else(Outcome::Refused);
         // Housekeeping commands are frequent and say nothing an auditor needs.
-        if !matches!(kind, Kind::PurgeExpired(_) | Kind::AttachHost(_)) {
+        if !matches!(
+            kind,
+            Kind::PurgeExpired(_) | Kind::AttachHost(_) | Kind::DetachHost(_)
+        ) {
             self.record_audit(command, action, target, &outcome);
         }
         outcome
@@ -248,6 +252,17 @@ impl StateMachine {
             .ok_or_else(|| unknown_host(&c.name))?;
         host.attached_broker = c.broker.clone();
         host.presence_epoch += 1;
+        Ok(Outcome::Applied)
+    }
+
+    fn detach_host(&mut self, c: &pb::DetachHost) -> Applied {
+        let host = self
+            .hosts
+            .get_mut(&c.name)
+            .ok_or_else(|| unknown_host(&c.name))?;
+        if host.attached_broker == c.broker {
+            host.attached_broker.clear();
+        }
         Ok(Outcome::Applied)
     }
 

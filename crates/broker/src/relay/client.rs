@@ -171,8 +171,8 @@ async fn open_session(
     recv: quinn::RecvStream,
     remote: SocketAddr,
 ) {
-    let user = match authorize(ctx, &open) {
-        Ok(user) => user,
+    let (user, route) = match authorize(ctx, &open) {
+        Ok(authorized) => authorized,
         Err((label, e)) => {
             ctx.metrics.refuse_session(label);
             respond(ctx, &mut send, client_response::Response::Error(e)).await;
@@ -231,14 +231,25 @@ async fn open_session(
         }
     };
     let span = tracing::info_span!("session", session_id, %user, host = %open.host, service = %open.service);
-    relay(ctx, session_id, user, open, send, recv)
+    relay(ctx, session_id, user, route, open, send, recv)
         .instrument(span)
         .await;
     drop(slot);
 }
 
-/// Who the token belongs to, if they may reach the host's service through this node.
-fn authorize(ctx: &Ctx, open: &wire::OpenSession) -> Result<String, (&'static str, wire::Error)> {
+/// Where a session's host is reachable from this node.
+enum Route {
+    /// Its agent is attached here.
+    Local,
+    /// Its agent is attached to this peer broker (by node id), which carries the session.
+    Peer(String),
+}
+
+/// Who the token belongs to, if they may reach the host's service, and by which route.
+fn authorize(
+    ctx: &Ctx,
+    open: &wire::OpenSession,
+) -> Result<(String, Route), (&'static str, wire::Error)> {
     let user = {
         let state = ctx.replica.read();
         let user =
@@ -264,6 +275,17 @@ fn authorize(ctx: &Ctx, open: &wire::OpenSession) -> Result<String, (&'static st
         state
             .may_open(&user, &open.host)
             .map_err(|r| ("not_granted", refusal_to_wire(&r)))?;
+        // Presence is replicated: when the agent is attached to another broker, that broker
+        // carries the session (it also checks the service, which only it knows).
+        let elsewhere = state
+            .host(&open.host)
+            .map(|h| h.attached_broker.clone())
+            .filter(|b| !b.is_empty() && *b != ctx.config.node_id && ctx.peers.is_some());
+        if ctx.hosts.get(&open.host).is_none() {
+            if let Some(broker) = elsewhere {
+                return Ok((user, Route::Peer(broker)));
+            }
+        }
         user
     };
     let Some(host) = ctx.hosts.get(&open.host) else {
@@ -292,20 +314,40 @@ fn authorize(ctx: &Ctx, open: &wire::OpenSession) -> Result<String, (&'static st
             ),
         ));
     }
-    Ok(user)
+    Ok((user, Route::Local))
 }
 
 async fn relay(
     ctx: &Ctx,
     session_id: u64,
     user: String,
+    route: Route,
     open: wire::OpenSession,
     mut client_send: quinn::SendStream,
     client_recv: quinn::RecvStream,
 ) {
     let close_reason;
     let (mut up, mut down) = (0, 0);
-    match start_on_host(ctx, session_id, &user, &open).await {
+    let started = match &route {
+        Route::Local => start_on_host(ctx, session_id, &user, &open.host, &open.service).await,
+        Route::Peer(broker) => {
+            let request = ferry_proto::peer::RelayRequest {
+                session_id,
+                host: open.host.clone(),
+                service: open.service.clone(),
+                user: user.clone(),
+            };
+            let peers = ctx
+                .peers
+                .as_ref()
+                .expect("a Peer route exists only with peer links");
+            tracing::info!(%broker, "host attached to another broker; relaying through it");
+            peers
+                .open_relay(broker, request, ctx.config.limits.handshake_timeout())
+                .await
+        }
+    };
+    match started {
         Err(e) => {
             tracing::info!(error = %e, "host refused the session");
             ctx.metrics.refuse_session("host_refused");
@@ -360,40 +402,103 @@ async fn relay(
     }
 }
 
-/// Opens the session's stream to the host agent and waits for it to reach the local service.
+/// Opens the session's stream to the host agent attached here and waits for it to reach the
+/// local service.
 async fn start_on_host(
     ctx: &Ctx,
     session_id: u64,
     user: &str,
-    open: &wire::OpenSession,
+    host_name: &str,
+    service: &str,
 ) -> Result<(quinn::SendStream, quinn::RecvStream), wire::Error> {
     let unavailable = |why: String| error(ErrorCode::Unavailable, why);
-    let host = ctx
-        .hosts
-        .get(&open.host)
-        .ok_or_else(|| unavailable(format!("host {:?} disconnected", open.host)))?;
+    let host = ctx.hosts.get(host_name).ok_or_else(|| {
+        unavailable(format!(
+            "host {host_name:?} is not connected to broker {}",
+            ctx.config.node_id
+        ))
+    })?;
     let (mut send, mut recv) = host
         .conn
         .open_bi()
         .await
-        .map_err(|e| unavailable(format!("cannot reach host {:?}: {e}", open.host)))?;
+        .map_err(|e| unavailable(format!("cannot reach host {host_name:?}: {e}")))?;
     let start = wire::SessionStart {
         session_id,
-        service: open.service.clone(),
+        service: service.to_owned(),
         user: user.to_owned(),
     };
     framed::write(&mut send, &start, frame_limits(ctx))
         .await
-        .map_err(|e| unavailable(format!("cannot reach host {:?}: {e}", open.host)))?;
+        .map_err(|e| unavailable(format!("cannot reach host {host_name:?}: {e}")))?;
     let reply: wire::SessionStartReply = timeout(
         ctx.config.limits.handshake_timeout(),
         framed::read(&mut recv, frame_limits(ctx)),
     )
     .await
-    .map_err(|_| unavailable(format!("host {:?} did not answer in time", open.host)))?
-    .map_err(|e| unavailable(format!("host {:?} failed: {e}", open.host)))?;
+    .map_err(|_| unavailable(format!("host {host_name:?} did not answer in time")))?
+    .map_err(|e| unavailable(format!("host {host_name:?} failed: {e}")))?;
     match reply.error {
         Some(e) => Err(e),
         None => Ok((send, recv)),
     }
+}
+
+/// Carries a session another broker authorized and recorded, to a host attached here.
+pub(crate) async fn carry_for_peer(ctx: std::sync::Arc<Ctx>, incoming: crate::peer::IncomingRelay) {
+    let crate::peer::IncomingRelay {
+        request,
+        mut send,
+        recv,
+    } = incoming;
+    let span = tracing::info_span!("session", session_id = request.session_id, user = %request.user, host = %request.host, service = %request.service);
+    async move {
+        let peer_limits = ferry_proto::frame::FrameLimits::default();
+        match start_on_host(
+            &ctx,
+            request.session_id,
+            &request.user,
+            &request.host,
+            &request.service,
+        )
+        .await
+        {
+            Err(e) => {
+                tracing::info!(error = %e, "could not carry a session for a peer");
+                let response = ferry_proto::peer::RelayResponse { error: Some(e) };
+                let _ = framed::write(&mut send, &response, peer_limits).await;
+                let _ = send.finish();
+            }
+            Ok((host_send, host_recv)) => {
+                let response = ferry_proto::peer::RelayResponse { error: None };
+                if framed::write(&mut send, &response, peer_limits)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                ctx.metrics.sessions_open.inc();
+                let _open = on_drop(|| {
+                    ctx.metrics.sessions_open.dec();
+                });
+                tracing::info!("carrying a session for a peer broker");
+                let (up, down) = tokio::join!(
+                    splice::quic_to_quic(recv, host_send),
+                    splice::quic_to_quic(host_recv, send),
+                );
+                let direction = |direction| crate::metrics::Direction { direction };
+                ctx.metrics
+                    .relay_bytes
+                    .get_or_create(&direction("client_to_host"))
+                    .inc_by(*up.as_ref().unwrap_or(&0));
+                ctx.metrics
+                    .relay_bytes
+                    .get_or_create(&direction("host_to_client"))
+                    .inc_by(*down.as_ref().unwrap_or(&0));
+                tracing::info!(up = ?up, down = ?down, "peer session ended");
+            }
+        }
+    }
+    .instrument(span)
+    .await;
 }

@@ -201,4 +201,17 @@ async fn stay_attached(
     ctx.hosts.detach(name, conn.stable_id());
     ctx.metrics.hosts_attached.set(ctx.hosts.len() as i64);
     tracing::info!(host = %name, "host detached");
+    // Unless the same host already attached here again, tell the cluster it is gone from here.
+    if ctx.hosts.get(name).is_none() {
+        let detach = Kind::DetachHost(cmd::DetachHost {
+            name: name.to_owned(),
+            broker: ctx.config.node_id.clone(),
+        });
+        if let Err(e) = ctx
+            .propose(format!("host:{name}"), String::new(), detach)
+            .await
+        {
+            tracing::warn!(host = %name, error = %e, "could not record the host's detachment");
+        }
+    }
 }

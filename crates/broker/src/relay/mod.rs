@@ -8,6 +8,8 @@
 mod client;
 mod host;
 
+pub(crate) use client::carry_for_peer;
+
 use crate::node::Ctx;
 use ferry_proto::frame::FrameLimits;
 use ferry_proto::wire::{self, hello_reply, HelloReply, Role};
