@@ -166,6 +166,7 @@ pub struct RaftStatus {
     pub leader: u64,
     pub commit: u64,
     pub applied: u64,
+    pub snapshots_installed: u64,
 }
 
 fn raft_status(ctx: &Ctx) -> RaftStatus {
@@ -183,6 +184,7 @@ fn raft_status(ctx: &Ctx) -> RaftStatus {
         leader: s.leader.load(Acquire),
         commit: s.commit.load(Acquire),
         applied: s.applied.load(Acquire),
+        snapshots_installed: s.snapshots_installed.load(Acquire),
     }
 }
 

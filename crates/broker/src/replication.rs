@@ -76,6 +76,8 @@ pub struct Status {
     pub applied: AtomicU64,
     pub is_leader: AtomicBool,
     pub running: AtomicBool,
+    /// Snapshots received from a leader and installed since start.
+    pub snapshots_installed: AtomicU64,
 }
 
 /// A cheap, cloneable handle to the replicated state.
@@ -284,6 +286,12 @@ impl Driver {
 
     fn ready(&mut self) -> Result<(), ferry_consensus::Error> {
         let output = self.core.handle_ready()?;
+        if let Some(index) = output.installed_snapshot {
+            tracing::info!(index, "installed a snapshot from the leader");
+            self.status
+                .snapshots_installed
+                .fetch_add(1, Ordering::AcqRel);
+        }
         for message in output.messages {
             // A full queue means the peer link is behind; Raft retransmits what matters.
             let _ = self.outbox.try_send(message);

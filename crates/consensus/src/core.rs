@@ -98,6 +98,9 @@ pub struct Output {
     pub messages: Vec<Message>,
     /// Commands applied, in log order.
     pub applied: Vec<Applied>,
+    /// Index of a snapshot from the leader installed in this Ready (the node was too far
+    /// behind for the log).
+    pub installed_snapshot: Option<u64>,
 }
 
 /// The applied state, shared with readers (the node's request handlers) without copying.
@@ -170,6 +173,7 @@ impl<L: LogStore> Core<L> {
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
             self.install_snapshot(&snapshot)?;
+            out.installed_snapshot = Some(snapshot.get_metadata().index);
         }
         if !ready.entries().is_empty() {
             self.raw.mut_store().append(ready.entries())?;
