@@ -47,6 +47,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/grants", get(list_grants).post(add_grant))
         .route("/v1/sessions", get(list_sessions))
         .route("/v1/audit", get(audit))
+        .route("/v1/faults/peers", axum::routing::post(set_peer_faults))
         .layer(middleware::from_fn_with_state(ctx.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -458,4 +459,39 @@ async fn audit(
         })
         .collect();
     Json(serde_json::json!({ "records": records }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerFaults {
+    /// Node ids to cut this node off from; empty heals.
+    blocked: Vec<String>,
+}
+
+/// Test-only: partitions this node from chosen peers (both directions of traffic it handles).
+async fn set_peer_faults(
+    State(ctx): State<Arc<Ctx>>,
+    Json(req): Json<PeerFaults>,
+) -> ApiResult<serde_json::Value> {
+    if !ctx.config.faults.enabled {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "fault injection is disabled on this node ([faults] enabled = true is for tests only)",
+        ));
+    }
+    let Some(peers) = &ctx.peers else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "this node has no peers",
+        ));
+    };
+    let unknown = peers.set_blocked(&req.blocked);
+    if !unknown.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("unknown peers: {}", unknown.join(", ")),
+        ));
+    }
+    tracing::warn!(blocked = ?req.blocked, "fault injection: peer traffic blocked");
+    Ok(Json(serde_json::json!({ "blocked": req.blocked })))
 }

@@ -41,6 +41,23 @@ pub struct NodeConfig {
     pub limits: Limits,
     #[serde(default)]
     pub raft: RaftConfig,
+    /// Test-only fault injection; off unless a test turns it on.
+    #[serde(default, skip_serializing_if = "Faults::is_off")]
+    pub faults: Faults,
+}
+
+/// Switches that let end-to-end tests create real failure conditions in a real process.
+/// Never enable them in production: they let an admin-token holder cut a node off.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Faults {
+    pub enabled: bool,
+}
+
+impl Faults {
+    fn is_off(&self) -> bool {
+        !self.enabled
+    }
 }
 
 /// Another node of the cluster.

@@ -70,6 +70,9 @@ pub const RELAY_QUEUE_MAX: usize = 256;
 pub struct Peers {
     endpoint: quinn::Endpoint,
     links: HashMap<u64, Arc<Link>>,
+    /// Raft ids of peers cut off by the test-only fault switch: nothing is sent to them and
+    /// nothing from them is accepted, as in a network partition.
+    blocked: std::sync::RwLock<std::collections::HashSet<u64>>,
 }
 
 impl Peers {
@@ -95,13 +98,20 @@ impl Peers {
             links.insert(peer.raft_id, link.clone());
             receivers.push((link, rx));
         }
-        let this = Arc::new(Self { endpoint, links });
+        let this = Arc::new(Self {
+            endpoint,
+            links,
+            blocked: Default::default(),
+        });
         for (link, rx) in receivers {
             tokio::spawn(this.clone().send_loop(link, rx, shutdown.clone()));
         }
         let dispatcher = this.clone();
         tokio::spawn(async move {
             while let Some(message) = outbox.recv().await {
+                if dispatcher.is_blocked(message.to) {
+                    continue;
+                }
                 match dispatcher.links.get(&message.to) {
                     // Full: this peer is behind; drop rather than stall the others.
                     Some(link) => drop(link.queue.try_send(message)),
@@ -114,6 +124,33 @@ impl Peers {
                 .accept_loop(peers.to_vec(), replica, relays, shutdown),
         );
         this
+    }
+
+    /// Test-only fault switch: cuts this node off from the peers named (by node id), or
+    /// heals the partition with an empty list. Returns the ids it did not recognise.
+    pub fn set_blocked(&self, node_ids: &[String]) -> Vec<String> {
+        let mut blocked = self
+            .blocked
+            .write()
+            .expect("never poisoned: no panics under the lock");
+        blocked.clear();
+        let mut unknown = Vec::new();
+        for id in node_ids {
+            match self.links.values().find(|l| &l.config.node_id == id) {
+                Some(link) => {
+                    blocked.insert(link.config.raft_id);
+                }
+                None => unknown.push(id.clone()),
+            }
+        }
+        unknown
+    }
+
+    fn is_blocked(&self, raft_id: u64) -> bool {
+        self.blocked
+            .read()
+            .expect("never poisoned: no panics under the lock")
+            .contains(&raft_id)
     }
 
     /// The connection to `link`, dialing it if needed.
@@ -192,6 +229,7 @@ impl Peers {
                 replica.clone(),
                 relays.clone(),
             );
+            let this = self.clone();
             tokio::spawn(async move {
                 let Ok(Ok(conn)) = tokio::time::timeout(CONNECT_TIMEOUT, incoming).await else {
                     return;
@@ -203,7 +241,7 @@ impl Peers {
                     conn.close(1u32.into(), b"certificate names no configured peer");
                     return;
                 };
-                serve_peer(conn, peer.clone(), replica, relays).await;
+                serve_peer(this, conn, peer.clone(), replica, relays).await;
             });
         }
     }
@@ -253,6 +291,9 @@ impl Peers {
             .values()
             .find(|l| l.config.node_id == node_id)
             .ok_or_else(|| unavailable(format!("broker {node_id} is not a peer of this one")))?;
+        if self.is_blocked(link.config.raft_id) {
+            return Err(unavailable(format!("broker {node_id} is unreachable")));
+        }
         let conn = self
             .connection(link)
             .await
@@ -291,6 +332,7 @@ fn identify(conn: &quinn::Connection, names: &[String]) -> Option<String> {
 }
 
 async fn serve_peer(
+    this: Arc<Peers>,
     conn: quinn::Connection,
     peer: PeerConfig,
     replica: Replica,
@@ -300,9 +342,12 @@ async fn serve_peer(
         tokio::select! {
             uni = conn.accept_uni() => {
                 let Ok(mut recv) = uni else { return };
-                let (replica, peer) = (replica.clone(), peer.clone());
+                let (replica, peer, this) = (replica.clone(), peer.clone(), this.clone());
                 tokio::spawn(async move {
                     while let Ok(frame) = framed::read::<RaftMessage, _>(&mut recv, limits()).await {
+                        if this.is_blocked(peer.raft_id) {
+                            continue;
+                        }
                         match Message::parse_from_bytes(&frame.message) {
                             Ok(m) if m.from == peer.raft_id => replica.step(m),
                             Ok(m) => tracing::warn!(peer = %peer.node_id, from = m.from, "raft message with a forged sender dropped"),
@@ -313,6 +358,9 @@ async fn serve_peer(
             }
             bi = conn.accept_bi() => {
                 let Ok((mut send, mut recv)) = bi else { return };
+                if this.is_blocked(peer.raft_id) {
+                    continue; // dropped: the peer times out, as across a partition
+                }
                 let (replica, relays) = (replica.clone(), relays.clone());
                 tokio::spawn(async move {
                     let Ok(request) = framed::read::<PeerRequest, _>(&mut recv, limits()).await else { return };

@@ -115,6 +115,7 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
                 .cloned()
                 .collect(),
             limits: Limits::default(),
+            faults: Default::default(),
             raft: RaftConfig {
                 id: u64::from(i) + 1,
                 initial_voters: (1..=u64::from(args.brokers)).collect(),

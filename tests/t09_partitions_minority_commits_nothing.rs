@@ -1,0 +1,112 @@
+//! Issue 2/8, acceptance 1d: partitions made with the peer transport's fault switch (real
+//! processes; traffic to and from the cut-off peers is dropped), both ways: isolating the
+//! leader, then isolating a follower. The minority commits nothing and says so; the majority
+//! keeps serving; after healing every node converges to the same state.
+
+mod common;
+use common::*;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+async fn block(w: &World, node: u8, peers: &[u8]) {
+    let token = std::fs::read_to_string(w.cluster().join("admin.token")).unwrap();
+    let blocked: Vec<String> = peers.iter().map(|p| format!("b{p}")).collect();
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/faults/peers", w.admin_url_of(node)))
+        .bearer_auth(token.trim())
+        .json(&serde_json::json!({ "blocked": blocked }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "fault switch on b{node}: {}",
+        response.status()
+    );
+}
+
+fn grants(w: &World, i: u8) -> BTreeSet<String> {
+    let out = w.admin_on(i, &["grants", "--json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["user_group"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn leader(w: &World) -> u8 {
+    wait_for("a leader", Duration::from_secs(20), || {
+        (1..=3).find(|&i| {
+            w.status_of(i)
+                .is_some_and(|s| s["raft"]["role"] == "leader")
+        })
+    })
+}
+
+async fn partition_round(w: &World, isolated: u8, round: &str) {
+    let majority: Vec<u8> = (1..=3).filter(|&i| i != isolated).collect();
+    block(w, isolated, &majority).await;
+    for &i in &majority {
+        block(w, i, &[isolated]).await;
+    }
+    // The majority keeps serving (electing a new leader if it lost the old one).
+    let written = format!("{round}-majority");
+    wait_for(
+        "the majority to commit a write",
+        Duration::from_secs(20),
+        || (w.admin_on(majority[0], &["grant", &written, "lab"]).code == 0).then_some(()),
+    );
+    // The minority commits nothing, and says so.
+    let before = grants(w, isolated);
+    let refused = format!("{round}-minority");
+    let out = w.admin_on(isolated, &["grant", &refused, "lab"]);
+    assert_eq!(
+        out.code, 6,
+        "a write on the minority fails as unavailable: {out:?}"
+    );
+    assert!(
+        out.stderr.contains("not applied within") || out.stderr.contains("no leader"),
+        "the minority says why: {out:?}"
+    );
+    assert_eq!(
+        grants(w, isolated),
+        before,
+        "the minority applied nothing new"
+    );
+
+    // Heal: everyone converges on the same state, with the majority's write and without the
+    // minority's.
+    for i in 1..=3 {
+        block(w, i, &[]).await;
+    }
+    wait_for(
+        "the healed cluster to converge",
+        Duration::from_secs(30),
+        || {
+            let states: Vec<BTreeSet<String>> = (1..=3).map(|i| grants(w, i)).collect();
+            (states.windows(2).all(|p| p[0] == p[1]) && states[0].contains(&written)).then_some(())
+        },
+    );
+    assert!(
+        !grants(w, isolated).contains(&refused),
+        "the refused write never appears"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t09_partitions_leave_the_minority_without_commits_and_heal() {
+    let w = World::init_brokers(3);
+    for i in 1..=3 {
+        let path = w.cluster().join(format!("b{i}.toml"));
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("\n[faults]\nenabled = true\n");
+        std::fs::write(&path, text).unwrap();
+    }
+    let _nodes: Vec<Proc> = (1..=3).map(|i| w.start_node(i)).collect();
+    let first_leader = leader(&w);
+    partition_round(&w, first_leader, "leader-isolated").await;
+    let follower = (1..=3).find(|&i| i != leader(&w)).unwrap();
+    partition_round(&w, follower, "follower-isolated").await;
+}
