@@ -159,11 +159,17 @@ impl World {
     /// Runs `ferry init --brokers N`: node i (from 1) uses base+10(i-1) (relay), +1 (admin),
     /// +2 (peers).
     pub fn init_brokers(brokers: u8) -> Self {
+        Self::init_cluster(brokers, 0)
+    }
+
+    /// `ferry init --brokers B --witnesses W`: brokers b1..bB, then witnesses w1..wW, node i
+    /// (from 1, brokers first) on base+10(i-1).
+    pub fn init_cluster(brokers: u8, witnesses: u8) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ferry-e2e-")
             .tempdir()
             .expect("temp dir");
-        let base_port = free_port_block(brokers);
+        let base_port = free_port_block(brokers + witnesses);
         let world = Self { dir, base_port };
         world
             .ferry(&[
@@ -176,6 +182,8 @@ impl World {
                 "e2e",
                 "--brokers",
                 &brokers.to_string(),
+                "--witnesses",
+                &witnesses.to_string(),
             ])
             .ok();
         world
@@ -191,19 +199,25 @@ impl World {
 
     /// Starts broker b`i` and waits until its admin API answers (it need not have a leader).
     pub fn start_node(&self, i: u8) -> Proc {
-        let config = self.cluster().join(format!("b{i}.toml"));
+        self.start_named(&format!("b{i}"), i)
+    }
+
+    /// Starts node `name` (`b2`, `w1`), the `position`-th node (from 1) in port order.
+    pub fn start_named(&self, name: &str, position: u8) -> Proc {
+        let i = position;
+        let config = self.cluster().join(format!("{name}.toml"));
         let mut broker = self.spawn(
-            &format!("broker-b{i}"),
+            &format!("node-{name}"),
             &["broker", "--config", config.to_str().unwrap()],
         );
         let url = format!("{}/healthz", self.admin_url_of(i));
         wait_for(
-            &format!("broker b{i} to answer"),
+            &format!("node {name} to answer"),
             Duration::from_secs(20),
             || {
                 if let Ok(Some(status)) = broker.child.try_wait() {
                     panic!(
-                        "broker b{i} exited early with {status}:\n{}",
+                        "node {name} exited early with {status}:\n{}",
                         broker.log_text()
                     );
                 }

@@ -17,6 +17,17 @@ pub struct ClientConfig {
     pub udp_payload_bytes_max: Option<u16>,
     /// Brokers to try, in order. Endpoints also learn the current list from the brokers.
     pub brokers: Vec<BrokerEntry>,
+    /// Witnesses serve no hosts or clients; listed for `ferry admin --node`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub witnesses: Vec<WitnessEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessEntry {
+    pub node_id: String,
+    /// Base URL of the witness's admin API.
+    pub admin_url: String,
 }
 
 impl ClientConfig {

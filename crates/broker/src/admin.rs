@@ -197,20 +197,24 @@ fn services(ctx: &Ctx) -> Vec<ServiceStatus> {
             .get()
             == 1
     };
-    vec![
-        ServiceStatus {
-            name: "relay".into(),
-            running: up("relay"),
-        },
-        ServiceStatus {
-            name: "admin".into(),
-            running: up("admin"),
-        },
-        ServiceStatus {
-            name: "replication".into(),
-            running: ctx.replica.is_running(),
-        },
-    ]
+    // A witness runs no relay listener, so it has no relay service to report.
+    let relay = (ctx.config.role == crate::config::NodeRole::Broker).then(|| ServiceStatus {
+        name: "relay".into(),
+        running: up("relay"),
+    });
+    relay
+        .into_iter()
+        .chain([
+            ServiceStatus {
+                name: "admin".into(),
+                running: up("admin"),
+            },
+            ServiceStatus {
+                name: "replication".into(),
+                running: ctx.replica.is_running(),
+            },
+        ])
+        .collect()
 }
 
 pub fn node_status(ctx: &Ctx) -> NodeStatus {
@@ -218,7 +222,10 @@ pub fn node_status(ctx: &Ctx) -> NodeStatus {
     NodeStatus {
         node_id: ctx.config.node_id.clone(),
         cluster_name: ctx.config.cluster_name.clone(),
-        role: "broker".into(),
+        role: match ctx.config.role {
+            crate::config::NodeRole::Broker => "broker".into(),
+            crate::config::NodeRole::Witness => "witness".into(),
+        },
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_secs: ctx.started.elapsed().as_secs(),
         relay_addr: ctx.config.relay_addr.to_string(),

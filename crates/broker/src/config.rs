@@ -14,6 +14,9 @@ use std::time::Duration;
 pub struct NodeConfig {
     /// This node's id, unique in the cluster (`b1`, `w1`); also its certificate's DNS name.
     pub node_id: String,
+    /// Broker (serves hosts and clients) or witness (a voter that only stores the log).
+    #[serde(default)]
+    pub role: NodeRole,
     /// Name of the cluster, shown in status output and used to key cached login tokens.
     pub cluster_name: String,
     /// Where the node keeps its store.
@@ -60,6 +63,18 @@ impl Faults {
     }
 }
 
+/// What a node does in the cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// A Raft voter that serves hosts and clients and relays sessions.
+    #[default]
+    Broker,
+    /// A Raft voter that persists and applies the log and serves no traffic: it gives a pair
+    /// of brokers a third vote, and hands leadership to a broker whenever it wins it.
+    Witness,
+}
+
 /// Another node of the cluster.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +84,8 @@ pub struct PeerConfig {
     pub raft_id: u64,
     /// Its peer listener.
     pub peer_addr: SocketAddr,
+    #[serde(default)]
+    pub role: NodeRole,
 }
 
 /// Consensus settings. Every node of a cluster should use the same timing.

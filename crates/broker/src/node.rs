@@ -97,6 +97,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         snapshot_every_entries: config.limits.snapshot_every_entries,
         queue_max: config.limits.proposal_queue_max,
         propose_timeout: Duration::from_millis(config.raft.propose_timeout_ms),
+        role: config.role,
+        brokers: std::iter::once((config.raft.id, config.role))
+            .chain(config.peers.iter().map(|p| (p.raft_id, p.role)))
+            .filter(|(_, role)| *role == crate::config::NodeRole::Broker)
+            .map(|(id, _)| id)
+            .collect(),
     };
     let (outbox, outbox_rx) = tokio::sync::mpsc::channel(OUTBOX_MAX);
     let (replica, log_writer) = replication::start(&raft_dir, options, outbox)
@@ -187,7 +193,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     tokio::spawn(close_orphaned_sessions(ctx.clone()));
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(relay::serve(quic, ctx.clone(), shutdown_rx.clone()));
+    // A witness serves no hosts or clients: its relay port stays closed.
+    if ctx.config.role == crate::config::NodeRole::Broker {
+        tasks.spawn(relay::serve(quic, ctx.clone(), shutdown_rx.clone()));
+    } else {
+        drop(quic);
+    }
     tasks.spawn(admin::serve(
         admin_listener,
         ctx.clone(),

@@ -60,6 +60,10 @@ pub struct RaftOptions {
     pub queue_max: usize,
     /// How long a proposer waits for its entry to be applied.
     pub propose_timeout: Duration,
+    /// Whether this node may keep leadership: a witness hands it to one of `brokers`.
+    pub role: crate::config::NodeRole,
+    /// Raft ids of the broker nodes (this one included if it is a broker).
+    pub brokers: Vec<u64>,
 }
 
 enum Event {
@@ -196,6 +200,8 @@ pub fn start(
         propose_timeout: options.propose_timeout,
     };
     let driver = Driver {
+        role: options.role,
+        brokers: options.brokers.clone(),
         core,
         outbox,
         status,
@@ -210,6 +216,8 @@ pub fn start(
 }
 
 struct Driver {
+    role: crate::config::NodeRole,
+    brokers: Vec<u64>,
     core: Core<SledLog>,
     outbox: tokio::sync::mpsc::Sender<Message>,
     status: Arc<Status>,
@@ -238,6 +246,7 @@ impl Driver {
                 self.core.tick();
                 next_tick += self.tick;
                 self.expire_pending();
+                self.hand_off_if_witness();
             }
             if let Err(e) = self.ready() {
                 // Storage failed: raft-rs cannot continue safely on a store that may lie.
@@ -309,6 +318,27 @@ impl Driver {
         s.is_leader
             .store(self.core.role() == StateRole::Leader, Ordering::Release);
         Ok(())
+    }
+
+    /// A witness that became leader (it can: it is a voter) hands leadership to a broker whose
+    /// log is complete, so that the leader is always a node that serves traffic.
+    fn hand_off_if_witness(&mut self) {
+        if self.role != crate::config::NodeRole::Witness || self.core.role() != StateRole::Leader {
+            return;
+        }
+        let last = self.core.last_index();
+        let caught_up = self
+            .brokers
+            .iter()
+            .copied()
+            .find(|&b| self.core.matched(b) == Some(last));
+        if let Some(broker) = caught_up {
+            tracing::info!(
+                to = broker,
+                "witness won an election; handing leadership to a broker"
+            );
+            self.core.transfer_leader(broker);
+        }
     }
 
     /// Proposals whose entry was lost (a deposed leader's uncommitted tail) never complete;

@@ -29,15 +29,34 @@ impl AdminClient {
         token_file: Option<&Path>,
         node: Option<&str>,
     ) -> Result<Self, Failure> {
-        let mut config = ClientConfig::load(config_path)?;
-        if let Some(node) = node {
-            config.brokers.retain(|b| b.node_id == node);
-            if config.brokers.is_empty() {
-                return Err(Failure::new(
-                    exit::CONFIG,
-                    format!("{} lists no broker {node:?}", config_path.display()),
-                ));
-            }
+        let config = ClientConfig::load(config_path)?;
+        let nodes = config
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.as_str(), b.admin_url.as_str()))
+            .chain(
+                config
+                    .witnesses
+                    .iter()
+                    .map(|w| (w.node_id.as_str(), w.admin_url.as_str())),
+            );
+        // Without --node: the brokers, in order (any node answers; followers forward writes).
+        let urls: Vec<String> = match node {
+            Some(node) => nodes
+                .filter(|(id, _)| *id == node)
+                .map(|(_, url)| url.to_owned())
+                .collect(),
+            None => config.brokers.iter().map(|b| b.admin_url.clone()).collect(),
+        };
+        if urls.is_empty() {
+            return Err(Failure::new(
+                exit::CONFIG,
+                format!(
+                    "{} lists no node {:?}",
+                    config_path.display(),
+                    node.unwrap_or_default()
+                ),
+            ));
         }
         let token = match std::env::var("FERRY_ADMIN_TOKEN") {
             Ok(token) if token_file.is_none() => token,
@@ -65,7 +84,7 @@ impl AdminClient {
             .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
         Ok(Self {
             http,
-            urls: config.brokers.iter().map(|b| b.admin_url.clone()).collect(),
+            urls,
             token: token.trim().to_owned(),
         })
     }

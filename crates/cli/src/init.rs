@@ -2,9 +2,9 @@
 
 use crate::args::InitArgs;
 use crate::Failure;
-use ferry_agent::config::{BrokerEntry, ClientConfig};
+use ferry_agent::config::{BrokerEntry, ClientConfig, WitnessEntry};
 use ferry_agent::error::exit;
-use ferry_broker::config::{Limits, NodeConfig, PeerConfig, RaftConfig};
+use ferry_broker::config::{Limits, NodeConfig, NodeRole, PeerConfig, RaftConfig};
 use ferry_transport::certs::ClusterCa;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,11 +20,8 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
     if args.brokers == 0 {
         return Err(Failure::new(exit::CONFIG, "--brokers must be at least 1"));
     }
-    if args.witnesses != 0 {
-        return Err(Failure::new(
-            exit::CONFIG,
-            "witnesses are not supported yet (--witnesses 0); use 1 or 3 or 5 brokers",
-        ));
+    if u16::from(args.brokers) + u16::from(args.witnesses) > 99 {
+        return Err(Failure::new(exit::CONFIG, "at most 99 nodes"));
     }
     if !args
         .cluster_name
@@ -79,19 +76,28 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
         })?;
         Ok(SocketAddr::new(args.bind_ip, p))
     };
-    let everyone: Vec<PeerConfig> = (0..args.brokers)
+    // Brokers b1..bN take raft ids 1..N; witnesses w1..wW follow, with the next ports.
+    let total = args.brokers + args.witnesses;
+    let everyone: Vec<PeerConfig> = (0..total)
         .map(|i| {
+            let (node_id, role) = if i < args.brokers {
+                (format!("b{}", i + 1), NodeRole::Broker)
+            } else {
+                (format!("w{}", i - args.brokers + 1), NodeRole::Witness)
+            };
             Ok(PeerConfig {
-                node_id: format!("b{}", i + 1),
+                node_id,
                 raft_id: u64::from(i) + 1,
                 peer_addr: node_port(i, 2)?,
+                role,
             })
         })
         .collect::<Result<_, Failure>>()?;
     let mut node_configs = Vec::new();
     let mut brokers = Vec::new();
-    for i in 0..args.brokers {
-        let node_id = format!("b{}", i + 1);
+    let mut witnesses = Vec::new();
+    for (i, node) in (0u8..).zip(&everyone) {
+        let node_id = node.node_id.clone();
         let port = |offset: u16| node_port(i, offset);
         let pair = ca
             .issue_node(&node_id, &[args.bind_ip])
@@ -100,6 +106,7 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
         write(&format!("{node_id}.key"), &pair.key_pem, true)?;
         let config = NodeConfig {
             node_id: node_id.clone(),
+            role: node.role,
             cluster_name: args.cluster_name.clone(),
             data_dir: PathBuf::from(format!("data/{node_id}")),
             relay_addr: port(0)?,
@@ -108,7 +115,7 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
             cert: format!("{node_id}.pem").into(),
             key: format!("{node_id}.key").into(),
             admin_token_file: "admin.token".into(),
-            peer_addr: (args.brokers > 1).then(|| port(2)).transpose()?,
+            peer_addr: (total > 1).then(|| port(2)).transpose()?,
             peers: everyone
                 .iter()
                 .filter(|p| p.node_id != node_id)
@@ -117,8 +124,8 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
             limits: Limits::default(),
             faults: Default::default(),
             raft: RaftConfig {
-                id: u64::from(i) + 1,
-                initial_voters: (1..=u64::from(args.brokers)).collect(),
+                id: node.raft_id,
+                initial_voters: everyone.iter().map(|p| p.raft_id).collect(),
                 ..RaftConfig::default()
             },
         };
@@ -128,17 +135,22 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
             toml::to_string(&config).expect("NodeConfig serializes")
         );
         node_configs.push(write(&format!("{node_id}.toml"), &text, false)?);
-        brokers.push(BrokerEntry {
-            node_id,
-            relay_addr: config.relay_addr,
-            admin_url: format!("http://{}", config.admin_addr),
-        });
+        let admin_url = format!("http://{}", config.admin_addr);
+        match node.role {
+            NodeRole::Broker => brokers.push(BrokerEntry {
+                node_id,
+                relay_addr: config.relay_addr,
+                admin_url,
+            }),
+            NodeRole::Witness => witnesses.push(WitnessEntry { node_id, admin_url }),
+        }
     }
     let client = ClientConfig {
         cluster_name: args.cluster_name.clone(),
         ca_cert: "ca.pem".into(),
         udp_payload_bytes_max: None,
         brokers,
+        witnesses,
     };
     let text = format!(
         "# How clients, host agents and `ferry admin` find and trust cluster {:?}.\n{}",

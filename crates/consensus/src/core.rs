@@ -316,6 +316,21 @@ impl<L: LogStore> Core<L> {
         self.raw.store()
     }
 
+    /// Asks `to` to take over leadership (it campaigns at once if it is caught up).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.raw.transfer_leader(to);
+    }
+
+    /// On a leader: the highest log index known to be replicated on `peer`.
+    pub fn matched(&self, peer: u64) -> Option<u64> {
+        self.raw.raft.prs().get(peer).map(|p| p.matched)
+    }
+
+    /// Index of the last entry in this node's log.
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
     /// Tells raft-rs whether a snapshot sent to `peer` arrived; after a failure the leader
     /// probes the peer again instead of waiting for it forever.
     pub fn report_snapshot(&mut self, peer: u64, delivered: raft::SnapshotStatus) {
