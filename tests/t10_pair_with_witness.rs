@@ -112,4 +112,14 @@ fn t10_a_pair_and_a_witness_replicate_and_the_witness_never_keeps_leadership() {
             },
         );
     }
+
+    // Every node stops cleanly on SIGTERM while its peers are still running.
+    for node in nodes.iter_mut() {
+        assert_eq!(
+            node.terminate().code(),
+            Some(0),
+            "{} exits cleanly on SIGTERM",
+            node.name
+        );
+    }
 }

@@ -67,6 +67,9 @@ impl RunningNode {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        // Peer connections (and anything else) may still hold replica handles; the driver
+        // stops regardless, within one tick.
+        self.ctx.replica.stop();
         let writer = self.log_writer.take();
         drop(self.ctx);
         if let Some(writer) = writer {

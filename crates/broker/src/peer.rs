@@ -221,7 +221,11 @@ impl Peers {
         loop {
             let incoming = tokio::select! {
                 i = self.endpoint.accept() => match i { Some(i) => i, None => return },
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    // Closing the endpoint ends every peer connection and the tasks serving them.
+                    self.endpoint.close(ferry_transport::CloseCode::ShuttingDown.varint(), b"node shutting down");
+                    return;
+                }
             };
             let (names, peers, replica, relays) = (
                 names.clone(),

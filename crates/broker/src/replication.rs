@@ -82,6 +82,8 @@ pub struct Status {
     pub running: AtomicBool,
     /// Snapshots received from a leader and installed since start.
     pub snapshots_installed: AtomicU64,
+    /// Set by [`Replica::stop`]; the driver exits within one tick.
+    stop: AtomicBool,
 }
 
 /// A cheap, cloneable handle to the replicated state.
@@ -143,6 +145,11 @@ impl Replica {
 
     pub fn raft_id(&self) -> u64 {
         self.raft_id
+    }
+
+    /// Stops the consensus driver (within one tick), whoever still holds handles.
+    pub fn stop(&self) {
+        self.status.stop.store(true, Ordering::Release);
     }
 
     /// Whether the consensus driver is alive to take proposals.
@@ -241,6 +248,9 @@ impl Driver {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.status.stop.load(Ordering::Acquire) {
+                break;
             }
             if Instant::now() >= next_tick {
                 self.core.tick();

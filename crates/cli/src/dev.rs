@@ -1,4 +1,5 @@
-//! `ferry dev`: a whole cluster and a demo host in one process, on 127.0.0.1, for trying Ferry.
+//! `ferry dev`: a whole cluster (two brokers and a witness) and a demo host in one process, on
+//! 127.0.0.1, for trying Ferry.
 //!
 //! It uses the same code paths as a real deployment: `init` writes a cluster, the broker runs
 //! from its config, users and grants go through the admin API, and the demo host enrolls with a
@@ -26,20 +27,25 @@ pub async fn run(args: DevArgs) -> CliResult {
     prepare_dir(&args.dir)?;
     let cluster = init::run(&InitArgs {
         out: args.dir.clone(),
-        brokers: 1,
-        witnesses: 0,
+        brokers: 2,
+        witnesses: 1,
         bind_ip: Ipv4Addr::LOCALHOST.into(),
         base_port: args.base_port,
         cluster_name: "dev".into(),
     })?;
-    let node_config = ferry_broker::NodeConfig::load(&cluster.node_configs[0])
-        .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
-    let node = ferry_broker::start(node_config).await.map_err(|e| {
-        Failure::new(
-            exit::FAILURE,
-            format!("{e:#} (another `ferry dev` running? try --base-port)"),
-        )
-    })?;
+    // Two brokers and a witness, each a complete node with its own ports and store.
+    let mut nodes = Vec::new();
+    for path in &cluster.node_configs {
+        let config = ferry_broker::NodeConfig::load(path)
+            .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+        let node = ferry_broker::start(config).await.map_err(|e| {
+            Failure::new(
+                exit::FAILURE,
+                format!("{e:#} (another `ferry dev` running? try --base-port)"),
+            )
+        })?;
+        nodes.push(node);
+    }
 
     let demo_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.base_port.saturating_add(50)));
     let demo = tokio::net::TcpListener::bind(demo_addr)
@@ -92,8 +98,8 @@ pub async fn run(args: DevArgs) -> CliResult {
     let client = cluster.client_config.display();
     let forward_port = args.base_port.saturating_sub(100).max(1024);
     println!(
-        "Ferry dev cluster is running: broker b1 on {relay} (admin http://{admin_addr}),\n\
-         demo host {DEMO_HOST:?} exposing service {DEMO_SERVICE:?}, user {DEMO_USER:?}.\n\
+        "Ferry dev cluster is running: brokers b1 on {relay} (admin http://{admin_addr}) and b2,\n\
+         a witness w1, demo host {DEMO_HOST:?} exposing service {DEMO_SERVICE:?}, user {DEMO_USER:?}.\n\
          \n\
          In a second terminal, log in and forward a local port to the demo service:\n\
          \n  FERRY_PASSWORD='{password}' {exe} login --config {client} --user {DEMO_USER}\n  \
@@ -107,14 +113,16 @@ pub async fn run(args: DevArgs) -> CliResult {
          \n\
          Inspect the cluster:   {exe} admin --config {client} status\n\
          Press Ctrl-C here to stop.",
-        relay = node.relay_addr,
-        admin_addr = node.admin_addr,
+        relay = nodes[0].relay_addr,
+        admin_addr = nodes[0].admin_addr,
     );
     shutdown_signal().await;
     eprintln!("stopping");
     let _ = stop_host.send(());
     let _ = host_task.await;
-    node.shutdown().await;
+    for node in nodes {
+        node.shutdown().await;
+    }
     Ok(())
 }
 
