@@ -360,26 +360,10 @@ async fn relay(
                 client_response::Response::SessionOpened(wire::SessionOpened { session_id });
             respond(ctx, &mut client_send, opened).await;
             ctx.metrics.sessions_opened.inc();
-            ctx.metrics.sessions_open.inc();
-            let _open = on_drop(|| {
-                ctx.metrics.sessions_open.dec();
-            });
             tracing::info!("session relaying");
-            let (a, b) = tokio::join!(
-                splice::quic_to_quic(client_recv, host_send),
-                splice::quic_to_quic(host_recv, client_send),
-            );
-            let direction = |direction| crate::metrics::Direction { direction };
+            let (a, b) = splice_session(ctx, client_recv, host_send, host_recv, client_send).await;
             up = *a.as_ref().unwrap_or(&0);
             down = *b.as_ref().unwrap_or(&0);
-            ctx.metrics
-                .relay_bytes
-                .get_or_create(&direction("client_to_host"))
-                .inc_by(up);
-            ctx.metrics
-                .relay_bytes
-                .get_or_create(&direction("host_to_client"))
-                .inc_by(down);
             close_reason = match (a, b) {
                 (Ok(_), Ok(_)) => "closed".to_owned(),
                 (Err(e), _) => format!("client side: {e}"),
@@ -477,28 +461,40 @@ pub(crate) async fn carry_for_peer(ctx: std::sync::Arc<Ctx>, incoming: crate::pe
                 {
                     return;
                 }
-                ctx.metrics.sessions_open.inc();
-                let _open = on_drop(|| {
-                    ctx.metrics.sessions_open.dec();
-                });
                 tracing::info!("carrying a session for a peer broker");
-                let (up, down) = tokio::join!(
-                    splice::quic_to_quic(recv, host_send),
-                    splice::quic_to_quic(host_recv, send),
-                );
-                let direction = |direction| crate::metrics::Direction { direction };
-                ctx.metrics
-                    .relay_bytes
-                    .get_or_create(&direction("client_to_host"))
-                    .inc_by(*up.as_ref().unwrap_or(&0));
-                ctx.metrics
-                    .relay_bytes
-                    .get_or_create(&direction("host_to_client"))
-                    .inc_by(*down.as_ref().unwrap_or(&0));
+                let (up, down) = splice_session(&ctx, recv, host_send, host_recv, send).await;
                 tracing::info!(up = ?up, down = ?down, "peer session ended");
             }
         }
     }
     .instrument(span)
     .await;
+}
+
+/// Moves a session's bytes both ways until both directions end, keeping the open-sessions
+/// gauge and the byte counters. Returns each direction's result (client to host first).
+async fn splice_session(
+    ctx: &Ctx,
+    from_client: quinn::RecvStream,
+    to_host: quinn::SendStream,
+    from_host: quinn::RecvStream,
+    to_client: quinn::SendStream,
+) -> (Result<u64, splice::Error>, Result<u64, splice::Error>) {
+    ctx.metrics.sessions_open.inc();
+    let _open = on_drop(|| {
+        ctx.metrics.sessions_open.dec();
+    });
+    let (up, down) = tokio::join!(
+        splice::quic_to_quic(from_client, to_host),
+        splice::quic_to_quic(from_host, to_client),
+    );
+    let count = |direction, result: &Result<u64, splice::Error>| {
+        ctx.metrics
+            .relay_bytes
+            .get_or_create(&crate::metrics::Direction { direction })
+            .inc_by(*result.as_ref().unwrap_or(&0));
+    };
+    count("client_to_host", &up);
+    count("host_to_client", &down);
+    (up, down)
 }
