@@ -381,7 +381,7 @@ fn path(p: &Path) -> &str {
 }
 
 /// Runs a `ferry` subcommand (this very binary) and returns its stdout.
-fn ferry(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+pub(crate) fn ferry(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
     use std::io::Write;
     let mut child = Command::new(std::env::current_exe()?)
         .args(args)
@@ -413,16 +413,30 @@ fn ferry(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
 
 /// A port `p` with UDP `p` and TCP `p + 1` free on 127.0.0.1.
 fn free_base_port() -> anyhow::Result<u16> {
+    free_port_block(1)
+}
+
+/// A base port `p` such that for each of `nodes` nodes i, UDP p+10i, TCP p+10i+1 and UDP
+/// p+10i+2 (relay, admin, peers: `ferry init`'s layout) are free on 127.0.0.1.
+pub(crate) fn free_port_block(nodes: u16) -> anyhow::Result<u16> {
     use rand::Rng;
-    for _ in 0..100 {
+    'search: for _ in 0..100 {
         let p: u16 = rand::thread_rng().gen_range(30_000..60_000);
-        if std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
-        {
-            return Ok(p);
+        let mut held = Vec::new();
+        for i in 0..nodes {
+            let base = p + 10 * i;
+            let (Ok(a), Ok(b), Ok(c)) = (
+                std::net::UdpSocket::bind(("127.0.0.1", base)),
+                std::net::TcpListener::bind(("127.0.0.1", base + 1)),
+                std::net::UdpSocket::bind(("127.0.0.1", base + 2)),
+            ) else {
+                continue 'search;
+            };
+            held.push((a, b, c));
         }
+        return Ok(p);
     }
-    bail!("no free port pair found on 127.0.0.1")
+    bail!("no free block of ports found on 127.0.0.1")
 }
 
 async fn wait_healthy(admin_port: u16) -> anyhow::Result<()> {

@@ -247,6 +247,12 @@ pub struct BenchArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchScenario {
+    /// Leader SIGKILL to first committed write, N times under load (SPEC P6).
+    Failover {
+        /// How many times to kill the leader.
+        #[arg(long, default_value_t = 10)]
+        kills: u32,
+    },
     /// Relayed vs direct goodput and CPU per GB (SPEC P1, P2).
     Relay {
         /// Bytes to move in each run.

@@ -36,19 +36,24 @@ pub async fn dispatch(cli: Cli) -> CliResult {
         Command::Login(args) => login(args).await,
         Command::Connect(args) => connect(args).await,
         Command::Bench(args) => {
-            let BenchScenario::Relay {
-                bytes,
-                runs,
-                udp_payload_bytes,
-            } = args.scenario;
-            let options = ferry_bench::relay::Options {
-                bytes,
-                runs,
-                udp_payload_bytes_max: udp_payload_bytes,
-            };
-            let report = ferry_bench::relay::run(options)
-                .await
-                .map_err(Failure::from)?;
+            let report = match args.scenario {
+                BenchScenario::Relay {
+                    bytes,
+                    runs,
+                    udp_payload_bytes,
+                } => {
+                    let options = ferry_bench::relay::Options {
+                        bytes,
+                        runs,
+                        udp_payload_bytes_max: udp_payload_bytes,
+                    };
+                    ferry_bench::relay::run(options).await
+                }
+                BenchScenario::Failover { kills } => {
+                    ferry_bench::failover::run(ferry_bench::failover::Options { kills }).await
+                }
+            }
+            .map_err(Failure::from)?;
             ferry_bench::report::emit(&report, args.json.as_deref()).map_err(Failure::from)
         }
         Command::Completions { shell } => {
