@@ -92,6 +92,10 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let config = ferry_broker::NodeConfig::load(&cluster.join("b1.toml"))?;
     let election_timeout =
         Duration::from_millis(config.raft.tick_ms * config.raft.election_ticks as u64);
+    let election_timeout_max = Duration::from_millis(
+        config.raft.tick_ms
+            * (config.raft.election_ticks + config.raft.election_jitter_ticks) as u64,
+    );
     let token = std::fs::read_to_string(cluster.join("admin.token"))?
         .trim()
         .to_owned();
@@ -182,7 +186,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         machine: machine(),
         parameters: serde_json::json!({
             "kills": options.kills, "nodes": NODES, "writers": WRITERS,
-            "election_timeout_s": baseline, "election_timeout_randomized_up_to_s": 2.0 * baseline,
+            "election_timeout_s": baseline, "election_timeout_randomized_up_to_s": election_timeout_max.as_secs_f64(),
         }),
         figures: vec![
             Figure {
@@ -254,7 +258,9 @@ async fn wait_for_leader(
     bail!("no leader within {deadline:?}")
 }
 
-/// Waits until every node answers and has applied what the leader has committed.
+/// Waits for a steady cluster: every node answers, all name the same leader, and every node
+/// has applied what that leader had committed when first asked. P6 is about a healthy
+/// cluster losing its leader, not about one still catching up from the previous kill.
 async fn wait_caught_up(
     http: &reqwest::Client,
     admins: &[String],
@@ -263,18 +269,25 @@ async fn wait_caught_up(
 ) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < deadline {
-        let mut applied = Vec::new();
+        let mut statuses = Vec::new();
         for admin in admins {
-            applied.push(
-                status(http, admin, token)
-                    .await
-                    .and_then(|s| s["raft"]["applied"].as_u64()),
-            );
+            statuses.push(status(http, admin, token).await.map(|s| s["raft"].clone()));
         }
-        if applied.iter().all(Option::is_some) {
-            return Ok(());
+        let statuses: Option<Vec<serde_json::Value>> = statuses.into_iter().collect();
+        if let Some(raft) = statuses {
+            let leader = &raft[0]["leader"];
+            let commit = raft
+                .iter()
+                .find(|r| r["role"] == "leader")
+                .and_then(|r| r["commit"].as_u64());
+            let steady = leader.as_u64().is_some_and(|l| l != 0)
+                && raft.iter().all(|r| &r["leader"] == leader)
+                && commit.is_some_and(|c| raft.iter().all(|r| r["applied"].as_u64() >= Some(c)));
+            if steady {
+                return Ok(());
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("the restarted node did not rejoin within {deadline:?}")
+    bail!("the cluster did not settle within {deadline:?} after the restart")
 }

@@ -99,8 +99,13 @@ pub struct RaftConfig {
     pub initial_voters: Vec<u64>,
     /// Length of one Raft tick.
     pub tick_ms: u64,
-    /// Ticks without a leader before a follower campaigns (randomized up to twice this).
+    /// Ticks without a leader before a follower campaigns, plus a random 0 to
+    /// `election_jitter_ticks` more, so that followers rarely campaign at once.
     pub election_ticks: usize,
+    /// Width of that randomization. It must be large compared with the time an election
+    /// takes on the network (milliseconds on a LAN); a narrower range elects faster after a
+    /// leader dies, because every survivor must time out before voting (check_quorum).
+    pub election_jitter_ticks: usize,
     /// Ticks between a leader's heartbeats.
     pub heartbeat_ticks: usize,
     /// How long a write waits to be applied before the caller is told it timed out.
@@ -114,6 +119,7 @@ impl Default for RaftConfig {
             initial_voters: vec![1],
             tick_ms: 100,
             election_ticks: 10,
+            election_jitter_ticks: 5,
             heartbeat_ticks: 2,
             propose_timeout_ms: 5_000,
         }
@@ -267,6 +273,9 @@ impl NodeConfig {
         }
         if r.initial_voters.is_empty() {
             return Err("raft.initial_voters must name at least one voter".into());
+        }
+        if r.election_jitter_ticks == 0 {
+            return Err("raft.election_jitter_ticks must be at least 1".into());
         }
         if r.tick_ms == 0 || r.heartbeat_ticks == 0 || r.election_ticks <= r.heartbeat_ticks {
             return Err(format!(

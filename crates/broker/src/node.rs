@@ -96,6 +96,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         voters: config.raft.initial_voters.clone(),
         tick: Duration::from_millis(config.raft.tick_ms),
         election_ticks: config.raft.election_ticks,
+        election_jitter_ticks: config.raft.election_jitter_ticks,
         heartbeat_ticks: config.raft.heartbeat_ticks,
         snapshot_every_entries: config.limits.snapshot_every_entries,
         queue_max: config.limits.proposal_queue_max,

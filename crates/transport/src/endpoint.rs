@@ -90,11 +90,22 @@ pub fn server(
     identity: tls::Identity,
     limits: &Limits,
 ) -> Result<quinn::Endpoint, Error> {
+    let reset = reset_key(&identity);
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server(identity)?)
         .map_err(|e| Error::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport(limits));
-    bind(addr, Some(config), limits)
+    bind(addr, Some(config), limits, Some(reset))
+}
+
+/// The key of a node's stateless resets, derived from its private key so that it survives a
+/// restart: the restarted process can then reset its previous incarnation's connections, and
+/// peers and endpoints learn at once that those are gone instead of waiting for the idle timeout.
+fn reset_key(identity: &tls::Identity) -> ring::hmac::Key {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    context.update(b"ferry stateless reset key v1");
+    context.update(identity.key.secret_der());
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, context.finish().as_ref())
 }
 
 /// Binds a UDP socket and builds an endpoint with Ferry's endpoint-wide limits.
@@ -102,8 +113,12 @@ fn bind(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
     limits: &Limits,
+    reset_key: Option<ring::hmac::Key>,
 ) -> Result<quinn::Endpoint, Error> {
-    let mut config = quinn::EndpointConfig::default();
+    let mut config = match reset_key {
+        Some(key) => quinn::EndpointConfig::new(Arc::new(key)),
+        None => quinn::EndpointConfig::default(),
+    };
     config
         .max_udp_payload_size(limits.udp_payload_bytes_max.max(UDP_PAYLOAD_BYTES_MIN))
         .map_err(|e| {
@@ -125,6 +140,7 @@ pub fn peer(
     trust: &tls::Trust,
     limits: &Limits,
 ) -> Result<quinn::Endpoint, Error> {
+    let reset = reset_key(&identity);
     let server = quinn::crypto::rustls::QuicServerConfig::try_from(tls::peer_server(
         identity.duplicate(),
         trust,
@@ -137,7 +153,7 @@ pub fn peer(
             .map_err(|e| Error::Quic(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client));
     client.transport_config(transport(limits));
-    let mut endpoint = bind(addr, Some(server), limits)?;
+    let mut endpoint = bind(addr, Some(server), limits, Some(reset))?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
@@ -149,7 +165,7 @@ pub fn client(trust: &tls::Trust, limits: &Limits) -> Result<quinn::Endpoint, Er
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport(limits));
     let addr: SocketAddr = "0.0.0.0:0".parse().expect("literal socket address");
-    let mut endpoint = bind(addr, None, limits)?;
+    let mut endpoint = bind(addr, None, limits, None)?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
