@@ -45,11 +45,7 @@ impl SledLog {
     /// Opens the log in `dir`. A new log is bootstrapped with `voters` as its configuration;
     /// an existing one keeps its own (which only committed conf changes alter).
     pub fn open(dir: &Path, voters: &[u64]) -> raft::Result<Self> {
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(None)
-            .open()
-            .map_err(store_error)?;
+        let db = open_db(dir)?;
         let log = db.open_tree(LOG_TREE).map_err(store_error)?;
         let meta = db.open_tree(META_TREE).map_err(store_error)?;
         let mut this = Self {
@@ -142,6 +138,31 @@ impl SledLog {
 
     fn first(&self) -> u64 {
         self.snapshot_index + 1
+    }
+}
+
+/// How long `open` waits for the store's file lock. sled releases the lock only when its
+/// background threads let go of a dropped database, a moment after the drop, so a reopen in
+/// the same process (a restarted node in `ferry dev`, tests) can briefly find it held.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn open_db(dir: &Path) -> raft::Result<sled::Db> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(dir).flush_every_ms(None).open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(store_error(format!(
+                        "the store in {} is locked by another process for {LOCK_WAIT:?}; \
+                         is another ferry node using this data directory?",
+                        dir.display()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(store_error(e)),
+        }
     }
 }
 
