@@ -30,14 +30,7 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Op
 
 /// A port `p` such that UDP `p` and TCP `p + 1` are free on 127.0.0.1 (a broker's relay and admin).
 pub fn free_base_port() -> u16 {
-    use rand::Rng;
-    wait_for("two free ports", Duration::from_secs(10), || {
-        let p: u16 = rand::thread_rng().gen_range(20_000..60_000);
-        let udp = UdpSocket::bind(("127.0.0.1", p)).ok()?;
-        let tcp = TcpListener::bind(("127.0.0.1", p + 1)).ok()?;
-        drop((udp, tcp));
-        Some(p)
-    })
+    free_port_block(1)
 }
 
 /// A base port `p` such that, for each of `nodes` nodes i, UDP p+10i, TCP p+10i+1 and UDP

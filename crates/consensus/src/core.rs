@@ -254,11 +254,13 @@ impl<L: LogStore> Core<L> {
         if self.applied - self.snapshot_index < self.snapshot_every_entries {
             return Ok(());
         }
-        let data = self.state().snapshot().encode_to_vec();
-        let conf_state = self.raw.raft.prs().conf().to_conf_state();
-        self.raw
-            .mut_store()
-            .compact(self.applied, &conf_state, data)?;
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(self.state().snapshot().encode_to_vec().into());
+        let meta = snapshot.mut_metadata();
+        meta.index = self.applied;
+        meta.term = self.raw.raft.raft_log.term(self.applied)?;
+        meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        self.raw.mut_store().compact(snapshot)?;
         self.raw.mut_store().sync()?;
         self.snapshot_index = self.applied;
         Ok(())

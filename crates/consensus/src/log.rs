@@ -3,7 +3,7 @@
 //! `ferry-store`, so nothing here names sled.
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
-use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use raft::{GetEntriesContext, RaftState, StorageError};
 
 /// A Raft log with its hard state, conf state and latest snapshot.
 ///
@@ -19,8 +19,9 @@ pub trait LogStore: raft::Storage {
     fn set_conf_state(&mut self, conf_state: &ConfState) -> raft::Result<()>;
     /// Installs a snapshot from the leader, discarding the log it covers (or all of it).
     fn apply_snapshot(&mut self, snapshot: &Snapshot) -> raft::Result<()>;
-    /// Records a snapshot of the local state at `index` and drops the entries it covers.
-    fn compact(&mut self, index: u64, conf_state: &ConfState, data: Vec<u8>) -> raft::Result<()>;
+    /// Records `snapshot` (of the local state, built by [`crate::Core`]) and drops the entries
+    /// it covers. A snapshot not newer than the current one is ignored.
+    fn compact(&mut self, snapshot: Snapshot) -> raft::Result<()>;
     /// The latest snapshot (index 0 and no data when there is none).
     fn latest_snapshot(&self) -> raft::Result<Snapshot>;
     /// Makes every write so far durable.
@@ -174,19 +175,13 @@ impl LogStore for MemLog {
         Ok(())
     }
 
-    fn compact(&mut self, index: u64, conf_state: &ConfState, data: Vec<u8>) -> raft::Result<()> {
+    fn compact(&mut self, snapshot: Snapshot) -> raft::Result<()> {
+        let index = snapshot.get_metadata().index;
         if index <= self.offset() {
             return Ok(());
         }
-        let term = self.term(index)?;
         let drop = (index - self.offset()) as usize;
         self.entries.drain(..drop);
-        let mut snapshot = Snapshot::default();
-        snapshot.set_data(data.into());
-        let meta = snapshot.mut_metadata();
-        meta.index = index;
-        meta.term = term;
-        meta.set_conf_state(conf_state.clone());
         self.snapshot = snapshot;
         Ok(())
     }

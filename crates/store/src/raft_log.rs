@@ -321,17 +321,11 @@ impl LogStore for SledLog {
         Ok(())
     }
 
-    fn compact(&mut self, index: u64, conf_state: &ConfState, data: Vec<u8>) -> raft::Result<()> {
+    fn compact(&mut self, snapshot: Snapshot) -> raft::Result<()> {
+        let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
         if index <= self.snapshot_index {
             return Ok(());
         }
-        let term = raft::Storage::term(self, index)?;
-        let mut snapshot = Snapshot::default();
-        snapshot.set_data(data.into());
-        let meta = snapshot.mut_metadata();
-        meta.index = index;
-        meta.term = term;
-        meta.set_conf_state(conf_state.clone());
         // The snapshot must be durable before the entries it replaces are dropped.
         self.write_meta(SNAPSHOT_KEY, &snapshot)?;
         self.sync()?;

@@ -71,7 +71,12 @@ fn compaction_and_snapshots_move_the_start_of_the_log() {
     log.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>())
         .unwrap();
     let conf = log.initial_state().unwrap().conf_state;
-    log.compact(6, &conf, b"state at 6".to_vec()).unwrap();
+    let mut at6 = ferry_consensus::Snapshot::default();
+    at6.set_data(b"state at 6".to_vec().into());
+    at6.mut_metadata().index = 6;
+    at6.mut_metadata().term = log.term(6).unwrap();
+    at6.mut_metadata().set_conf_state(conf);
+    log.compact(at6).unwrap();
     assert_eq!(
         (log.first_index().unwrap(), log.last_index().unwrap()),
         (7, 10)
