@@ -19,7 +19,9 @@ use crate::log::LogStore;
 use ferry_proto::state::{Command, Snapshot as StateSnapshot};
 use ferry_state::{Outcome, StateMachine};
 use prost::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType, Message, Snapshot};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot,
+};
 use raft::{RawNode, StateRole};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -101,6 +103,11 @@ pub struct Output {
     /// Index of a snapshot from the leader installed in this Ready (the node was too far
     /// behind for the log).
     pub installed_snapshot: Option<u64>,
+    /// Answers to [`Core::read_index`]: the request's id and the commit index a read must wait
+    /// to see applied.
+    pub read_states: Vec<(u64, u64)>,
+    /// Whether a configuration change was applied (or arrived in a snapshot).
+    pub membership_changed: bool,
 }
 
 /// The applied state, shared with readers (the node's request handlers) without copying.
@@ -108,13 +115,20 @@ pub struct Output {
 pub type SharedState = Arc<RwLock<StateMachine>>;
 
 pub struct Core<L: LogStore> {
-    raw: RawNode<L>,
+    pub(crate) raw: RawNode<L>,
     state: SharedState,
     /// Index of the last entry applied to `state`.
     applied: u64,
     /// Index of the latest local snapshot.
     snapshot_index: u64,
     snapshot_every_entries: u64,
+    /// Set when a configuration change is applied: the next local snapshot is taken at once, so
+    /// that a node the change added is sent a snapshot whose configuration includes it (raft-rs
+    /// refuses one that does not), and never a log it would replay without the initial voters.
+    snapshot_due: bool,
+    /// Committed entries held back from a leader that must step down before applying them
+    /// (see [`Core::apply`]); applied first thing in the next [`Core::handle_ready`].
+    deferred: Vec<Entry>,
 }
 
 impl<L: LogStore> Core<L> {
@@ -131,6 +145,8 @@ impl<L: LogStore> Core<L> {
             applied,
             snapshot_index: applied,
             snapshot_every_entries: config.snapshot_every_entries,
+            snapshot_due: false,
+            deferred: Vec::new(),
         })
     }
 
@@ -162,18 +178,42 @@ impl<L: LogStore> Core<L> {
             .map_err(|e| ProposeError::Dropped(e.to_string()))
     }
 
+    /// Asks for the commit index as of now, confirmed by a quorum (raft-rs's `read_index`). The
+    /// answer arrives in [`Output::read_states`] under `id`. raft-rs drops the request silently
+    /// when there is no leader, or when the leader has not yet committed an entry in its term:
+    /// callers retry until their deadline.
+    pub fn read_index(&mut self, id: u64) {
+        self.raw.read_index(id.to_be_bytes().to_vec());
+    }
+
     /// Handles one Ready, in the order documented at the top of this module.
     pub fn handle_ready(&mut self) -> Result<Output, Error> {
         let mut out = Output::default();
+        if !self.deferred.is_empty() && self.raw.raft.state != StateRole::Leader {
+            let deferred = std::mem::take(&mut self.deferred);
+            self.apply(deferred, &mut out)?;
+            self.raw.advance_apply_to(self.applied);
+        }
         if !self.raw.has_ready() {
             return Ok(out);
         }
         let mut ready = self.raw.ready();
         out.messages.extend(ready.take_messages());
+        out.read_states = ready
+            .take_read_states()
+            .into_iter()
+            .filter_map(|rs| {
+                Some((
+                    u64::from_be_bytes(rs.request_ctx.try_into().ok()?),
+                    rs.index,
+                ))
+            })
+            .collect();
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
             self.install_snapshot(&snapshot)?;
             out.installed_snapshot = Some(snapshot.get_metadata().index);
+            out.membership_changed = true;
         }
         if !ready.entries().is_empty() {
             self.raw.mut_store().append(ready.entries())?;
@@ -185,7 +225,9 @@ impl<L: LogStore> Core<L> {
         out.messages.extend(ready.take_persisted_messages());
         self.apply(ready.take_committed_entries(), &mut out)?;
 
-        let mut light = self.raw.advance(ready);
+        // `advance_append`, not `advance`: the latter would tell raft-rs that every committed entry
+        // of the Ready is applied, which is untrue when some were deferred.
+        let mut light = self.raw.advance_append(ready);
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit)?;
             self.raw.mut_store().sync()?;
@@ -193,12 +235,28 @@ impl<L: LogStore> Core<L> {
         out.messages.extend(light.take_messages());
         self.apply(light.take_committed_entries(), &mut out)?;
         self.raw.advance_apply_to(self.applied);
+        if !self.deferred.is_empty() && self.raw.raft.state == StateRole::Leader {
+            // Outside any Ready, as raft-rs requires of a term change.
+            let term = self.raw.raft.term;
+            self.raw.raft.become_follower(term + 1, raft::INVALID_ID);
+        }
         self.maybe_snapshot()?;
         Ok(out)
     }
 
-    fn apply(&mut self, entries: Vec<raft::eraftpb::Entry>, out: &mut Output) -> Result<(), Error> {
+    fn apply(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<(), Error> {
         for entry in entries {
+            // A leader must not apply its own removal: raft-rs would leave it in charge (a TODO
+            // in its `post_conf_change`) and its next commit would look up a progress it no
+            // longer has. Proposals refuse to remove the leader, but leadership can move between
+            // a removal's proposal and its application. So the entry (and all after it) waits;
+            // the leader steps down once the Ready is done, and applies them as a follower.
+            if !self.deferred.is_empty()
+                || (self.raw.raft.state == StateRole::Leader && self.removes_self(&entry))
+            {
+                self.deferred.push(entry);
+                continue;
+            }
             assert_eq!(
                 entry.index,
                 self.applied + 1,
@@ -211,13 +269,10 @@ impl<L: LogStore> Core<L> {
                     // alike, so the replicas stay identical.
                     let command = Command::decode(&entry.data[..]).unwrap_or_default();
                     let outcome = self.state_mut().apply(&command);
-                    let token = <[u8; 8]>::try_from(&entry.context[..])
-                        .ok()
-                        .map(u64::from_be_bytes);
                     out.applied.push(Applied {
                         index: entry.index,
                         term: entry.term,
-                        token,
+                        token: token_of(&entry),
                         outcome,
                     });
                 }
@@ -227,6 +282,8 @@ impl<L: LogStore> Core<L> {
                         .map_err(raft::Error::CodecError)?;
                     let conf_state = self.raw.apply_conf_change(&cc)?;
                     self.raw.mut_store().set_conf_state(&conf_state)?;
+                    self.snapshot_due = true;
+                    out.membership_changed = true;
                 }
                 EntryType::EntryConfChangeV2 => {
                     let mut cc = ConfChangeV2::default();
@@ -234,11 +291,52 @@ impl<L: LogStore> Core<L> {
                         .map_err(raft::Error::CodecError)?;
                     let conf_state = self.raw.apply_conf_change(&cc)?;
                     self.raw.mut_store().set_conf_state(&conf_state)?;
+                    self.snapshot_due = true;
+                    out.membership_changed = true;
+                    // raft-rs's own step out of a joint configuration carries no context.
+                    if !cc.context.is_empty() {
+                        let command = Command::decode(&cc.context[..]).unwrap_or_default();
+                        let outcome = self.state_mut().apply_membership(&command);
+                        out.applied.push(Applied {
+                            index: entry.index,
+                            term: entry.term,
+                            token: token_of(&entry),
+                            outcome,
+                        });
+                    }
                 }
             }
             self.applied = entry.index;
         }
         Ok(())
+    }
+
+    /// Whether `entry` is a configuration change that takes this node's vote away.
+    fn removes_self(&self, entry: &Entry) -> bool {
+        let id = self.id();
+        let takes_vote = |kind: ConfChangeType, node: u64| {
+            node == id
+                && matches!(
+                    kind,
+                    ConfChangeType::RemoveNode | ConfChangeType::AddLearnerNode
+                )
+        };
+        match entry.get_entry_type() {
+            EntryType::EntryNormal => false,
+            EntryType::EntryConfChange => {
+                let mut cc = ConfChange::default();
+                protobuf::Message::merge_from_bytes(&mut cc, &entry.data).is_ok()
+                    && takes_vote(cc.get_change_type(), cc.node_id)
+            }
+            EntryType::EntryConfChangeV2 => {
+                let mut cc = ConfChangeV2::default();
+                protobuf::Message::merge_from_bytes(&mut cc, &entry.data).is_ok()
+                    && cc
+                        .get_changes()
+                        .iter()
+                        .any(|c| takes_vote(c.get_change_type(), c.node_id))
+            }
+        }
     }
 
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), Error> {
@@ -251,9 +349,11 @@ impl<L: LogStore> Core<L> {
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), Error> {
-        if self.applied - self.snapshot_index < self.snapshot_every_entries {
+        let due = self.snapshot_due && self.applied > self.snapshot_index;
+        if self.applied - self.snapshot_index < self.snapshot_every_entries && !due {
             return Ok(());
         }
+        self.snapshot_due = false;
         let mut snapshot = Snapshot::default();
         snapshot.set_data(self.state().snapshot().encode_to_vec().into());
         let meta = snapshot.mut_metadata();
@@ -311,7 +411,9 @@ impl<L: LogStore> Core<L> {
 
     /// Hard state and configuration facts for status output.
     pub fn voters(&self) -> Vec<u64> {
-        self.raw.raft.prs().conf().voters().ids().iter().collect()
+        let mut ids: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+        ids.sort_unstable();
+        ids
     }
 
     pub fn log(&self) -> &L {
@@ -343,6 +445,13 @@ impl<L: LogStore> Core<L> {
     pub fn report_unreachable(&mut self, peer: u64) {
         self.raw.report_unreachable(peer);
     }
+}
+
+/// The proposal token an entry carries in its context, if any.
+fn token_of(entry: &Entry) -> Option<u64> {
+    <[u8; 8]>::try_from(&entry.context[..])
+        .ok()
+        .map(u64::from_be_bytes)
 }
 
 /// The state machine and index a snapshot holds (a fresh state at 0 when it holds no data).

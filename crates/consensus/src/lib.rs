@@ -11,8 +11,10 @@
 
 mod core;
 mod log;
+mod membership;
 
 pub use crate::core::{Applied, Core, CoreConfig, Error, Output, ProposeError, SharedState};
 pub use crate::log::{LogStore, MemLog};
+pub use crate::membership::{MembershipError, PeerProgress, PROMOTE_LAG_ENTRIES_MAX};
 pub use raft::eraftpb::{ConfState, Entry, HardState, Message, Snapshot};
 pub use raft::{SnapshotStatus, StateRole};

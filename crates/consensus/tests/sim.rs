@@ -3,18 +3,25 @@
 //! reordering. After every step it checks:
 //!
 //! - at most one leader per term;
+//! - no configuration is ever joint (changes are single steps, one at a time);
 //! - no applied entry ever differs from what any node applied at the same index (committed
 //!   entries are never lost or changed), and each node applies a gap-free prefix of that
 //!   history (the core asserts the gap-free part);
 //!
-//! and at the end, after healing, that the cluster converges: every node applies a new write
-//! and all state machines are identical.
+//! and at the end, after healing, that the cluster converges: every member applies a new write
+//! and all members' state machines are identical.
+//!
+//! Membership changes happen amid the faults: the leader adds a fresh node as a learner (it
+//! starts with an empty log and must catch up from a snapshot), promotes caught-up learners,
+//! and removes voters, one change at a time, so a run can replace several members.
 //!
 //! `FERRY_SEED=N` replays one seed; `FERRY_SIM_SEEDS=N` sets how many seeds run (default
 //! 2000; a million overnight: `FERRY_SIM_SEEDS=1000000 cargo test --release -p ferry-consensus`).
 
 use ferry_consensus::{Core, CoreConfig, MemLog, Message, SnapshotStatus, StateRole};
-use ferry_proto::state::{command::Kind, AddGrant, Command};
+use ferry_proto::state::{
+    command::Kind, AddGrant, ChangeMembership, Command, Member, MembershipAction,
+};
 use ferry_state::Outcome;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -23,6 +30,8 @@ use std::collections::{BTreeMap, HashMap};
 /// Rounds of faults and traffic, then rounds allowed for convergence after healing.
 const CHAOS_ROUNDS: usize = 800;
 const HEAL_ROUNDS_MAX: usize = 600;
+/// Nodes a run may add beyond its initial voters.
+const ADDED_NODES_MAX: usize = 3;
 
 struct Sim {
     rng: StdRng,
@@ -40,6 +49,8 @@ struct Sim {
     /// per proposal) and its outcome.
     history: BTreeMap<u64, (u64, Option<u64>, Outcome)>,
     next_write: u64,
+    /// Size of the initial configuration; nodes beyond it were added by membership changes.
+    initial: usize,
     stats: Stats,
 }
 
@@ -50,6 +61,7 @@ struct Stats {
     partitions: u64,
     snapshots_delivered: u64,
     messages_lost: u64,
+    membership_changes: u64,
 }
 
 impl Sim {
@@ -89,6 +101,7 @@ impl Sim {
             leaders: HashMap::new(),
             history: BTreeMap::new(),
             next_write: 0,
+            initial: n as usize,
             stats: Stats::default(),
         }
     }
@@ -122,14 +135,24 @@ impl Sim {
         }
         self.in_flight.extend(output.messages);
         let core = self.nodes[i].as_ref().expect("checked above");
+        assert!(
+            !core.is_joint(),
+            "node {} is in a joint configuration",
+            i + 1
+        );
         if core.role() == StateRole::Leader {
             let leader = *self.leaders.entry(core.term()).or_insert(core.id());
             assert_eq!(leader, core.id(), "two leaders in term {}", core.term());
         }
     }
 
+    /// A proposal at a random node (refused unless it leads, as a real client's often is).
     fn propose(&mut self) {
         let i = self.rng.gen_range(0..self.n());
+        self.propose_at(i);
+    }
+
+    fn propose_at(&mut self, i: usize) {
         if let Some(core) = self.nodes[i].as_mut() {
             let write = self.next_write;
             let command = Command {
@@ -178,9 +201,13 @@ impl Sim {
         }
         let core = self.nodes[to].as_mut().expect("checked above");
         // Messages from a term the receiver has moved past are ignored by raft-rs; errors
-        // here would be bugs in raft-rs usage, so they fail the run.
-        core.step(message.clone())
-            .expect("step accepts any peer message");
+        // here would be bugs in raft-rs usage, so they fail the run. The one exception: an
+        // answer from a node the receiver does not count as a member (removed, or added by a
+        // change it has not applied yet), which raft-rs refuses by design.
+        match core.step(message.clone()) {
+            Ok(()) | Err(ferry_consensus::Error::Raft(raft::Error::StepPeerNotFound)) => {}
+            Err(e) => panic!("step refused a peer message: {e}"),
+        }
         if let (true, Some(sender)) = (is_snapshot, self.nodes[from].as_mut()) {
             self.stats.snapshots_delivered += 1;
             sender.report_snapshot(message.to, SnapshotStatus::Finish);
@@ -190,7 +217,7 @@ impl Sim {
 
     fn fault(&mut self) {
         let i = self.rng.gen_range(0..self.n());
-        match self.rng.gen_range(0..4) {
+        match self.rng.gen_range(0..5) {
             0 => {
                 if let Some(core) = self.nodes[i].take() {
                     self.stats.crashes += 1;
@@ -214,6 +241,7 @@ impl Sim {
                 }
             }
             1 => self.restart(i),
+            4 => self.change_membership(),
             2 => {
                 self.stats.partitions += 1;
                 for g in self.group.iter_mut() {
@@ -222,6 +250,86 @@ impl Sim {
             }
             _ => self.group.fill(0),
         }
+    }
+
+    /// The current leader proposes one membership change: promote a caught-up learner, else
+    /// (when no learner is pending) remove a voter while more than three vote, else add a new
+    /// node as a learner.
+    fn change_membership(&mut self) {
+        let Some(leader) = self
+            .nodes
+            .iter()
+            .flatten()
+            .filter(|c| c.role() == StateRole::Leader)
+            .max_by_key(|c| c.term())
+            .map(|c| c.id() as usize - 1)
+        else {
+            return;
+        };
+        let core = self.nodes[leader].as_ref().expect("found above");
+        let (voters, learners) = (core.voters(), core.learners());
+        let (action, id) = if let Some(&learner) = core.caught_up_learners().first() {
+            (MembershipAction::Promote, learner)
+        } else if !learners.is_empty() {
+            return; // let the learner catch up first
+        } else if voters.len() > 3 {
+            let others: Vec<u64> = voters.into_iter().filter(|&v| v != core.id()).collect();
+            (
+                MembershipAction::Remove,
+                others[self.rng.gen_range(0..others.len())],
+            )
+        } else if self.n() < self.initial + ADDED_NODES_MAX {
+            let id = self.n() as u64 + 1;
+            let mut config = self.configs[0].clone();
+            config.id = id;
+            config.min_election_tick = self.rng.gen_range(10..30);
+            config.max_election_tick = config.min_election_tick + 1;
+            let fresh = Core::new(&config, MemLog::default()).expect("an empty core starts");
+            self.configs.push(config);
+            self.nodes.push(Some(fresh));
+            self.crashed_logs.push(None);
+            self.group.push(0);
+            (MembershipAction::AddLearner, id)
+        } else {
+            return;
+        };
+        let command = Command {
+            now_ms: self.next_write,
+            actor: format!("node{}", leader + 1),
+            source: String::new(),
+            kind: Some(Kind::ChangeMembership(ChangeMembership {
+                action: action as i32,
+                member: Some(Member {
+                    raft_id: id,
+                    node_id: format!("n{id}"),
+                    voter: true,
+                    ..Default::default()
+                }),
+                forced: false,
+            })),
+        };
+        let token = (1 << 40) | self.next_write;
+        self.next_write += 1;
+        let core = self.nodes[leader].as_mut().expect("found above");
+        if core.propose_membership(&command, token).is_ok() {
+            self.stats.membership_changes += 1;
+        }
+    }
+
+    /// Indexes of the nodes in the configuration of the most advanced node: removed nodes and
+    /// nodes whose addition never committed are left out of the convergence check.
+    fn members(&self) -> Vec<usize> {
+        let most_advanced = self
+            .nodes
+            .iter()
+            .flatten()
+            .filter(|c| !c.voters().is_empty()) // a node added at runtime knows none at first
+            .max_by_key(|c| c.applied())
+            .expect("some initial node runs");
+        let mut ids = most_advanced.voters();
+        ids.extend(most_advanced.learners());
+        ids.sort_unstable();
+        ids.into_iter().map(|id| id as usize - 1).collect()
     }
 
     fn restart(&mut self, i: usize) {
@@ -276,16 +384,25 @@ impl Sim {
         for round in 0..HEAL_ROUNDS_MAX {
             if round % RETRY_ROUNDS == 0 || markers.is_empty() {
                 let before = self.next_write;
-                self.propose();
+                // A client that was refused retries with the leader it was told of.
+                match self
+                    .nodes
+                    .iter()
+                    .flatten()
+                    .find(|c| c.role() == StateRole::Leader)
+                {
+                    Some(leader) => self.propose_at(leader.id() as usize - 1),
+                    None => self.propose(),
+                }
                 if self.next_write > before {
                     markers.push(before);
                 }
             }
             self.round(false);
-            let nodes: Vec<&Core<MemLog>> = self
-                .nodes
+            let members = self.members();
+            let nodes: Vec<&Core<MemLog>> = members
                 .iter()
-                .map(|c| c.as_ref().expect("all up"))
+                .map(|&i| self.nodes[i].as_ref().expect("all up"))
                 .collect();
             let commit = nodes.iter().map(|c| c.commit()).max().unwrap_or(0);
             let caught_up = nodes.iter().all(|c| c.applied() == commit);
@@ -323,11 +440,16 @@ impl Sim {
             .collect();
         panic!(
             "the healed cluster did not converge within {HEAL_ROUNDS_MAX} rounds:\n{}\n{} messages in flight, \
-             next write {}, grants on node 1: {}",
+             next write {}, members (indexes) {:?}, grants per node: {:?}",
             nodes.join("\n"),
             self.in_flight.len(),
             self.next_write,
-            self.nodes[0].as_ref().map_or(0, |c| c.state().grants().count()),
+            self.members(),
+            self.nodes
+                .iter()
+                .flatten()
+                .map(|c| c.state().grants().count())
+                .collect::<Vec<_>>(),
         );
     }
 }
@@ -372,6 +494,7 @@ fn consensus_and_state_stay_safe_under_crashes_partitions_loss_and_reordering() 
         total.partitions += stats.partitions;
         total.snapshots_delivered += stats.snapshots_delivered;
         total.messages_lost += stats.messages_lost;
+        total.membership_changes += stats.membership_changes;
     }
     println!("{seeds} seeds: {entries} entries committed, {terms} leader terms, {total:?}");
     // Guard against a simulation that passes because nothing happens.
@@ -381,7 +504,10 @@ fn consensus_and_state_stay_safe_under_crashes_partitions_loss_and_reordering() 
     );
     assert!(terms as u64 > seeds, "too few elections: {terms}");
     assert!(
-        total.crashes > 0 && total.partitions > 0 && total.snapshots_delivered > 0,
+        total.crashes > 0
+            && total.partitions > 0
+            && total.snapshots_delivered > 0
+            && total.membership_changes > 0,
         "{total:?}"
     );
 }

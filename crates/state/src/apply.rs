@@ -52,6 +52,17 @@ impl StateMachine {
                 self.close_session(c, now),
             ),
             Kind::PurgeExpired(_) => ("purge", String::new(), Ok(self.purge_expired(now))),
+            Kind::ChangeMembership(c) => (
+                "member.refused",
+                c.member
+                    .as_ref()
+                    .map(|m| m.node_id.clone())
+                    .unwrap_or_default(),
+                Err(Refusal::new(
+                    RefusalKind::Invalid,
+                    "membership changes are made only through a Raft configuration change",
+                )),
+            ),
         };
         let outcome = result.unwrap_or_else(Outcome::Refused);
         // Housekeeping commands are frequent and say nothing an auditor needs.
@@ -64,7 +75,13 @@ impl StateMachine {
         outcome
     }
 
-    fn record_audit(&mut self, command: &Command, action: &str, target: String, outcome: &Outcome) {
+    pub(crate) fn record_audit(
+        &mut self,
+        command: &Command,
+        action: &str,
+        target: String,
+        outcome: &Outcome,
+    ) {
         let outcome = match (outcome, &command.kind) {
             // The login itself failed; the command only records it, so say why.
             (Outcome::Applied, Some(Kind::LoginFailed(c))) => format!("failed: {}", c.reason),

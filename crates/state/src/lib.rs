@@ -6,13 +6,14 @@
 //! same state on every node, which is what lets consensus (issue 2) replicate it.
 
 mod apply;
+mod members;
 mod names;
 mod queries;
 mod snapshot;
 
 pub use ferry_proto::state::{
-    command::Kind, AuditRecord, Command, EnrollmentState, Grant, Host, Session, SessionState,
-    Snapshot, Token, User,
+    command::Kind, AuditRecord, ChangeMembership, Command, EnrollmentState, Grant, Host, Member,
+    MemberRole, MembershipAction, Session, SessionState, Snapshot, Token, User,
 };
 pub use names::{validate_name, NameKind};
 pub use queries::{Counts, TokenCheck};
@@ -95,6 +96,10 @@ pub struct StateMachine {
     next_session_id: u64,
     /// Sequence number of the next audit record; never reused, so readers can page by it.
     next_audit_seq: u64,
+    /// Nodes added at runtime, by raft id (see `members.rs`).
+    members: BTreeMap<u64, Member>,
+    /// Raft ids of removed members, never to be reused.
+    retired_raft_ids: BTreeSet<u64>,
 }
 
 impl StateMachine {

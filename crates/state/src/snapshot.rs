@@ -35,6 +35,8 @@ impl StateMachine {
             audit: self.audit.iter().cloned().collect(),
             next_session_id: self.next_session_id,
             next_audit_seq: self.next_audit_seq,
+            members: self.members.values().cloned().collect(),
+            retired_raft_ids: self.retired_raft_ids.iter().copied().collect(),
         }
     }
 
@@ -86,6 +88,15 @@ impl StateMachine {
             return inconsistent("audit records out of sequence".into());
         }
         state.audit = snapshot.audit.into();
+        state.retired_raft_ids = snapshot.retired_raft_ids.into_iter().collect();
+        for member in snapshot.members {
+            if state.retired_raft_ids.contains(&member.raft_id) {
+                return inconsistent(format!("member {} is also retired", member.raft_id));
+            }
+            if state.members.insert(member.raft_id, member).is_some() {
+                return inconsistent("duplicate member".into());
+            }
+        }
         Ok(state)
     }
 }

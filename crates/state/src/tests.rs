@@ -223,3 +223,58 @@ fn replay_is_deterministic_from_any_snapshot() {
     let (c, _) = run(restored, &commands[cut..]);
     assert_eq!(a, c, "seed {seed}, cut {cut}");
 }
+
+fn membership(action: MembershipAction, raft_id: u64, node_id: &str) -> Kind {
+    Kind::ChangeMembership(pb::ChangeMembership {
+        action: action as i32,
+        member: Some(Member {
+            raft_id,
+            node_id: node_id.into(),
+            peer_addr: "127.0.0.1:7142".into(),
+            role: MemberRole::Broker as i32,
+            voter: false,
+        }),
+        forced: false,
+    })
+}
+
+/// The directory changes only through `apply_membership` (called with a configuration change),
+/// survives a snapshot, and remembers removed raft ids for good.
+#[test]
+fn member_directory_follows_configuration_changes_only() {
+    let mut state = StateMachine::new();
+    let add = cmd(T0, membership(MembershipAction::AddLearner, 4, "b4"));
+    assert!(matches!(state.apply(&add), Outcome::Refused(_)));
+    assert_eq!(
+        state.members().count(),
+        0,
+        "a plain entry must not add a member"
+    );
+
+    assert_eq!(state.apply_membership(&add), Outcome::Applied);
+    let promote = cmd(T0, membership(MembershipAction::Promote, 4, "b4"));
+    assert_eq!(state.apply_membership(&promote), Outcome::Applied);
+    assert!(state.member(4).unwrap().voter);
+    let restored = StateMachine::restore(state.snapshot()).unwrap();
+    assert_eq!(restored, state);
+
+    let remove = cmd(T0, membership(MembershipAction::Remove, 4, "b4"));
+    assert_eq!(state.apply_membership(&remove), Outcome::Applied);
+    assert!(state.member(4).is_none());
+    assert!(state.is_retired(4));
+    let restored = StateMachine::restore(state.snapshot()).unwrap();
+    assert!(restored.is_retired(4));
+    let actions: Vec<_> = state
+        .audit_after(0, 100)
+        .map(|r| r.action.clone())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "member.refused",
+            "member.add",
+            "member.promote",
+            "member.remove"
+        ]
+    );
+}

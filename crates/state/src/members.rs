@@ -1,0 +1,69 @@
+//! The member directory: nodes added to the cluster at runtime, and retired Raft ids.
+//!
+//! Raft owns the configuration itself (who votes); this directory holds what the configuration
+//! cannot: where a member listens and which name its certificate carries. The consensus core
+//! records a change here when it applies the configuration change that carries it, so the two
+//! move together, in log order, on every node.
+
+use crate::{Command, Kind, Outcome, Refusal, RefusalKind, StateMachine};
+use ferry_proto::state::{Member, MembershipAction};
+
+impl StateMachine {
+    /// Records a membership change whose Raft configuration change has just been applied.
+    /// Called by the consensus core only; [`StateMachine::apply`] refuses these commands, so a
+    /// plain log entry can never alter the directory.
+    pub fn apply_membership(&mut self, command: &Command) -> Outcome {
+        let Some(Kind::ChangeMembership(change)) = &command.kind else {
+            return Outcome::Refused(Refusal::new(
+                RefusalKind::Invalid,
+                "a configuration change carried no membership command",
+            ));
+        };
+        let member = change.member.clone().unwrap_or_default();
+        let action = match change.action() {
+            MembershipAction::AddLearner => {
+                self.members.insert(member.raft_id, member.clone());
+                "member.add"
+            }
+            MembershipAction::Promote => {
+                if let Some(m) = self.members.get_mut(&member.raft_id) {
+                    m.voter = true;
+                }
+                "member.promote"
+            }
+            MembershipAction::Remove => {
+                self.members.remove(&member.raft_id);
+                self.retired_raft_ids.insert(member.raft_id);
+                "member.remove"
+            }
+            MembershipAction::Unspecified => "member.unknown",
+        };
+        let action = if change.forced {
+            format!("{action}.forced")
+        } else {
+            action.to_owned()
+        };
+        let target = format!("{} (raft id {})", member.node_id, member.raft_id);
+        let outcome = Outcome::Applied;
+        self.record_audit(command, &action, target, &outcome);
+        outcome
+    }
+
+    /// Members added at runtime, by raft id.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    pub fn member(&self, raft_id: u64) -> Option<&Member> {
+        self.members.get(&raft_id)
+    }
+
+    /// Whether `raft_id` belonged to a member that was removed (and so may never return).
+    pub fn is_retired(&self, raft_id: u64) -> bool {
+        self.retired_raft_ids.contains(&raft_id)
+    }
+
+    pub fn retired_raft_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.retired_raft_ids.iter().copied()
+    }
+}
