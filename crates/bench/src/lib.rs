@@ -3,4 +3,5 @@
 
 pub mod failover;
 pub mod relay;
+pub mod replicate;
 pub mod report;

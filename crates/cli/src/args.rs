@@ -266,6 +266,15 @@ pub enum BenchScenario {
         #[arg(long, default_value_t = ferry_transport::endpoint::UDP_PAYLOAD_BYTES_DEFAULT)]
         udp_payload_bytes: u16,
     },
+    /// Replicated writes/s and latency under concurrent proposers vs etcd (SPEC P4).
+    Replicate {
+        /// Concurrency levels (concurrent proposers), run one after the other.
+        #[arg(long, value_delimiter = ',', default_value = "1,64,256")]
+        proposers: Vec<usize>,
+        /// Measured seconds per level and system (after 1 s of warm-up).
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
 }
 
 pub fn init_logging(cli: &Cli) {

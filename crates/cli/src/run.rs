@@ -52,6 +52,10 @@ pub async fn dispatch(cli: Cli) -> CliResult {
                 BenchScenario::Failover { kills } => {
                     ferry_bench::failover::run(ferry_bench::failover::Options { kills }).await
                 }
+                BenchScenario::Replicate { proposers, secs } => {
+                    let options = ferry_bench::replicate::Options { proposers, secs };
+                    ferry_bench::replicate::run(options).await
+                }
             }
             .map_err(Failure::from)?;
             ferry_bench::report::emit(&report, args.json.as_deref()).map_err(Failure::from)
