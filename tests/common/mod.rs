@@ -158,11 +158,16 @@ impl World {
     /// `ferry init --brokers B --witnesses W`: brokers b1..bB, then witnesses w1..wW, node i
     /// (from 1, brokers first) on base+10(i-1).
     pub fn init_cluster(brokers: u8, witnesses: u8) -> Self {
+        Self::init_with_room(brokers, witnesses, 0)
+    }
+
+    /// As `init_cluster`, with free ports for `spare` nodes added later (`ferry init --join`).
+    pub fn init_with_room(brokers: u8, witnesses: u8, spare: u8) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ferry-e2e-")
             .tempdir()
             .expect("temp dir");
-        let base_port = free_port_block(brokers + witnesses);
+        let base_port = free_port_block(brokers + witnesses + spare);
         let world = Self { dir, base_port };
         world
             .ferry(&[

@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::watch;
 
+mod members;
+pub use members::{MemberStatus, Members};
+
 /// Actor recorded in the audit log for admin API calls. There is one admin token today; per
 /// operator identities come with the operator features (issue 4).
 const ADMIN_ACTOR: &str = "admin";
@@ -47,6 +50,12 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/grants", get(list_grants).post(add_grant))
         .route("/v1/sessions", get(list_sessions))
         .route("/v1/audit", get(audit))
+        .route("/v1/members", get(members::list).post(members::add))
+        .route("/v1/members/{node}", axum::routing::delete(members::remove))
+        .route(
+            "/v1/members/{node}/promote",
+            axum::routing::post(members::promote),
+        )
         .route("/v1/faults/peers", axum::routing::post(set_peer_faults))
         .layer(middleware::from_fn_with_state(ctx.clone(), require_token));
     Router::new()
@@ -60,7 +69,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
 /// An API error: a status and a sentence, sent as `{"error": "..."}`.
 pub struct ApiError {
     status: StatusCode,
-    message: String,
+    pub(crate) message: String,
 }
 
 impl ApiError {
@@ -168,11 +177,17 @@ pub struct RaftStatus {
     pub commit: u64,
     pub applied: u64,
     pub snapshots_installed: u64,
+    /// The configuration as this node last applied it.
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// Milliseconds since this node last heard from a leader (0 on the leader; absent if never).
+    pub leader_contact_ms_ago: Option<u64>,
 }
 
 fn raft_status(ctx: &Ctx) -> RaftStatus {
     use std::sync::atomic::Ordering::Acquire;
     let s = ctx.replica.status();
+    let membership = ctx.replica.membership();
     RaftStatus {
         id: ctx.replica.raft_id(),
         role: if s.is_leader.load(Acquire) {
@@ -186,6 +201,12 @@ fn raft_status(ctx: &Ctx) -> RaftStatus {
         commit: s.commit.load(Acquire),
         applied: s.applied.load(Acquire),
         snapshots_installed: s.snapshots_installed.load(Acquire),
+        voters: membership.voters,
+        learners: membership.learners,
+        leader_contact_ms_ago: ctx
+            .replica
+            .since_leader_contact()
+            .map(|d| d.as_millis() as u64),
     }
 }
 

@@ -95,7 +95,9 @@ pub struct RaftConfig {
     /// This node's Raft id: unique in the cluster, never reused (a replaced node gets a new one).
     pub id: u64,
     /// Raft ids of the voters a new cluster starts with. Ignored once the log holds a
-    /// configuration; membership then changes only through committed changes.
+    /// configuration; membership then changes only through committed changes. Empty for a
+    /// node joining a running cluster: it waits, serving nothing of the state, until the
+    /// leader adds it (`ferry admin member add`) and sends it a snapshot.
     pub initial_voters: Vec<u64>,
     /// Length of one Raft tick.
     pub tick_ms: u64,
@@ -110,6 +112,9 @@ pub struct RaftConfig {
     pub heartbeat_ticks: usize,
     /// How long a write waits to be applied before the caller is told it timed out.
     pub propose_timeout_ms: u64,
+    /// A node that heard from the leader this recently authorizes from its applied state;
+    /// beyond it, it first confirms with the leader (read_index). See `Ctx::confirm_fresh`.
+    pub read_staleness_ms: u64,
 }
 
 impl Default for RaftConfig {
@@ -122,6 +127,9 @@ impl Default for RaftConfig {
             election_jitter_ticks: 5,
             heartbeat_ticks: 2,
             propose_timeout_ms: 5_000,
+            // One election timeout: a follower that has not heard from the leader for longer
+            // may be on the minority side of a partition.
+            read_staleness_ms: 1_000,
         }
     }
 }
@@ -271,8 +279,12 @@ impl NodeConfig {
         if r.id == 0 {
             return Err("raft.id must be greater than 0".into());
         }
-        if r.initial_voters.is_empty() {
-            return Err("raft.initial_voters must name at least one voter".into());
+        if r.initial_voters.is_empty() && self.peers.is_empty() {
+            return Err(
+                "raft.initial_voters is empty (a node joining a cluster) but no peers are \
+                 configured to join"
+                    .into(),
+            );
         }
         if r.election_jitter_ticks == 0 {
             return Err("raft.election_jitter_ticks must be at least 1".into());

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub relay_bytes: Family<Direction, Counter>,
     pub hosts_attached: Gauge,
     pub proposals: Family<Result_, Counter>,
+    /// Authorizations that had to confirm freshness with the leader (read_index) first.
+    pub read_index_reads: Counter,
     pub applied_index: Gauge,
     pub store_bytes: Gauge,
     pub service_up: Family<Service, Gauge>,
@@ -113,6 +115,11 @@ impl Metrics {
                 "proposals",
                 "State-machine commands proposed, by result",
                 Family::default()
+            ),
+            read_index_reads: register!(
+                "read_index_reads",
+                "Authorizations that confirmed the state with the leader first (read_index), because this node had not heard from a leader within raft.read_staleness_ms",
+                Counter::default()
             ),
             applied_index: register!(
                 "applied_index",

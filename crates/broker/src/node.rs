@@ -18,6 +18,8 @@ use tokio::task::JoinSet;
 
 /// Raft messages waiting for the peer transport.
 const OUTBOX_MAX: usize = 4096;
+/// How long a request waits for a read index before it is refused.
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Bytes of the files directly in `dir` (sled keeps its files flat).
 fn dir_bytes(dir: &std::path::Path) -> u64 {
@@ -276,6 +278,25 @@ async fn housekeeping(
 }
 
 impl Ctx {
+    /// Makes sure the local state is fresh enough to authorize a request (SPEC section 3).
+    ///
+    /// A node that heard from a leader within `raft.read_staleness_ms` reads its applied state
+    /// as is: it can be behind by at most what the leader committed in that window (a token
+    /// revoked or a grant removed less than that long ago may still be honoured once). Past
+    /// the window, it asks the leader for a read index and waits until it has applied it, so an
+    /// isolated node never authorizes from a state it cannot vouch for; when no quorum answers
+    /// in time the request is refused (the safe default: a minority admits nothing new).
+    pub async fn confirm_fresh(&self) -> Result<(), ProposeError> {
+        let window = Duration::from_millis(self.config.raft.read_staleness_ms);
+        match self.replica.since_leader_contact() {
+            Some(since) if since <= window => Ok(()),
+            _ => {
+                self.metrics.read_index_reads.inc();
+                self.replica.read_index(READ_INDEX_TIMEOUT).await
+            }
+        }
+    }
+
     /// Proposes locally when this node leads, else forwards to the leader; when the leader is
     /// unreachable (it may just have died), retries against whoever leads next, until the
     /// propose timeout.

@@ -8,6 +8,10 @@
 //!
 //! Every queue is bounded: a slow or dead peer loses its own messages (Raft retransmits) and
 //! never stalls the others.
+//!
+//! The set of peers is the configured one plus the members added at runtime (the replicated
+//! member directory), minus retired raft ids; it is reconciled every second and whenever a
+//! message or a connection names a peer not yet known.
 
 use crate::config::PeerConfig;
 use crate::replication::{ProposeError, Replica};
@@ -39,6 +43,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between attempts to reach a peer that is down.
 const RECONNECT_DELAY: Duration = Duration::from_millis(300);
+/// How often the set of peers is compared with the replicated member directory.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
 fn limits() -> FrameLimits {
     FrameLimits {
@@ -52,6 +58,14 @@ struct Link {
     queue: mpsc::Sender<Message>,
     /// The connection this node dialed, shared by the sender and by forwarders.
     conn: Mutex<Option<quinn::Connection>>,
+    /// Set when the peer left the cluster: its sender stops and its connection closes.
+    retired: std::sync::atomic::AtomicBool,
+}
+
+impl Link {
+    fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// A session another broker asks this one to carry to a host attached here.
@@ -69,7 +83,14 @@ pub const RELAY_QUEUE_MAX: usize = 256;
 /// This node's side of every peer link.
 pub struct Peers {
     endpoint: quinn::Endpoint,
-    links: HashMap<u64, Arc<Link>>,
+    /// This node's raft id: never a peer of itself.
+    raft_id: u64,
+    /// The peers from this node's config file (the initial configuration, or whom to join).
+    configured: Vec<PeerConfig>,
+    /// Current links by raft id (configured and added members).
+    links: std::sync::RwLock<HashMap<u64, Arc<Link>>>,
+    replica: Replica,
+    shutdown: watch::Receiver<bool>,
     /// Raft ids of peers cut off by the test-only fault switch: nothing is sent to them and
     /// nothing from them is accepted, as in a network partition.
     blocked: std::sync::RwLock<std::collections::HashSet<u64>>,
@@ -86,44 +107,127 @@ impl Peers {
         relays: mpsc::Sender<IncomingRelay>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
-        let mut links = HashMap::new();
-        let mut receivers = Vec::new();
-        for peer in peers {
-            let (queue, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            let link = Arc::new(Link {
-                config: peer.clone(),
-                queue,
-                conn: Mutex::new(None),
-            });
-            links.insert(peer.raft_id, link.clone());
-            receivers.push((link, rx));
-        }
         let this = Arc::new(Self {
             endpoint,
-            links,
+            raft_id: replica.raft_id(),
+            configured: peers.to_vec(),
+            links: Default::default(),
+            replica: replica.clone(),
+            shutdown: shutdown.clone(),
             blocked: Default::default(),
         });
-        for (link, rx) in receivers {
-            tokio::spawn(this.clone().send_loop(link, rx, shutdown.clone()));
-        }
+        this.reconcile();
         let dispatcher = this.clone();
         tokio::spawn(async move {
             while let Some(message) = outbox.recv().await {
                 if dispatcher.is_blocked(message.to) {
                     continue;
                 }
-                match dispatcher.links.get(&message.to) {
+                let link = dispatcher.link(message.to).or_else(|| {
+                    dispatcher.reconcile(); // a member the directory has just added
+                    dispatcher.link(message.to)
+                });
+                match link {
                     // Full: this peer is behind; drop rather than stall the others.
                     Some(link) => drop(link.queue.try_send(message)),
                     None => tracing::debug!(to = message.to, "message for an unknown peer dropped"),
                 }
             }
         });
-        tokio::spawn(
-            this.clone()
-                .accept_loop(peers.to_vec(), replica, relays, shutdown),
-        );
+        let reconciler = this.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(RECONCILE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => reconciler.reconcile(),
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+        tokio::spawn(this.clone().accept_loop(replica, relays, shutdown));
         this
+    }
+
+    /// Brings the links in line with the configured peers and the member directory: links for
+    /// new members, none for retired raft ids.
+    fn reconcile(self: &Arc<Self>) {
+        let (mut wanted, retired): (Vec<PeerConfig>, Vec<u64>) = {
+            let state = self.replica.read();
+            let added = state.members().filter_map(|m| {
+                let peer_addr = m.peer_addr.parse().ok()?;
+                Some(PeerConfig {
+                    node_id: m.node_id.clone(),
+                    raft_id: m.raft_id,
+                    peer_addr,
+                    role: match m.role() {
+                        ferry_proto::state::MemberRole::Witness => crate::config::NodeRole::Witness,
+                        ferry_proto::state::MemberRole::Broker => crate::config::NodeRole::Broker,
+                    },
+                })
+            });
+            let added: Vec<PeerConfig> = added.collect();
+            (added, state.retired_raft_ids().collect())
+        };
+        for peer in &self.configured {
+            if !wanted.iter().any(|w| w.raft_id == peer.raft_id) {
+                wanted.push(peer.clone());
+            }
+        }
+        wanted.retain(|p| p.raft_id != self.raft_id && !retired.contains(&p.raft_id));
+        let mut links = self
+            .links
+            .write()
+            .expect("never poisoned: no panics under the lock");
+        links.retain(|id, link| {
+            let keep = wanted.iter().any(|w| w.raft_id == *id && w == &link.config);
+            if !keep {
+                tracing::info!(peer = %link.config.node_id, raft_id = id, "peer left the cluster; link closed");
+                link.retired.store(true, std::sync::atomic::Ordering::Release);
+            }
+            keep
+        });
+        for peer in wanted {
+            if links.contains_key(&peer.raft_id) {
+                continue;
+            }
+            tracing::info!(peer = %peer.node_id, raft_id = peer.raft_id, addr = %peer.peer_addr, "peer link added");
+            let (queue, rx) = mpsc::channel(PEER_QUEUE_MAX);
+            let link = Arc::new(Link {
+                config: peer.clone(),
+                queue,
+                conn: Mutex::new(None),
+                retired: Default::default(),
+            });
+            links.insert(peer.raft_id, link.clone());
+            tokio::spawn(self.clone().send_loop(link, rx, self.shutdown.clone()));
+        }
+    }
+
+    fn link(&self, raft_id: u64) -> Option<Arc<Link>> {
+        self.links
+            .read()
+            .expect("never poisoned: no panics under the lock")
+            .get(&raft_id)
+            .cloned()
+    }
+
+    fn link_named(&self, node_id: &str) -> Option<Arc<Link>> {
+        self.links
+            .read()
+            .expect("never poisoned: no panics under the lock")
+            .values()
+            .find(|l| l.config.node_id == node_id)
+            .cloned()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.links
+            .read()
+            .expect("never poisoned: no panics under the lock")
+            .values()
+            .map(|l| l.config.node_id.clone())
+            .collect()
     }
 
     /// Test-only fault switch: cuts this node off from the peers named (by node id), or
@@ -136,7 +240,7 @@ impl Peers {
         blocked.clear();
         let mut unknown = Vec::new();
         for id in node_ids {
-            match self.links.values().find(|l| &l.config.node_id == id) {
+            match self.link_named(id) {
                 Some(link) => {
                     blocked.insert(link.config.raft_id);
                 }
@@ -184,6 +288,15 @@ impl Peers {
         mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
+            if link.is_retired() {
+                if let Some(conn) = link.conn.lock().await.take() {
+                    conn.close(
+                        ferry_transport::CloseCode::ShuttingDown.varint(),
+                        b"removed from the cluster",
+                    );
+                }
+                return;
+            }
             let Some(conn) = self.connection(&link).await else {
                 // Drop what queued up while the peer was down: it is stale by now.
                 while rx.try_recv().is_ok() {}
@@ -199,6 +312,11 @@ impl Peers {
                 let message = tokio::select! {
                     m = rx.recv() => match m { Some(m) => m, None => return },
                     _ = shutdown.changed() => return,
+                    // Look at `retired` now and then even when nothing is sent.
+                    _ = tokio::time::sleep(RECONCILE_EVERY) => {
+                        if link.is_retired() { break }
+                        continue
+                    }
                 };
                 let frame = RaftMessage {
                     message: message.write_to_bytes().unwrap_or_default(),
@@ -212,12 +330,10 @@ impl Peers {
 
     async fn accept_loop(
         self: Arc<Self>,
-        peers: Vec<PeerConfig>,
         replica: Replica,
         relays: mpsc::Sender<IncomingRelay>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let names: Vec<String> = peers.iter().map(|p| p.node_id.clone()).collect();
         loop {
             let incoming = tokio::select! {
                 i = self.endpoint.accept() => match i { Some(i) => i, None => return },
@@ -227,25 +343,23 @@ impl Peers {
                     return;
                 }
             };
-            let (names, peers, replica, relays) = (
-                names.clone(),
-                peers.clone(),
-                replica.clone(),
-                relays.clone(),
-            );
+            let (replica, relays) = (replica.clone(), relays.clone());
             let this = self.clone();
             tokio::spawn(async move {
                 let Ok(Ok(conn)) = tokio::time::timeout(CONNECT_TIMEOUT, incoming).await else {
                     return;
                 };
-                let Some(peer) =
-                    identify(&conn, &names).and_then(|id| peers.iter().find(|p| p.node_id == id))
-                else {
+                let mut peer = identify(&conn, &this.names()).and_then(|id| this.link_named(&id));
+                if peer.is_none() {
+                    this.reconcile(); // perhaps a member added a moment ago
+                    peer = identify(&conn, &this.names()).and_then(|id| this.link_named(&id));
+                }
+                let Some(peer) = peer.map(|link| link.config.clone()) else {
                     tracing::warn!(remote = %conn.remote_address(), "peer connection refused: certificate names no configured peer");
                     conn.close(1u32.into(), b"certificate names no configured peer");
                     return;
                 };
-                serve_peer(this, conn, peer.clone(), replica, relays).await;
+                serve_peer(this, conn, peer, replica, relays).await;
             });
         }
     }
@@ -253,11 +367,10 @@ impl Peers {
     /// Asks the leader to propose `command` and returns its outcome.
     pub async fn forward(&self, leader: u64, command: &Command) -> Result<Outcome, ProposeError> {
         let link = self
-            .links
-            .get(&leader)
+            .link(leader)
             .ok_or(ProposeError::NotLeader { leader })?;
         let conn = self
-            .connection(link)
+            .connection(&link)
             .await
             .ok_or(ProposeError::NotLeader { leader })?;
         let exchange = async {
@@ -291,15 +404,13 @@ impl Peers {
     ) -> Result<(quinn::SendStream, quinn::RecvStream), wire::Error> {
         let unavailable = |why: String| wire::Error::new(wire::ErrorCode::Unavailable, why);
         let link = self
-            .links
-            .values()
-            .find(|l| l.config.node_id == node_id)
+            .link_named(node_id)
             .ok_or_else(|| unavailable(format!("broker {node_id} is not a peer of this one")))?;
         if self.is_blocked(link.config.raft_id) {
             return Err(unavailable(format!("broker {node_id} is unreachable")));
         }
         let conn = self
-            .connection(link)
+            .connection(&link)
             .await
             .ok_or_else(|| unavailable(format!("broker {node_id} is unreachable")))?;
         let exchange = async {
@@ -412,6 +523,8 @@ fn outcome_to_wire(result: Result<Outcome, ProposeError>) -> ForwardResponse {
             kind: REFUSAL_KINDS.iter().position(|k| *k == r.kind).unwrap_or(0) as u32,
             message: r.message,
         }),
+        Err(ProposeError::NotLeader { leader }) => R::NotLeader(leader),
+        Err(ProposeError::NoLeader) => R::NotLeader(0),
         Err(e) => R::Error(e.to_string()),
     };
     ForwardResponse {
@@ -431,6 +544,7 @@ fn outcome_from_wire(response: ForwardResponse) -> Result<Outcome, ProposeError>
                 .unwrap_or(RefusalKind::Invalid),
             r.message,
         ))),
+        Some(R::NotLeader(leader)) => Err(ProposeError::NotLeader { leader }),
         Some(R::Error(e)) => Err(ProposeError::Storage(format!(
             "the leader could not apply it: {e}"
         ))),

@@ -7,21 +7,30 @@
 //! timed out, shutting down). Outgoing peer messages go to the peer transport's queue.
 
 use ferry_consensus::{
-    Core, CoreConfig, Message, ProposeError as CoreProposeError, SharedState, StateRole,
+    Core, CoreConfig, MembershipError, Message, PeerProgress, ProposeError as CoreProposeError,
+    SharedState, StateRole,
 };
-use ferry_proto::state::Command;
-use ferry_state::{Outcome, StateMachine};
+use ferry_proto::state::{command::Kind, ChangeMembership, Command, Member, MembershipAction};
+use ferry_state::{Outcome, Refusal, RefusalKind, StateMachine};
 use ferry_store::SledLog;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Events handled per Ready at most; bounds the latency a large burst adds to its first member.
 const BATCH_MAX: usize = 512;
+/// A read_index request without an answer is asked again after this long: raft-rs drops
+/// requests silently while there is no leader, or while a new leader has not yet committed an
+/// entry in its term.
+const READ_INDEX_RETRY: Duration = Duration::from_millis(200);
+/// Linearizable reads waiting at once; beyond it readers are told to retry.
+const READS_PENDING_MAX: usize = 4096;
+/// Ticks between the leader's checks for learners to promote and membership facts to publish.
+const MEMBERSHIP_CHECK_TICKS: u64 = 5;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
@@ -70,6 +79,20 @@ pub struct RaftOptions {
 enum Event {
     Propose(Command, oneshot::Sender<Result<Outcome, ProposeError>>),
     Peer(Message),
+    /// A linearizable read: answered once the state has applied a commit index confirmed by a
+    /// quorum after the request was made.
+    ReadIndex(Instant, oneshot::Sender<Result<(), ProposeError>>),
+}
+
+/// The configuration as this node last applied it, and (on the leader) each peer's progress.
+#[derive(Debug, Clone, Default)]
+pub struct Membership {
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// A change has been proposed and not applied yet (known on the leader only).
+    pub change_pending: bool,
+    /// Filled on the leader only.
+    pub progress: Vec<PeerProgress>,
 }
 
 /// Facts about consensus the node reports; written by the driver, read by anyone.
@@ -83,6 +106,13 @@ pub struct Status {
     pub running: AtomicBool,
     /// Snapshots received from a leader and installed since start.
     pub snapshots_installed: AtomicU64,
+    /// Milliseconds since `epoch` when this node last knew a leader to be in charge: a message
+    /// from the current leader, or, on the leader, its own (check_quorum makes a leader that
+    /// lost its quorum step down within an election timeout).
+    pub leader_contact_ms: AtomicU64,
+    pub epoch: std::sync::OnceLock<Instant>,
+    /// Refreshed every few ticks and whenever the configuration changes.
+    pub membership: RwLock<Membership>,
     /// Set by [`Replica::stop`]; the driver exits within one tick.
     stop: AtomicBool,
 }
@@ -144,6 +174,38 @@ impl Replica {
         &self.status
     }
 
+    /// Waits until the local state reflects every write committed before this call (raft-rs's
+    /// read_index), retrying while no leader can confirm it, until `timeout`.
+    pub async fn read_index(&self, timeout: Duration) -> Result<(), ProposeError> {
+        let deadline = Instant::now() + timeout;
+        let (reply, answer) = oneshot::channel();
+        match self.events.try_send(Event::ReadIndex(deadline, reply)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(ProposeError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(ProposeError::ShuttingDown),
+        }
+        tokio::time::timeout(timeout + Duration::from_millis(100), answer)
+            .await
+            .map_err(|_| ProposeError::Timeout(timeout))?
+            .map_err(|_| ProposeError::ShuttingDown)?
+    }
+
+    /// How long ago this node last knew a leader to be in charge (`None`: never).
+    pub fn since_leader_contact(&self) -> Option<Duration> {
+        let epoch = self.status.epoch.get()?;
+        let at = self.status.leader_contact_ms.load(Ordering::Acquire);
+        (at > 0).then(|| epoch.elapsed().saturating_sub(Duration::from_millis(at)))
+    }
+
+    /// The configuration as last applied here (and peer progress, on the leader).
+    pub fn membership(&self) -> Membership {
+        self.status
+            .membership
+            .read()
+            .expect("never poisoned: no panics under the lock")
+            .clone()
+    }
+
     pub fn raft_id(&self) -> u64 {
         self.raft_id
     }
@@ -156,6 +218,20 @@ impl Replica {
     /// Whether the consensus driver is alive to take proposals.
     pub fn is_running(&self) -> bool {
         self.status.running.load(Ordering::Acquire)
+    }
+}
+
+/// A membership command as the node proposes it.
+pub fn membership_command(action: MembershipAction, member: Member, actor: String) -> Command {
+    Command {
+        now_ms: crate::now_ms(),
+        actor,
+        source: String::new(),
+        kind: Some(Kind::ChangeMembership(ChangeMembership {
+            action: action as i32,
+            member: Some(member),
+            forced: false,
+        })),
     }
 }
 
@@ -197,6 +273,7 @@ pub fn start(
     }
     let (events, rx) = mpsc::sync_channel(options.queue_max);
     let status = Arc::new(Status::default());
+    let _ = status.epoch.set(Instant::now());
     status.running.store(true, Ordering::Release);
     status.applied.store(core.applied(), Ordering::Release);
     status.commit.store(core.commit(), Ordering::Release);
@@ -216,6 +293,9 @@ pub fn start(
         pending: HashMap::new(),
         next_seq: 0,
         tick: options.tick,
+        ticks: 0,
+        reads: HashMap::new(),
+        reads_ready: Vec::new(),
     };
     let handle = std::thread::Builder::new()
         .name("ferry-raft".into())
@@ -233,10 +313,24 @@ struct Driver {
     pending: HashMap<u64, (Instant, oneshot::Sender<Result<Outcome, ProposeError>>)>,
     next_seq: u64,
     tick: Duration,
+    /// Ticks since start.
+    ticks: u64,
+    /// Linearizable reads waiting for their read index, by request id: when they were last
+    /// asked for, their deadline, and who waits.
+    reads: HashMap<u64, PendingRead>,
+    /// Reads that have their read index and wait for it to be applied.
+    reads_ready: Vec<(u64, PendingRead)>,
+}
+
+struct PendingRead {
+    asked: Instant,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<(), ProposeError>>,
 }
 
 impl Driver {
     fn run(mut self, rx: mpsc::Receiver<Event>) {
+        self.publish_membership();
         let mut next_tick = Instant::now() + self.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
@@ -255,9 +349,15 @@ impl Driver {
             }
             if Instant::now() >= next_tick {
                 self.core.tick();
+                self.ticks += 1;
                 next_tick += self.tick;
                 self.expire_pending();
+                self.retry_reads();
                 self.hand_off_if_witness();
+                if self.ticks.is_multiple_of(MEMBERSHIP_CHECK_TICKS) {
+                    self.promote_caught_up_learners();
+                    self.publish_membership();
+                }
             }
             if let Err(e) = self.ready() {
                 // Storage failed: raft-rs cannot continue safely on a store that may lie.
@@ -272,19 +372,49 @@ impl Driver {
         for (_, (_, reply)) in self.pending.drain() {
             let _ = reply.send(Err(ProposeError::ShuttingDown));
         }
+        for read in self
+            .reads
+            .drain()
+            .map(|(_, r)| r)
+            .chain(self.reads_ready.drain(..).map(|(_, r)| r))
+        {
+            let _ = read.reply.send(Err(ProposeError::ShuttingDown));
+        }
         tracing::debug!("consensus driver stopped");
     }
 
     fn handle(&mut self, event: Event) {
         match event {
             Event::Peer(message) => {
+                let from_leader =
+                    message.from == self.core.leader() && message.term >= self.core.term();
                 if let Err(e) = self.core.step(message) {
                     tracing::debug!(error = %e, "peer message ignored");
+                } else if from_leader {
+                    self.mark_leader_contact();
                 }
             }
-            Event::Propose(command, reply) => {
+            Event::ReadIndex(deadline, reply) => {
+                if self.reads.len() + self.reads_ready.len() >= READS_PENDING_MAX {
+                    let _ = reply.send(Err(ProposeError::Busy));
+                    return;
+                }
                 self.next_seq += 1;
-                let token = (self.core.id() << 48) | (self.next_seq & ((1 << 48) - 1));
+                let id = self.next_seq;
+                self.core.read_index(id);
+                let read = PendingRead {
+                    asked: Instant::now(),
+                    deadline,
+                    reply,
+                };
+                self.reads.insert(id, read);
+            }
+            Event::Propose(command, reply) => {
+                let token = self.next_token();
+                if let Some(Kind::ChangeMembership(_)) = &command.kind {
+                    self.propose_membership(&command, token, reply);
+                    return;
+                }
                 match self.core.propose(&command, token) {
                     Ok(()) => {
                         self.pending.insert(token, (Instant::now(), reply));
@@ -304,8 +434,135 @@ impl Driver {
         }
     }
 
+    fn next_token(&mut self) -> u64 {
+        self.next_seq += 1;
+        (self.core.id() << 48) | (self.next_seq & ((1 << 48) - 1))
+    }
+
+    fn propose_membership(
+        &mut self,
+        command: &Command,
+        token: u64,
+        reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+    ) {
+        let result = match self.core.propose_membership(command, token) {
+            Ok(()) => {
+                self.pending.insert(token, (Instant::now(), reply));
+                return;
+            }
+            Err(MembershipError::NotLeader { leader: 0 }) => Err(ProposeError::NoLeader),
+            Err(MembershipError::NotLeader { leader }) => Err(ProposeError::NotLeader { leader }),
+            Err(MembershipError::TransferFirst { to }) => {
+                tracing::info!(?to, "removing the leader: handing leadership over first");
+                // The proposer retries; by then another node leads and takes the change.
+                Err(ProposeError::NoLeader)
+            }
+            Err(MembershipError::Refused(why)) => {
+                Ok(Outcome::Refused(Refusal::new(RefusalKind::Invalid, why)))
+            }
+        };
+        let _ = reply.send(result);
+    }
+
+    /// The leader promotes learners that were added as future voters once they have caught up
+    /// (one change at a time: the core refuses a second while one is pending).
+    fn promote_caught_up_learners(&mut self) {
+        if self.core.role() != StateRole::Leader || self.core.has_pending_change() {
+            return;
+        }
+        let Some(member) = self
+            .core
+            .caught_up_learners()
+            .into_iter()
+            .find_map(|id| self.core.state().member(id).filter(|m| m.voter).cloned())
+        else {
+            return;
+        };
+        let command = membership_command(
+            MembershipAction::Promote,
+            member.clone(),
+            format!("node:raft-{}", self.core.id()),
+        );
+        let token = self.next_token();
+        match self.core.propose_membership(&command, token) {
+            Ok(()) => {
+                tracing::info!(node = %member.node_id, raft_id = member.raft_id, "learner caught up: promoting it to voter")
+            }
+            Err(e) => tracing::debug!(error = %e, "promotion not proposed"),
+        }
+    }
+
+    fn publish_membership(&self) {
+        let view = Membership {
+            voters: self.core.voters(),
+            learners: self.core.learners(),
+            change_pending: self.core.has_pending_change(),
+            progress: self.core.progress(),
+        };
+        *self
+            .status
+            .membership
+            .write()
+            .expect("never poisoned: no panics under the lock") = view;
+    }
+
+    fn mark_leader_contact(&self) {
+        if let Some(epoch) = self.status.epoch.get() {
+            let ms = epoch.elapsed().as_millis() as u64;
+            self.status
+                .leader_contact_ms
+                .store(ms.max(1), Ordering::Release);
+        }
+    }
+
+    /// Asks again for reads raft-rs may have dropped; fails those past their deadline.
+    fn retry_reads(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| now >= r.deadline)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            if let Some(read) = self.reads.remove(&id) {
+                let _ = read
+                    .reply
+                    .send(Err(ProposeError::Timeout(read.deadline - read.asked)));
+            }
+        }
+        for (&id, read) in self.reads.iter_mut() {
+            if now.duration_since(read.asked) >= READ_INDEX_RETRY {
+                read.asked = now;
+                self.core.read_index(id);
+            }
+        }
+        self.reads_ready.retain(|(_, r)| !r.reply.is_closed());
+    }
+
     fn ready(&mut self) -> Result<(), ferry_consensus::Error> {
         let output = self.core.handle_ready()?;
+        if self.core.role() == StateRole::Leader {
+            self.mark_leader_contact();
+        }
+        for (id, index) in output.read_states {
+            if let Some(read) = self.reads.remove(&id) {
+                self.reads_ready.push((index, read));
+            }
+        }
+        if !self.reads_ready.is_empty() {
+            let applied = self.core.applied();
+            let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_ready)
+                .into_iter()
+                .partition(|(index, _)| *index <= applied);
+            self.reads_ready = waiting;
+            for (_, read) in done {
+                let _ = read.reply.send(Ok(()));
+            }
+        }
+        if output.membership_changed {
+            self.publish_membership();
+        }
         if let Some(index) = output.installed_snapshot {
             tracing::info!(index, "installed a snapshot from the leader");
             self.status
@@ -338,11 +595,21 @@ impl Driver {
             return;
         }
         let last = self.core.last_index();
+        let voters = self.core.voters();
+        // Brokers of the initial configuration, and those added since.
+        let added: Vec<u64> = self
+            .core
+            .state()
+            .members()
+            .filter(|m| m.role() == ferry_proto::state::MemberRole::Broker)
+            .map(|m| m.raft_id)
+            .collect();
         let caught_up = self
             .brokers
             .iter()
+            .chain(&added)
             .copied()
-            .find(|&b| self.core.matched(b) == Some(last));
+            .find(|b| voters.contains(b) && self.core.matched(*b) == Some(last));
         if let Some(broker) = caught_up {
             tracing::info!(
                 to = broker,

@@ -98,6 +98,11 @@ impl AdminClient {
             .await
     }
 
+    pub async fn delete(&self, path: &str) -> Result<Value, Failure> {
+        self.call(|url| self.http.delete(format!("{url}{path}")))
+            .await
+    }
+
     async fn call(
         &self,
         build: impl Fn(&str) -> reqwest::RequestBuilder,
@@ -217,6 +222,9 @@ pub async fn run(args: AdminArgs) -> CliResult {
                 &["id", "user", "host", "service", "broker", "opened_at_ms"],
             );
         }
+        AdminCommand::Member(command) => {
+            crate::members::run(&client, &args.config, args.token_file.as_deref(), command).await?;
+        }
         AdminCommand::Audit { after, json } => {
             let records = client.get(&format!("/v1/audit?after={after}")).await?;
             table(
@@ -277,7 +285,7 @@ fn cell(v: &Value) -> String {
 }
 
 /// Prints `value[key]` (an array of objects) as aligned columns, or as JSON.
-fn table(json: bool, value: &Value, key: &str, columns: &[&str]) {
+pub(crate) fn table(json: bool, value: &Value, key: &str, columns: &[&str]) {
     if json {
         return print_json(value);
     }

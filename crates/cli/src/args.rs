@@ -85,6 +85,16 @@ pub struct InitArgs {
     /// Cluster name (keys cached login tokens).
     #[arg(long, default_value = "ferry")]
     pub cluster_name: String,
+    /// Instead of a new cluster: write the files of node NODE_ID joining the cluster in --out
+    /// (certificate, config, client.toml entry), then print how to add it.
+    #[arg(long, value_name = "NODE_ID")]
+    pub join: Option<String>,
+    /// With --join: the node is a witness.
+    #[arg(long, requires = "join")]
+    pub join_as_witness: bool,
+    /// With --join: its raft id (default: one past the highest in --out).
+    #[arg(long, requires = "join")]
+    pub raft_id: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +144,9 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect and change the cluster's membership (one change at a time).
+    #[command(subcommand)]
+    Member(MemberCommand),
     /// Show audit records.
     Audit {
         /// Only records after this sequence number.
@@ -141,6 +154,47 @@ pub enum AdminCommand {
         after: u64,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MemberCommand {
+    /// List voters and learners, with replication progress as the leader sees it.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a node as a learner; the leader promotes it to voter once it has caught up.
+    /// Write its config first with `ferry init --out DIR --join NODE_ID`, and start it.
+    Add {
+        node_id: String,
+        /// A raft id this cluster has never used.
+        #[arg(long)]
+        raft_id: u64,
+        /// Its peer listener (ip:port), as in its config file.
+        #[arg(long)]
+        peer_addr: std::net::SocketAddr,
+        /// It is a witness (votes, serves no traffic).
+        #[arg(long)]
+        witness: bool,
+        /// Keep it a learner: a non-voting broker that relays traffic.
+        #[arg(long)]
+        learner: bool,
+        /// Wait until it has been promoted to voter.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
+    },
+    /// Promote a caught-up learner (added with --learner) to voter.
+    Promote { node_id: String },
+    /// Remove a member; its raft id is retired. Refused if the voters left could not form a
+    /// quorum, unless --force.
+    Remove {
+        node_id: String,
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -32,6 +32,9 @@ pub async fn run(args: DevArgs) -> CliResult {
         bind_ip: Ipv4Addr::LOCALHOST.into(),
         base_port: args.base_port,
         cluster_name: "dev".into(),
+        join: None,
+        join_as_witness: false,
+        raft_id: None,
     })?;
     // Two brokers and a witness, each a complete node with its own ports and store.
     let mut nodes = Vec::new();

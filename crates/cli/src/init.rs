@@ -104,37 +104,23 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
             .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
         write(&format!("{node_id}.pem"), &pair.cert_pem, false)?;
         write(&format!("{node_id}.key"), &pair.key_pem, true)?;
-        let config = NodeConfig {
-            node_id: node_id.clone(),
-            role: node.role,
-            cluster_name: args.cluster_name.clone(),
-            data_dir: PathBuf::from(format!("data/{node_id}")),
-            relay_addr: port(0)?,
-            admin_addr: port(1)?,
-            ca_cert: "ca.pem".into(),
-            cert: format!("{node_id}.pem").into(),
-            key: format!("{node_id}.key").into(),
-            admin_token_file: "admin.token".into(),
-            peer_addr: (total > 1).then(|| port(2)).transpose()?,
-            peers: everyone
+        let config = node_config(
+            &args.cluster_name,
+            node,
+            (port(0)?, port(1)?),
+            (total > 1).then(|| port(2)).transpose()?,
+            everyone
                 .iter()
                 .filter(|p| p.node_id != node_id)
                 .cloned()
                 .collect(),
-            limits: Limits::default(),
-            faults: Default::default(),
-            raft: RaftConfig {
-                id: node.raft_id,
-                initial_voters: everyone.iter().map(|p| p.raft_id).collect(),
-                ..RaftConfig::default()
-            },
-        };
-        let text = format!(
-            "# Ferry node {node_id}. Relative paths are relative to this file.\n\
-             # Every limit and its default: docs/OPERATIONS.md.\n{}",
-            toml::to_string(&config).expect("NodeConfig serializes")
+            everyone.iter().map(|p| p.raft_id).collect(),
         );
-        node_configs.push(write(&format!("{node_id}.toml"), &text, false)?);
+        node_configs.push(write(
+            &format!("{node_id}.toml"),
+            &config_text(&config),
+            false,
+        )?);
         let admin_url = format!("http://{}", config.admin_addr);
         match node.role {
             NodeRole::Broker => brokers.push(BrokerEntry {
@@ -165,7 +151,50 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
     })
 }
 
-fn write_file(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
+/// A node's config as `init` writes it: paths relative to the cluster directory.
+/// `initial_voters` is empty for a node that joins a running cluster.
+pub(crate) fn node_config(
+    cluster_name: &str,
+    node: &PeerConfig,
+    (relay_addr, admin_addr): (SocketAddr, SocketAddr),
+    peer_addr: Option<SocketAddr>,
+    peers: Vec<PeerConfig>,
+    initial_voters: Vec<u64>,
+) -> NodeConfig {
+    let node_id = &node.node_id;
+    NodeConfig {
+        node_id: node_id.clone(),
+        role: node.role,
+        cluster_name: cluster_name.to_owned(),
+        data_dir: PathBuf::from(format!("data/{node_id}")),
+        relay_addr,
+        admin_addr,
+        ca_cert: "ca.pem".into(),
+        cert: format!("{node_id}.pem").into(),
+        key: format!("{node_id}.key").into(),
+        admin_token_file: "admin.token".into(),
+        peer_addr,
+        peers,
+        limits: Limits::default(),
+        faults: Default::default(),
+        raft: RaftConfig {
+            id: node.raft_id,
+            initial_voters,
+            ..RaftConfig::default()
+        },
+    }
+}
+
+pub(crate) fn config_text(config: &NodeConfig) -> String {
+    format!(
+        "# Ferry node {}. Relative paths are relative to this file.\n\
+         # Every limit and its default: docs/OPERATIONS.md.\n{}",
+        config.node_id,
+        toml::to_string(config).expect("NodeConfig serializes")
+    )
+}
+
+pub(crate) fn write_file(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

@@ -8,6 +8,8 @@ mod admin;
 mod args;
 mod dev;
 mod init;
+mod join;
+mod members;
 mod run;
 
 use clap::Parser;

@@ -11,6 +11,26 @@ use std::sync::Arc;
 pub async fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
+        Command::Init(args) if args.join.is_some() => {
+            let node_id = args.join.clone().unwrap_or_default();
+            let path = crate::join::run(&args, &node_id)?;
+            let config = ferry_broker::NodeConfig::load(&path)
+                .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+            println!("{}", path.display());
+            eprintln!(
+                "node {node_id} (raft id {}) written to {}; client.toml now lists it.\n  \
+                 1. start it:  ferry broker --config {}\n  \
+                 2. add it:    ferry admin --config {} member add {node_id} --raft-id {} --peer-addr {}{} --wait",
+                config.raft.id,
+                path.display(),
+                path.display(),
+                args.out.join("client.toml").display(),
+                config.raft.id,
+                config.peer_addr.map(|a| a.to_string()).unwrap_or_default(),
+                if args.join_as_witness { " --witness" } else { "" },
+            );
+            Ok(())
+        }
         Command::Init(args) => {
             let cluster = init::run(&args)?;
             eprintln!(

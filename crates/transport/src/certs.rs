@@ -27,6 +27,21 @@ pub struct ClusterCa {
 impl ClusterCa {
     /// Creates a new CA named after the cluster.
     pub fn generate(cluster_name: &str) -> Result<Self, Error> {
+        let key = KeyPair::generate()?;
+        let cert = Self::params(cluster_name)?.self_signed(&key)?;
+        Ok(Self { cert, key })
+    }
+
+    /// The CA of an existing cluster, from its private key (`ca.key`), to sign certificates of
+    /// nodes added later. The CA certificate is rebuilt with the same name and key, so what it
+    /// signs chains to the `ca.pem` every node and client already trusts.
+    pub fn load(cluster_name: &str, key_pem: &str) -> Result<Self, Error> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let cert = Self::params(cluster_name)?.self_signed(&key)?;
+        Ok(Self { cert, key })
+    }
+
+    fn params(cluster_name: &str) -> Result<CertificateParams, Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
         dn.push(
@@ -41,9 +56,7 @@ impl ClusterCa {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let key = KeyPair::generate()?;
-        let cert = params.self_signed(&key)?;
-        Ok(Self { cert, key })
+        Ok(params)
     }
 
     pub fn cert_pem(&self) -> String {

@@ -2,7 +2,7 @@
 //! the token and the grants, records the session, opens a stream to the host agent, and then
 //! splices the two streams until both directions end.
 
-use super::{frame_limits, on_drop, propose_error_to_wire, refusal_to_wire, reject_input};
+use super::{frame_limits, on_drop, propose_error_to_wire, refusal_to_wire, reject_input, stale};
 use crate::auth;
 use crate::node::Ctx;
 use ferry_proto::state::{self as cmd, command::Kind};
@@ -84,6 +84,7 @@ async fn login(
                 .inc();
             error(ErrorCode::ResourceExhausted, why)
         })?;
+    ctx.confirm_fresh().await.map_err(stale)?;
     let stored = ctx
         .replica
         .read()
@@ -171,7 +172,11 @@ async fn open_session(
     recv: quinn::RecvStream,
     remote: SocketAddr,
 ) {
-    let (user, route) = match authorize(ctx, &open) {
+    let authorized = match ctx.confirm_fresh().await {
+        Ok(()) => authorize(ctx, &open),
+        Err(e) => Err(("state_unconfirmed", stale(e))),
+    };
+    let (user, route) = match authorized {
         Ok(authorized) => authorized,
         Err((label, e)) => {
             ctx.metrics.refuse_session(label);

@@ -147,6 +147,7 @@ async fn attach(
         ferry_state::validate_name(NameKind::Service, service)
             .map_err(|r| wire::Error::new(ErrorCode::InvalidArgument, r.message))?;
     }
+    ctx.confirm_fresh().await.map_err(super::stale)?;
     ctx.replica
         .read()
         .check_host_credential(&attach.name, &hash_secret(&attach.credential))

@@ -218,3 +218,14 @@ pub(crate) fn propose_error_to_wire(error: &crate::replication::ProposeError) ->
         format!("broker cannot record this now: {error}"),
     )
 }
+
+/// A request refused because this node could not confirm its state with a leader.
+pub(crate) fn stale(error: crate::replication::ProposeError) -> wire::Error {
+    wire::Error::new(
+        wire::ErrorCode::Unavailable,
+        format!(
+            "this broker cannot reach the cluster's leader to confirm your access ({error}); \
+             try another broker"
+        ),
+    )
+}
