@@ -1,7 +1,9 @@
 //! Issue 2/8, acceptance 1d: partitions made with the peer transport's fault switch (real
 //! processes; traffic to and from the cut-off peers is dropped), both ways: isolating the
 //! leader, then isolating a follower. The minority commits nothing and says so; the majority
-//! keeps serving; after healing every node converges to the same state.
+//! keeps serving; after healing every node converges to the same state. A minority node that
+//! has not heard from a leader for longer than `read_staleness_ms` authorizes nothing: its
+//! read_index finds no quorum, and a login there is refused with a reason.
 
 mod common;
 use common::*;
@@ -24,6 +26,8 @@ async fn block(w: &World, node: u8, peers: &[u8]) {
         response.status()
     );
 }
+
+const PASSWORD: &str = "correct horse battery";
 
 fn grants(w: &World, i: u8) -> BTreeSet<String> {
     let out = w.admin_on(i, &["grants", "--json"]).ok();
@@ -75,6 +79,21 @@ async fn partition_round(w: &World, isolated: u8, round: &str) {
         before,
         "the minority applied nothing new"
     );
+    // Past the staleness window, the minority authorizes nothing either.
+    wait_for(
+        "the minority to be out of contact with any leader for over 1 s",
+        Duration::from_secs(10),
+        || {
+            let raft = w.status_of(isolated)?["raft"].clone();
+            let stale = raft["leader_contact_ms_ago"]
+                .as_u64()
+                .is_none_or(|ms| ms > 1_000)
+                && raft["role"] != "leader";
+            stale.then_some(())
+        },
+    );
+    w.login_via(&w.client_config_for(isolated), "alice", PASSWORD)
+        .fails(6, "cannot reach the cluster's leader");
 
     // Heal: everyone converges on the same state, with the majority's write and without the
     // minority's.
@@ -106,6 +125,7 @@ async fn t09_partitions_leave_the_minority_without_commits_and_heal() {
     }
     let _nodes: Vec<Proc> = (1..=3).map(|i| w.start_node(i)).collect();
     let first_leader = leader(&w);
+    w.add_user("alice", "staff", PASSWORD);
     partition_round(&w, first_leader, "leader-isolated").await;
     let follower = (1..=3).find(|&i| i != leader(&w)).unwrap();
     partition_round(&w, follower, "follower-isolated").await;

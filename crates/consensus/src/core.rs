@@ -5,13 +5,15 @@
 //! 1. `messages()` go out first: these are a leader's appends and heartbeats, which may be
 //!    sent before the leader's own fsync (followers persist before acknowledging, and the
 //!    leader only counts itself once its own write is durable).
-//! 2. The snapshot (if any), new entries and the hard state are written, then `sync`.
+//! 2. The snapshot (if any), new entries and the hard state are written, then `sync` when
+//!    raft-rs says the Ready must be durable (entries, snapshot, new term or vote).
 //! 3. `persisted_messages()` (votes, append responses) go out: they promise what step 2 made
 //!    durable, so they must never leave before it.
-//! 4. Committed entries are applied. The commit index they depend on is part of the hard state
-//!    synced in step 2, so a restart never applies beyond what is durable.
-//! 5. `advance`; the light ready's commit index is written and synced, then its messages go out
-//!    and its committed entries are applied; `advance_apply`.
+//! 4. Committed entries are applied. They are durable in the local log (raft-rs only commits
+//!    what this node has persisted, for a leader, or received and persisted, for a follower).
+//! 5. `advance_append`; the light ready's commit index is written (made durable by the next
+//!    sync; only entries already durable in the local log are ever applied), then its messages
+//!    go out and its committed entries are applied; `advance_apply_to(applied)`.
 //! 6. Every `snapshot_every_entries` applied entries, the state is snapshotted and the log
 //!    compacted; lagging peers then catch up from that snapshot.
 
@@ -221,7 +223,12 @@ impl<L: LogStore> Core<L> {
         if let Some(hard_state) = ready.hs() {
             self.raw.mut_store().set_hard_state(hard_state)?;
         }
-        self.raw.mut_store().sync()?;
+        // raft-rs says when the promises in `persisted_messages` need an fsync: new entries, a
+        // snapshot, or a new term or vote. A Ready that only moves the commit index (or carries
+        // heartbeats) is written without one, as etcd does; see step 5 for why that is safe.
+        if ready.must_sync() {
+            self.raw.mut_store().sync()?;
+        }
         out.messages.extend(ready.take_persisted_messages());
         self.apply(ready.take_committed_entries(), &mut out)?;
 
@@ -229,8 +236,12 @@ impl<L: LogStore> Core<L> {
         // of the Ready is applied, which is untrue when some were deferred.
         let mut light = self.raw.advance_append(ready);
         if let Some(commit) = light.commit_index() {
+            // Written, not synced: the next Ready's sync makes it durable. Losing it in a
+            // crash is safe (the entries it covers are durable in the log; a restarted node
+            // relearns the commit index from the leader, and until it hears from one it
+            // authorizes nothing without a read_index), and an fsync here would double the
+            // fsyncs per write.
             self.raw.mut_store().set_commit(commit)?;
-            self.raw.mut_store().sync()?;
         }
         out.messages.extend(light.take_messages());
         self.apply(light.take_committed_entries(), &mut out)?;
