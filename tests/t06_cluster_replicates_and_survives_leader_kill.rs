@@ -10,30 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn leader_of(w: &World, nodes: &[u8]) -> Option<u8> {
-    nodes.iter().find_map(|&i| {
-        let status = w.status_of(i)?;
-        (status["raft"]["role"] == "leader").then_some(i)
-    })
-}
-
-fn grants_on(w: &World, i: u8) -> BTreeSet<String> {
-    let out = w.admin_on(i, &["grants", "--json"]).ok();
-    let grants: serde_json::Value = serde_json::from_str(&out).unwrap();
-    grants["grants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| g["user_group"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn t06_three_brokers_replicate_and_lose_no_acknowledged_write_when_the_leader_dies() {
     let w = World::init_brokers(3);
     let mut nodes: Vec<Proc> = (1..=3).map(|i| w.start_node(i)).collect();
     let leader = wait_for("a leader", Duration::from_secs(20), || {
-        leader_of(&w, &[1, 2, 3])
+        w.leader_among(&[1, 2, 3])
     });
 
     // 1a: a write on every node (followers forward to the leader) is visible on every node.
@@ -141,12 +123,12 @@ fn t06_three_brokers_replicate_and_lose_no_acknowledged_write_when_the_leader_di
             &format!("b{i} to hold every acknowledged write"),
             Duration::from_secs(30),
             || {
-                let grants = grants_on(&w, i);
+                let grants = w.grants_on(i);
                 acked.iter().all(|g| grants.contains(g)).then_some(())
             },
         );
     }
-    let states: Vec<BTreeSet<String>> = (1..=3).map(|i| grants_on(&w, i)).collect();
+    let states: Vec<BTreeSet<String>> = (1..=3).map(|i| w.grants_on(i)).collect();
     assert!(
         states.windows(2).all(|p| p[0] == p[1]),
         "all nodes converge to the same grants"

@@ -29,23 +29,9 @@ async fn block(w: &World, node: u8, peers: &[u8]) {
 
 const PASSWORD: &str = "correct horse battery";
 
-fn grants(w: &World, i: u8) -> BTreeSet<String> {
-    let out = w.admin_on(i, &["grants", "--json"]).ok();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["grants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| g["user_group"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 fn leader(w: &World) -> u8 {
     wait_for("a leader", Duration::from_secs(20), || {
-        (1..=3).find(|&i| {
-            w.status_of(i)
-                .is_some_and(|s| s["raft"]["role"] == "leader")
-        })
+        w.leader_among(&[1, 2, 3])
     })
 }
 
@@ -63,7 +49,7 @@ async fn partition_round(w: &World, isolated: u8, round: &str) {
         || (w.admin_on(majority[0], &["grant", &written, "lab"]).code == 0).then_some(()),
     );
     // The minority commits nothing, and says so.
-    let before = grants(w, isolated);
+    let before = w.grants_on(isolated);
     let refused = format!("{round}-minority");
     let out = w.admin_on(isolated, &["grant", &refused, "lab"]);
     assert_eq!(
@@ -75,7 +61,7 @@ async fn partition_round(w: &World, isolated: u8, round: &str) {
         "the minority says why: {out:?}"
     );
     assert_eq!(
-        grants(w, isolated),
+        w.grants_on(isolated),
         before,
         "the minority applied nothing new"
     );
@@ -104,12 +90,12 @@ async fn partition_round(w: &World, isolated: u8, round: &str) {
         "the healed cluster to converge",
         Duration::from_secs(30),
         || {
-            let states: Vec<BTreeSet<String>> = (1..=3).map(|i| grants(w, i)).collect();
+            let states: Vec<BTreeSet<String>> = (1..=3).map(|i| w.grants_on(i)).collect();
             (states.windows(2).all(|p| p[0] == p[1]) && states[0].contains(&written)).then_some(())
         },
     );
     assert!(
-        !grants(w, isolated).contains(&refused),
+        !w.grants_on(isolated).contains(&refused),
         "the refused write never appears"
     );
 }

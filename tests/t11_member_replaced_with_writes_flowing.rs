@@ -42,30 +42,12 @@ fn voters(names: &[String]) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-fn leader_of(w: &World, nodes: &[u8]) -> Option<u8> {
-    nodes.iter().find_map(|&i| {
-        let status = w.status_of(i)?;
-        (status["raft"]["role"] == "leader").then_some(i)
-    })
-}
-
-fn grants_on(w: &World, i: u8) -> BTreeSet<String> {
-    let out = w.admin_on(i, &["grants", "--json"]).ok();
-    let grants: serde_json::Value = serde_json::from_str(&out).unwrap();
-    grants["grants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| g["user_group"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn t11_a_member_is_replaced_with_writes_flowing_and_none_is_lost() {
     let w = World::init_with_room(3, 0, 1);
     let mut nodes: Vec<Option<Proc>> = (1..=3).map(|i| Some(w.start_node(i))).collect();
     let victim = wait_for("a leader", Duration::from_secs(20), || {
-        leader_of(&w, &[1, 2, 3])
+        w.leader_among(&[1, 2, 3])
     });
     let survivors: Vec<u8> = (1..=3).filter(|&i| i != victim).collect();
 
@@ -166,7 +148,7 @@ fn t11_a_member_is_replaced_with_writes_flowing_and_none_is_lost() {
             &format!("b{i} to hold every acknowledged write"),
             Duration::from_secs(30),
             || {
-                let grants = grants_on(&w, i);
+                let grants = w.grants_on(i);
                 acked.iter().all(|g| grants.contains(g)).then_some(())
             },
         );
@@ -183,7 +165,7 @@ fn t11_a_member_is_replaced_with_writes_flowing_and_none_is_lost() {
 
     // With one of three voters down, removing another would leave no quorum: refused.
     let leader = wait_for("a leader", Duration::from_secs(10), || {
-        leader_of(&w, &[survivors[0], survivors[1], 4])
+        w.leader_among(&[survivors[0], survivors[1], 4])
     });
     let others: Vec<u8> = [survivors[0], survivors[1], 4]
         .into_iter()

@@ -254,6 +254,26 @@ impl World {
         path.display().to_string()
     }
 
+    /// Which of `nodes` (broker numbers) says it leads, if any answers so.
+    pub fn leader_among(&self, nodes: &[u8]) -> Option<u8> {
+        nodes.iter().copied().find(|&i| {
+            self.status_of(i)
+                .is_some_and(|status| status["raft"]["role"] == "leader")
+        })
+    }
+
+    /// The user groups of every grant on broker b<i> (the tests' writes are grants).
+    pub fn grants_on(&self, i: u8) -> std::collections::BTreeSet<String> {
+        let out = self.admin_on(i, &["grants", "--json"]).ok();
+        let grants: serde_json::Value = serde_json::from_str(&out).unwrap();
+        grants["grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["user_group"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// Node b<i>'s status as JSON, if it answers.
     pub fn status_of(&self, i: u8) -> Option<serde_json::Value> {
         let out = self.admin_on(i, &["status", "--json"]);

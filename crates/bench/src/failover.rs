@@ -191,7 +191,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         figures: vec![
             Figure {
                 id: "P6",
-                metric: "leader SIGKILL to first committed write (median)",
+                metric: "leader SIGKILL to first committed write (median)".into(),
                 unit: "s",
                 ferry: p50,
                 baseline,
@@ -201,7 +201,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             },
             Figure {
                 id: "P6",
-                metric: "leader SIGKILL to first committed write (max)",
+                metric: "leader SIGKILL to first committed write (max)".into(),
                 unit: "s",
                 ferry: max,
                 baseline,

@@ -206,7 +206,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         figures: vec![
             Figure {
                 id: "P1",
-                metric: "broker CPU per GB vs client+host CPU per GB direct",
+                metric: "broker CPU per GB vs client+host CPU per GB direct".into(),
                 unit: "CPU-s/GB",
                 ferry: broker_cpu_per_gb,
                 baseline: direct_cpu_per_gb,
@@ -216,7 +216,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             },
             Figure {
                 id: "P2",
-                metric: "single-session goodput, relayed vs direct",
+                metric: "single-session goodput, relayed vs direct".into(),
                 unit: "Gbit/s",
                 ferry: relayed_gbps,
                 baseline: direct_gbps,

@@ -330,7 +330,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             let ratio = ferry / baseline;
             Figure {
                 id: "P4",
-                metric: leak(metric),
+                metric,
                 unit,
                 ferry,
                 baseline,
@@ -382,10 +382,6 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
 }
 
 /// Report figures want `&'static str` labels; a bench runs once per process.
-fn leak(s: String) -> &'static str {
-    Box::leak(s.into_boxed_str())
-}
-
 fn path(p: &Path) -> &str {
     p.to_str().expect("temporary paths are UTF-8")
 }
@@ -550,25 +546,8 @@ async fn start_etcd(dir: &Path, http: &reqwest::Client) -> anyhow::Result<(Targe
 
 /// Standard base64 with padding (RFC 4648), as etcd's JSON gateway expects for bytes.
 fn base64(input: &str) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = input.as_bytes();
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(input)
 }
 
 #[cfg(test)]

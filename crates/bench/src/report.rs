@@ -8,7 +8,7 @@ use std::path::Path;
 pub struct Figure {
     /// SPEC id (P1, P2, ...).
     pub id: &'static str,
-    pub metric: &'static str,
+    pub metric: String,
     pub unit: &'static str,
     pub ferry: f64,
     pub baseline: f64,

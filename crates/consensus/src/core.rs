@@ -287,19 +287,8 @@ impl<L: LogStore> Core<L> {
                         outcome,
                     });
                 }
-                EntryType::EntryConfChange => {
-                    let mut cc = ConfChange::default();
-                    protobuf::Message::merge_from_bytes(&mut cc, &entry.data)
-                        .map_err(raft::Error::CodecError)?;
-                    let conf_state = self.raw.apply_conf_change(&cc)?;
-                    self.raw.mut_store().set_conf_state(&conf_state)?;
-                    self.snapshot_due = true;
-                    out.membership_changed = true;
-                }
-                EntryType::EntryConfChangeV2 => {
-                    let mut cc = ConfChangeV2::default();
-                    protobuf::Message::merge_from_bytes(&mut cc, &entry.data)
-                        .map_err(raft::Error::CodecError)?;
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let cc = conf_change_of(&entry)?;
                     let conf_state = self.raw.apply_conf_change(&cc)?;
                     self.raw.mut_store().set_conf_state(&conf_state)?;
                     self.snapshot_due = true;
@@ -324,30 +313,16 @@ impl<L: LogStore> Core<L> {
 
     /// Whether `entry` is a configuration change that takes this node's vote away.
     fn removes_self(&self, entry: &Entry) -> bool {
-        let id = self.id();
-        let takes_vote = |kind: ConfChangeType, node: u64| {
-            node == id
-                && matches!(
-                    kind,
-                    ConfChangeType::RemoveNode | ConfChangeType::AddLearnerNode
-                )
-        };
-        match entry.get_entry_type() {
-            EntryType::EntryNormal => false,
-            EntryType::EntryConfChange => {
-                let mut cc = ConfChange::default();
-                protobuf::Message::merge_from_bytes(&mut cc, &entry.data).is_ok()
-                    && takes_vote(cc.get_change_type(), cc.node_id)
-            }
-            EntryType::EntryConfChangeV2 => {
-                let mut cc = ConfChangeV2::default();
-                protobuf::Message::merge_from_bytes(&mut cc, &entry.data).is_ok()
-                    && cc
-                        .get_changes()
-                        .iter()
-                        .any(|c| takes_vote(c.get_change_type(), c.node_id))
-            }
-        }
+        entry.get_entry_type() != EntryType::EntryNormal
+            && conf_change_of(entry).is_ok_and(|cc| {
+                cc.get_changes().iter().any(|c| {
+                    c.node_id == self.id()
+                        && matches!(
+                            c.get_change_type(),
+                            ConfChangeType::RemoveNode | ConfChangeType::AddLearnerNode
+                        )
+                })
+            })
     }
 
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), Error> {
@@ -456,6 +431,27 @@ impl<L: LogStore> Core<L> {
     pub fn report_unreachable(&mut self, peer: u64) {
         self.raw.report_unreachable(peer);
     }
+}
+
+/// The configuration change a conf-change entry carries, as a `ConfChangeV2` (the older
+/// `ConfChange` converted; this node only proposes V2, but a log may hold either).
+fn conf_change_of(entry: &Entry) -> Result<ConfChangeV2, Error> {
+    let codec = |e| Error::Raft(raft::Error::CodecError(e));
+    if entry.get_entry_type() == EntryType::EntryConfChange {
+        let mut cc = ConfChange::default();
+        protobuf::Message::merge_from_bytes(&mut cc, &entry.data).map_err(codec)?;
+        // What raft-rs's `ConfChangeI::into_v2` does (the trait is not re-exported by `raft`).
+        let mut single = raft::eraftpb::ConfChangeSingle::default();
+        single.set_change_type(cc.get_change_type());
+        single.node_id = cc.node_id;
+        let mut v2 = ConfChangeV2::default();
+        v2.set_changes(vec![single].into());
+        v2.set_context(cc.take_context());
+        return Ok(v2);
+    }
+    let mut cc = ConfChangeV2::default();
+    protobuf::Message::merge_from_bytes(&mut cc, &entry.data).map_err(codec)?;
+    Ok(cc)
 }
 
 /// The proposal token an entry carries in its context, if any.
