@@ -1,0 +1,356 @@
+//! One endpoint's side of a resumable session.
+
+use crate::frame::{Frame, DATA_BYTES_MAX};
+use bytes::Bytes;
+use std::collections::VecDeque;
+
+/// Accounting overhead charged per buffered chunk, so that many tiny chunks (a terminal sends
+/// one keystroke at a time) cannot hold far more memory than `buffer_bytes_max` says.
+const CHUNK_OVERHEAD_BYTES: usize = 64;
+
+/// Limits of one endpoint's stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Largest amount of sent-but-unacknowledged data kept for replay. When it is full the
+    /// local reader must pause: backpressure, never loss and never unbounded memory.
+    pub buffer_bytes_max: usize,
+    /// An acknowledgement is due once this many bytes arrived since the last one. (The IO
+    /// layer also acknowledges on a timer, so a trickle is acknowledged too.)
+    pub ack_every_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            buffer_bytes_max: 8 * 1024 * 1024,
+            ack_every_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// What a received frame means for the local side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Bytes to write to the local connection, in order.
+    Bytes(Bytes),
+    /// The other side's stream ended: shut the local writer down.
+    End,
+    /// The other side abandoned the session, for this reason.
+    Aborted(String),
+}
+
+/// A frame or resume offset that cannot happen between two correct endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("session data at offset {got}, expected {expected} (a gap or a duplicate)")]
+    OutOfOrder { expected: u64, got: u64 },
+    #[error("session data after the end of the stream at {0}")]
+    DataAfterEnd(u64),
+    #[error("peer acknowledged {acked} bytes, but only {written} were ever sent")]
+    AckBeyondWritten { acked: u64, written: u64 },
+    #[error("peer acknowledged the end of a stream that has not ended")]
+    FinAckBeforeFin,
+    #[error("peer resumes from {peer_received}, below {acked} it had already acknowledged")]
+    PeerWentBack { peer_received: u64, acked: u64 },
+    #[error("empty session data frame")]
+    EmptyData,
+}
+
+/// One endpoint's state: the bytes it sends (numbered, kept until acknowledged) and the
+/// bytes it receives (counted, acknowledged).
+///
+/// Offsets obey `acked <= sent <= written` on the outbound side; `replay` holds exactly the
+/// bytes `acked..written`.
+#[derive(Debug)]
+pub struct Stream {
+    config: Config,
+    /// Bytes `acked..written`, oldest first.
+    replay: VecDeque<Bytes>,
+    /// What `replay` costs against `buffer_bytes_max` (bytes plus per-chunk overhead).
+    replay_cost: usize,
+    /// The peer has everything before this offset.
+    acked: u64,
+    /// Everything before this offset was handed to the current link.
+    sent: u64,
+    /// Total bytes taken from the local side.
+    written: u64,
+    /// Position of `sent` in `replay`: chunk index and offset inside it.
+    cursor: (usize, usize),
+    /// The local side ended at `written`.
+    local_ended: bool,
+    /// The Fin was handed to the current link.
+    fin_sent: bool,
+    /// The peer acknowledged the Fin.
+    fin_acked: bool,
+    /// The local side gave up; the Abort frame is still to send.
+    abort_pending: Option<String>,
+    /// Total bytes received and delivered.
+    received: u64,
+    /// The last `received` offset acknowledged to the peer.
+    ack_sent: u64,
+    /// Where the peer's stream ended, once its Fin arrived.
+    remote_fin: Option<u64>,
+    /// The peer's Fin was acknowledged on the current link.
+    fin_ack_sent: bool,
+}
+
+impl Stream {
+    pub fn new(config: Config) -> Self {
+        assert!(
+            config.buffer_bytes_max > CHUNK_OVERHEAD_BYTES,
+            "a replay buffer must hold at least one byte"
+        );
+        Self {
+            config,
+            replay: VecDeque::new(),
+            replay_cost: 0,
+            acked: 0,
+            sent: 0,
+            written: 0,
+            cursor: (0, 0),
+            local_ended: false,
+            fin_sent: false,
+            fin_acked: false,
+            abort_pending: None,
+            received: 0,
+            ack_sent: 0,
+            remote_fin: None,
+            fin_ack_sent: false,
+        }
+    }
+
+    // ---- The local side. ----
+
+    /// How many bytes the local reader may read now; 0 means pause it until acks arrive.
+    pub fn write_capacity(&self) -> usize {
+        if self.local_ended {
+            return 0;
+        }
+        self.config
+            .buffer_bytes_max
+            .saturating_sub(self.replay_cost + CHUNK_OVERHEAD_BYTES)
+    }
+
+    /// Takes bytes read from the local side. `bytes.len()` must not exceed
+    /// [`Stream::write_capacity`].
+    pub fn push_local(&mut self, bytes: Bytes) {
+        assert!(!self.local_ended, "nothing is read after the local end");
+        assert!(
+            bytes.len() <= self.write_capacity(),
+            "the local reader reads at most write_capacity() bytes"
+        );
+        if bytes.is_empty() {
+            return;
+        }
+        self.written += bytes.len() as u64;
+        self.replay_cost += bytes.len() + CHUNK_OVERHEAD_BYTES;
+        self.replay.push_back(bytes);
+    }
+
+    /// The local side ended (end of file): a Fin follows the last byte.
+    pub fn end_local(&mut self) {
+        self.local_ended = true;
+    }
+
+    /// The local side failed: tell the peer the session is over.
+    pub fn abort(&mut self, reason: impl Into<String>) {
+        self.abort_pending = Some(reason.into());
+    }
+
+    // ---- The link. ----
+
+    /// The next frame to send on the current link, if any: an abort, a due acknowledgement,
+    /// unsent data, then the Fin.
+    pub fn poll_transmit(&mut self) -> Option<Frame> {
+        if let Some(reason) = self.abort_pending.take() {
+            return Some(Frame::Abort { reason });
+        }
+        if self.received - self.ack_sent >= self.config.ack_every_bytes
+            || (self.remote_fin.is_some() && !self.fin_ack_sent)
+        {
+            return self.poll_ack();
+        }
+        if self.sent < self.written {
+            return Some(self.next_data());
+        }
+        if self.local_ended && !self.fin_sent {
+            self.fin_sent = true;
+            return Some(Frame::Fin {
+                offset: self.written,
+            });
+        }
+        None
+    }
+
+    /// An acknowledgement if anything arrived since the last one (for the IO layer's timer).
+    pub fn poll_ack(&mut self) -> Option<Frame> {
+        let fin_unacked = self.remote_fin.is_some() && !self.fin_ack_sent;
+        if self.received == self.ack_sent && !fin_unacked {
+            return None;
+        }
+        self.ack_sent = self.received;
+        self.fin_ack_sent = self.remote_fin.is_some();
+        Some(Frame::Ack {
+            received: self.received,
+            fin_received: self.fin_ack_sent,
+        })
+    }
+
+    fn next_data(&mut self) -> Frame {
+        let (index, inside) = self.cursor;
+        let chunk = &self.replay[index];
+        let end = chunk.len().min(inside + DATA_BYTES_MAX);
+        let bytes = chunk.slice(inside..end);
+        let offset = self.sent;
+        self.sent += bytes.len() as u64;
+        self.cursor = if end == chunk.len() {
+            (index + 1, 0)
+        } else {
+            (index, end)
+        };
+        Frame::Data { offset, bytes }
+    }
+
+    /// Takes a frame from the current link.
+    pub fn handle_frame(&mut self, frame: Frame) -> Result<Option<Delivery>, Error> {
+        match frame {
+            Frame::Data { offset, bytes } => {
+                if bytes.is_empty() {
+                    return Err(Error::EmptyData);
+                }
+                if let Some(end) = self.remote_fin {
+                    return Err(Error::DataAfterEnd(end));
+                }
+                if offset != self.received {
+                    return Err(Error::OutOfOrder {
+                        expected: self.received,
+                        got: offset,
+                    });
+                }
+                self.received += bytes.len() as u64;
+                Ok(Some(Delivery::Bytes(bytes)))
+            }
+            Frame::Fin { offset } => {
+                if offset != self.received {
+                    return Err(Error::OutOfOrder {
+                        expected: self.received,
+                        got: offset,
+                    });
+                }
+                // A Fin is sent again after a resume when its acknowledgement was lost.
+                let first = self.remote_fin.is_none();
+                self.remote_fin = Some(offset);
+                self.fin_ack_sent = false;
+                Ok(first.then_some(Delivery::End))
+            }
+            Frame::Ack {
+                received,
+                fin_received,
+            } => {
+                self.acknowledge(received)?;
+                if fin_received {
+                    if !(self.local_ended && received == self.written) {
+                        return Err(Error::FinAckBeforeFin);
+                    }
+                    self.fin_acked = true;
+                }
+                Ok(None)
+            }
+            Frame::Abort { reason } => Ok(Some(Delivery::Aborted(reason))),
+        }
+    }
+
+    /// Drops replayable bytes below `received`, which the peer has.
+    fn acknowledge(&mut self, received: u64) -> Result<(), Error> {
+        if received > self.written {
+            return Err(Error::AckBeyondWritten {
+                acked: received,
+                written: self.written,
+            });
+        }
+        while self.acked < received {
+            let front = self
+                .replay
+                .front_mut()
+                .expect("replay holds acked..written and acked < received <= written");
+            let take = (received - self.acked).min(front.len() as u64) as usize;
+            if take == front.len() {
+                self.replay_cost -= front.len() + CHUNK_OVERHEAD_BYTES;
+                self.replay.pop_front();
+                self.cursor.0 = self.cursor.0.saturating_sub(1);
+                if self.cursor.0 == 0 && self.sent < received {
+                    self.cursor = (0, 0);
+                }
+            } else {
+                let _ = front.split_to(take);
+                self.replay_cost -= take;
+                if self.cursor.0 == 0 {
+                    self.cursor.1 = self.cursor.1.saturating_sub(take);
+                }
+            }
+            self.acked += take as u64;
+        }
+        if self.sent < self.acked {
+            // Only a resume acknowledges what this link never carried.
+            self.sent = self.acked;
+            self.cursor = (0, 0);
+        }
+        Ok(())
+    }
+
+    /// Starts over on a new link: the peer has received everything before `peer_received`.
+    /// Afterwards [`Stream::poll_transmit`] replays from there. The peer learns this side's
+    /// [`Stream::received`] through the same exchange.
+    pub fn resume(&mut self, peer_received: u64) -> Result<(), Error> {
+        if peer_received < self.acked {
+            return Err(Error::PeerWentBack {
+                peer_received,
+                acked: self.acked,
+            });
+        }
+        self.acknowledge(peer_received)?;
+        self.sent = self.acked;
+        self.cursor = (0, 0);
+        self.fin_sent = false;
+        self.ack_sent = self.received;
+        self.fin_ack_sent = false;
+        Ok(())
+    }
+
+    // ---- Observers. ----
+
+    /// Bytes received (and delivered) so far: what this side presents on resume.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Bytes taken from the local side so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Bytes the peer has acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// Bytes held for replay.
+    pub fn unacked_bytes(&self) -> u64 {
+        self.written - self.acked
+    }
+
+    /// Bytes the replay buffer charges against its limit (never above `buffer_bytes_max`).
+    pub fn buffer_cost_bytes(&self) -> usize {
+        self.replay_cost
+    }
+
+    /// Both directions ended and each end was acknowledged: the session is complete.
+    pub fn is_complete(&self) -> bool {
+        self.local_ended && self.fin_acked && self.remote_fin.is_some() && self.fin_ack_sent
+    }
+
+    /// The peer's stream has ended.
+    pub fn remote_ended(&self) -> bool {
+        self.remote_fin.is_some()
+    }
+}
