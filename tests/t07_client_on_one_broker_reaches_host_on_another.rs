@@ -29,9 +29,8 @@ fn t07_cross_broker_session_moves_256_mib_intact() {
         "SHA-256 of what came back equals what was sent"
     );
 
-    // The session was carried by b1 (client side) and b2 (host side).
-    let (_, b1) = http_get(&format!("{}/metrics", w.admin_url_of(1))).unwrap();
-    let (_, b2) = http_get(&format!("{}/metrics", w.admin_url_of(2))).unwrap();
+    // The session was carried by b1 (client side) and b2 (host side). Brokers count a
+    // session's bytes when it ends, just after both endpoints confirmed the end to each other.
     let relayed = |metrics: &str| {
         metrics
             .lines()
@@ -40,8 +39,13 @@ fn t07_cross_broker_session_moves_256_mib_intact() {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    assert!(
-        relayed(&b1) >= len as f64 && relayed(&b2) >= len as f64,
-        "both brokers relayed the bytes"
+    wait_for(
+        "both brokers to count the session's bytes",
+        std::time::Duration::from_secs(10),
+        || {
+            let (_, b1) = http_get(&format!("{}/metrics", w.admin_url_of(1))).unwrap();
+            let (_, b2) = http_get(&format!("{}/metrics", w.admin_url_of(2))).unwrap();
+            (relayed(&b1) >= len as f64 && relayed(&b2) >= len as f64).then_some(())
+        },
     );
 }

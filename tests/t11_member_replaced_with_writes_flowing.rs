@@ -125,6 +125,8 @@ fn t11_a_member_is_replaced_with_writes_flowing_and_none_is_lost() {
             "4",
             "--peer-addr",
             &peer_addr,
+            "--relay-addr",
+            b4_config["relay_addr"].as_str().unwrap(),
             "--wait",
             "--wait-secs",
             "60",

@@ -634,3 +634,171 @@ pub fn push_through(addr: SocketAddr, len: usize, seed: u64) -> ([u8; 32], [u8; 
     let sent = sender.join().unwrap();
     (sent, hash.finalize().into(), received)
 }
+
+/// What one end of a [`duplex_service`] / [`duplex_client`] transfer saw.
+#[derive(Debug, Clone)]
+pub struct TransferEnd {
+    /// SHA-256 of the bytes this end sent, and of those it received.
+    pub sent: [u8; 32],
+    pub received: [u8; 32],
+    pub received_bytes: u64,
+    /// Longest time between two reads once bytes had started to arrive: the stall.
+    pub longest_gap: Duration,
+    /// A reset, a read or write error, or an early end of stream: none may happen.
+    pub error: Option<String>,
+}
+
+/// Bytes of a seeded stream (cheap to generate; the SHA-256 of what went through is compared).
+fn fill_seeded(rng: &mut rand::rngs::SmallRng, buf: &mut [u8]) {
+    use rand::RngCore;
+    rng.fill_bytes(buf);
+}
+
+/// Runs both directions of a transfer over `stream`: sends `len` seeded bytes (then shuts
+/// down its write side) while reading until end of stream.
+fn run_transfer(
+    stream: std::net::TcpStream,
+    len: u64,
+    seed: u64,
+    seen: Option<&std::sync::atomic::AtomicU64>,
+) -> TransferEnd {
+    use rand::SeedableRng;
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            fill_seeded(&mut rng, &mut buf[..n]);
+            hash.update(&buf[..n]);
+            if let Err(e) = writer.write_all(&buf[..n]) {
+                return (hash.finalize().into(), Some(format!("write: {e}")));
+            }
+            left -= n as u64;
+        }
+        let error = writer
+            .shutdown(std::net::Shutdown::Write)
+            .err()
+            .map(|e| format!("shutdown: {e}"));
+        (hash.finalize().into(), error)
+    });
+    let mut reader = stream;
+    reader
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut received_bytes, mut longest_gap, mut last, mut error) =
+        (0u64, Duration::ZERO, None::<Instant>, None);
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let now = Instant::now();
+                if let Some(last) = last {
+                    longest_gap = longest_gap.max(now - last);
+                }
+                last = Some(now);
+                hash.update(&buf[..n]);
+                received_bytes += n as u64;
+                if let Some(seen) = seen {
+                    seen.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                error = Some(format!("read after {received_bytes} bytes: {e}"));
+                break;
+            }
+        }
+    }
+    let (sent, send_error) = sender.join().unwrap();
+    TransferEnd {
+        sent,
+        received: hash.finalize().into(),
+        received_bytes,
+        longest_gap,
+        error: error.or(send_error),
+    }
+}
+
+/// A TCP service that, on each connection, sends `len` seeded bytes (seed `seed`) while
+/// reading and hashing whatever arrives. Reports each connection's [`TransferEnd`], and the
+/// bytes received so far (to time a fault mid-transfer).
+pub fn duplex_service(
+    len: u64,
+    seed: u64,
+) -> (
+    SocketAddr,
+    std::sync::mpsc::Receiver<TransferEnd>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = progress.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let (tx, seen) = (tx.clone(), seen.clone());
+            std::thread::spawn(move || {
+                let end = run_transfer(stream, len, seed, Some(&seen));
+                let _ = tx.send(end);
+            });
+        }
+    });
+    (addr, rx, progress)
+}
+
+/// Connects to `addr` and runs a transfer: `len` seeded bytes each way.
+pub fn duplex_client(
+    addr: SocketAddr,
+    len: u64,
+    seed: u64,
+) -> std::thread::JoinHandle<TransferEnd> {
+    let stream = std::net::TcpStream::connect(addr).expect("connect to the forwarded port");
+    std::thread::spawn(move || run_transfer(stream, len, seed, None))
+}
+
+impl World {
+    /// `POST` to node `i`'s admin API with the cluster's bearer token; (status, body).
+    pub fn admin_post(&self, i: u8, path: &str, body: &str) -> Option<(u16, String)> {
+        use std::io::Read;
+        let token = std::fs::read_to_string(self.cluster().join("admin.token")).unwrap();
+        let url = self.admin_url_of(i);
+        let authority = url.strip_prefix("http://")?;
+        let mut stream = std::net::TcpStream::connect(authority).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .ok()?;
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            token.trim(),
+            body.len()
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let code = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Some((code, body))
+    }
+
+    /// A value of metric `name` (first series whose line contains `filter`) on node `i`.
+    pub fn metric(&self, i: u8, name: &str, filter: &str) -> f64 {
+        let (_, text) = http_get(&format!("{}/metrics", self.admin_url_of(i))).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}

@@ -17,6 +17,10 @@ pub struct ClientConfig {
     pub udp_payload_bytes_max: Option<u16>,
     /// Brokers to try, in order. Endpoints also learn the current list from the brokers.
     pub brokers: Vec<BrokerEntry>,
+    /// Largest amount of a session's sent-but-unacknowledged bytes kept for replay after a
+    /// broker fails (default 8 MiB). When it is full the sender waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_buffer_bytes_max: Option<usize>,
     /// Witnesses serve no hosts or clients; listed for `ferry admin --node`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub witnesses: Vec<WitnessEntry>,
@@ -31,15 +35,36 @@ pub struct WitnessEntry {
 }
 
 impl ClientConfig {
-    /// Transport limits of this endpoint.
+    /// Transport limits of this endpoint. Keep-alives are frequent and the idle timeout short,
+    /// so that a dead broker is noticed within the stall budget of a resumed session (SPEC P7).
     pub fn transport_limits(&self) -> ferry_transport::endpoint::Limits {
-        let mut limits = ferry_transport::endpoint::Limits::default();
+        let mut limits = ferry_transport::endpoint::Limits {
+            idle_timeout: ENDPOINT_IDLE_TIMEOUT,
+            keep_alive: ENDPOINT_KEEP_ALIVE,
+            ..Default::default()
+        };
         if let Some(bytes) = self.udp_payload_bytes_max {
             limits.udp_payload_bytes_max = bytes;
         }
         limits
     }
+
+    /// The resumable stream's limits for this endpoint's sessions.
+    pub fn session_stream_config(&self) -> ferry_session::Config {
+        let mut config = ferry_session::Config::default();
+        if let Some(bytes) = self.session_buffer_bytes_max {
+            config.buffer_bytes_max = bytes.max(MIN_SESSION_BUFFER_BYTES);
+        }
+        config
+    }
 }
+
+/// A connection silent for this long is dead: its broker is gone. (Keep-alives every
+/// `ENDPOINT_KEEP_ALIVE` keep a healthy idle connection well inside it.)
+const ENDPOINT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+const ENDPOINT_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(300);
+/// Smallest replay buffer accepted; smaller would stall every session on acknowledgements.
+const MIN_SESSION_BUFFER_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

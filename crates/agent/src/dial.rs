@@ -11,6 +11,11 @@ use tokio::time::timeout;
 
 /// How long one broker gets to complete the QUIC/TLS handshake and answer `Hello`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// When a broker has not answered within this, the next one is tried in parallel (as in
+/// "happy eyeballs"): a dead broker costs this much, not a whole `CONNECT_TIMEOUT`.
+const CONNECT_STAGGER: Duration = Duration::from_millis(300);
+/// Brokers learned from `HelloAck`s, beyond the configured ones.
+const LEARNED_BROKERS_MAX: usize = 64;
 
 /// A connection that has completed the `Hello` exchange.
 pub struct Connected {
@@ -26,7 +31,8 @@ pub struct Connected {
 /// Dials the brokers of one cluster.
 pub struct Dialer {
     endpoint: quinn::Endpoint,
-    brokers: Vec<BrokerEntry>,
+    /// The configured brokers, then those learned from brokers' `HelloAck`s.
+    brokers: std::sync::Mutex<Vec<BrokerEntry>>,
     role: Role,
 }
 
@@ -37,20 +43,76 @@ impl Dialer {
             .map_err(|e| Error::Local(e.to_string()))?;
         Ok(Self {
             endpoint,
-            brokers: config.brokers.clone(),
+            brokers: std::sync::Mutex::new(config.brokers.clone()),
             role,
         })
     }
 
-    /// Connects to the first broker that answers, trying each in turn.
+    /// Every broker known: configured and learned.
+    pub fn brokers(&self) -> Vec<BrokerEntry> {
+        self.brokers
+            .lock()
+            .expect("never poisoned: no panics under the lock")
+            .clone()
+    }
+
+    /// Adds brokers a broker told us about, so that failover reaches nodes added since the
+    /// config file was written.
+    fn learn(&self, brokers: &[wire::BrokerInfo]) {
+        let mut known = self
+            .brokers
+            .lock()
+            .expect("never poisoned: no panics under the lock");
+        for b in brokers {
+            let Ok(relay_addr) = b.relay_addr.parse() else {
+                continue;
+            };
+            if known.len() < LEARNED_BROKERS_MAX && !known.iter().any(|k| k.node_id == b.node_id) {
+                tracing::debug!(broker = %b.node_id, %relay_addr, "learned a broker");
+                known.push(BrokerEntry {
+                    node_id: b.node_id.clone(),
+                    relay_addr,
+                    admin_url: String::new(),
+                });
+            }
+        }
+    }
+
+    /// Connects to a broker, any that answers first. The order is rotated at random so that a
+    /// thousand endpoints spread over the brokers, `avoid` (a broker just lost) goes last,
+    /// and each next broker is tried after [`CONNECT_STAGGER`] in parallel.
     ///
     /// A broker whose certificate the cluster CA did not sign is reported as untrusted even
     /// if another broker answers later: it means a misconfigured or impersonated node.
     pub async fn connect(&self) -> Result<Connected, Error> {
+        self.connect_avoiding(None).await
+    }
+
+    pub async fn connect_avoiding(&self, avoid: Option<&str>) -> Result<Connected, Error> {
+        use rand::Rng;
+        let mut order = self.brokers();
+        if order.len() > 1 {
+            let start = rand::thread_rng().gen_range(0..order.len());
+            order.rotate_left(start);
+        }
+        order.sort_by_key(|b| Some(b.node_id.as_str()) == avoid);
+        let mut attempts = tokio::task::JoinSet::new();
+        for (i, broker) in order.iter().cloned().enumerate() {
+            let (endpoint, role) = (self.endpoint.clone(), self.role);
+            attempts.spawn(async move {
+                tokio::time::sleep(CONNECT_STAGGER * i as u32).await;
+                let result = connect_to(&endpoint, role, &broker).await;
+                (broker, result)
+            });
+        }
         let mut failures = Vec::new();
-        for broker in &self.brokers {
-            match self.connect_to(broker).await {
-                Ok(connected) => return Ok(connected),
+        while let Some(done) = attempts.join_next().await {
+            let Ok((broker, result)) = done else { continue };
+            match result {
+                Ok(connected) => {
+                    self.learn(&connected.brokers);
+                    return Ok(connected);
+                }
                 Err(e @ (Error::Untrusted(_) | Error::Refused { .. })) => return Err(e),
                 Err(e) => {
                     tracing::debug!(broker = %broker.node_id, error = %e, "broker unreachable");
@@ -61,9 +123,36 @@ impl Dialer {
         Err(Error::Unreachable(failures.join("; ")))
     }
 
-    async fn connect_to(&self, broker: &BrokerEntry) -> Result<Connected, Error> {
-        let connecting = self
-            .endpoint
+    /// Connects to one broker (the one a draining broker named).
+    pub async fn connect_to(&self, broker: &wire::BrokerInfo) -> Result<Connected, Error> {
+        let relay_addr = broker.relay_addr.parse().map_err(|_| {
+            Error::Protocol(format!(
+                "broker named an invalid address {:?}",
+                broker.relay_addr
+            ))
+        })?;
+        let entry = BrokerEntry {
+            node_id: broker.node_id.clone(),
+            relay_addr,
+            admin_url: String::new(),
+        };
+        let connected = connect_to(&self.endpoint, self.role, &entry).await?;
+        self.learn(&connected.brokers);
+        Ok(connected)
+    }
+
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+}
+
+async fn connect_to(
+    endpoint: &quinn::Endpoint,
+    role: Role,
+    broker: &BrokerEntry,
+) -> Result<Connected, Error> {
+    {
+        let connecting = endpoint
             .connect(broker.relay_addr, &broker.node_id)
             .map_err(|e| Error::Config(format!("cannot dial {}: {e}", broker.relay_addr)))?;
         let conn = match timeout(CONNECT_TIMEOUT, connecting).await {
@@ -83,7 +172,7 @@ impl Dialer {
         };
         let hello = wire::Hello {
             protocol_version: PROTOCOL_VERSION,
-            role: self.role as i32,
+            role: role as i32,
             software: format!("ferry {}", env!("CARGO_PKG_VERSION")),
         };
         let exchange = async {
@@ -109,10 +198,6 @@ impl Dialer {
             Some(hello_reply::Reply::Error(e)) => Err(Error::refused(e)),
             None => Err(Error::Protocol("broker sent an empty Hello reply".into())),
         }
-    }
-
-    pub fn endpoint(&self) -> &quinn::Endpoint {
-        &self.endpoint
     }
 }
 

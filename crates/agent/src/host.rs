@@ -3,14 +3,15 @@
 //! goes away, so a thousand agents do not return to one node at the same instant.
 
 use crate::dial::{closed_now, Connected, Dialer};
+use crate::resumable::{self, Ending, Link, Phase};
 use crate::token_cache::write_private;
 use crate::{ClientConfig, Error};
 use ferry_proto::frame::FrameLimits;
 use ferry_proto::wire::{self, host_request, host_response, ErrorCode, HostRequest, Role};
-use ferry_transport::{close, framed, splice};
+use ferry_transport::{close, framed};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -111,17 +112,36 @@ pub async fn run(
         )));
     }
     let dialer = Dialer::new(&opts.config, Role::Host)?;
-    let services = Arc::new(opts.services.clone());
+    let agent = Arc::new(Agent {
+        services: opts.services.clone(),
+        sessions: Default::default(),
+        stream_config: opts.config.session_stream_config(),
+    });
     tokio::pin!(shutdown);
     let mut backoff = BACKOFF_FIRST;
+    // Where to attach next: a broker named by a draining one, or any but the one just lost.
+    let mut target: Option<wire::BrokerInfo> = None;
+    let mut avoid: Option<String> = None;
     loop {
         let started = tokio::time::Instant::now();
-        let attempt = attach_once(&dialer, &opts, &mut credential, services.clone());
+        let attempt = attach_once(
+            &dialer,
+            &opts,
+            &mut credential,
+            agent.clone(),
+            (target.take(), avoid.take()),
+        );
         let result = tokio::select! {
             r = attempt => r,
             _ = &mut shutdown => return Ok(()),
         };
         match result {
+            // A broker that cannot serve us now (draining, no leader, full) is not a refusal
+            // of this host: try again, elsewhere first.
+            Err(Error::Refused {
+                code: ErrorCode::Unavailable | ErrorCode::ResourceExhausted,
+                message,
+            }) => tracing::warn!(%message, "broker cannot take the host now"),
             Err(
                 e @ (Error::Refused { .. }
                 | Error::Untrusted(_)
@@ -129,7 +149,19 @@ pub async fn run(
                 | Error::Local(_)),
             ) => return Err(e),
             Err(e) => tracing::warn!(error = %e, "connection to the broker lost"),
-            Ok(()) => {}
+            Ok(AttachEnd::Lost { broker, why }) => {
+                tracing::warn!(%broker, %why, "connection to the broker lost");
+                avoid = Some(broker);
+            }
+            Ok(AttachEnd::Moved { to, old }) => {
+                // Make before break: attach to the broker named while the old connection
+                // still carries the sessions, then retire it once none uses it.
+                tracing::info!(to = %to.node_id, "broker is draining; moving");
+                tokio::spawn(agent.clone().retire(old));
+                target = Some(to);
+                backoff = BACKOFF_FIRST;
+                continue;
+            }
         }
         if started.elapsed() >= BACKOFF_RESET_AFTER {
             backoff = BACKOFF_FIRST;
@@ -145,19 +177,88 @@ pub async fn run(
     }
 }
 
-/// One connection: enroll if needed, attach, serve sessions until the connection ends.
+/// The agent's state across connections: its services and its live sessions.
+struct Agent {
+    /// Service name -> local address.
+    services: BTreeMap<String, SocketAddr>,
+    /// Live sessions by id, each with its resume secret: they outlive any one connection.
+    sessions: std::sync::Mutex<HashMap<u64, HostSession>>,
+    stream_config: ferry_session::Config,
+}
+
+struct HostSession {
+    session: resumable::Session,
+    resume_secret: String,
+}
+
+/// Why a connection to a broker ended without an error of ours.
+enum AttachEnd {
+    Lost {
+        broker: String,
+        why: String,
+    },
+    /// The broker drains and named another; `old` still carries sessions.
+    Moved {
+        to: wire::BrokerInfo,
+        old: quinn::Connection,
+    },
+}
+
+/// Sessions one host holds at once; a session beyond it is refused.
+const SESSIONS_MAX: usize = 4096;
+/// How long a retired connection may keep carrying sessions before it is closed anyway.
+const RETIRE_DEADLINE: Duration = Duration::from_secs(30);
+
+impl Agent {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, HostSession>> {
+        self.sessions
+            .lock()
+            .expect("never poisoned: no panics under the lock")
+    }
+
+    /// Closes `old` once no session uses it (each was resumed through the new broker).
+    async fn retire(self: Arc<Self>, old: quinn::Connection) {
+        let deadline = tokio::time::Instant::now() + RETIRE_DEADLINE;
+        while tokio::time::Instant::now() < deadline {
+            let in_use = self
+                .sessions()
+                .values()
+                .any(|s| s.session.conn_id() == Some(old.stable_id()));
+            if !in_use {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        old.close(0u32.into(), b"moved to another broker");
+    }
+}
+
+/// One connection: enroll if needed, attach, serve sessions until the connection ends or
+/// the broker asks us to move.
 async fn attach_once(
     dialer: &Dialer,
     opts: &HostOptions,
     credential: &mut Option<String>,
-    services: Arc<BTreeMap<String, SocketAddr>>,
-) -> Result<(), Error> {
+    agent: Arc<Agent>,
+    (target, avoid): (Option<wire::BrokerInfo>, Option<String>),
+) -> Result<AttachEnd, Error> {
+    let connected = match target {
+        Some(target) => match dialer.connect_to(&target).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(to = %target.node_id, error = %e, "cannot reach the broker named");
+                dialer.connect_avoiding(avoid.as_deref()).await?
+            }
+        },
+        None => dialer.connect_avoiding(avoid.as_deref()).await?,
+    };
     let Connected {
         conn,
         node_id,
         control: (mut send, mut recv),
         ..
-    } = dialer.connect().await?;
+    } = connected;
+    let services = &agent.services;
     if credential.is_none() {
         let token = opts.enroll_token.clone().unwrap_or_default();
         let enroll = host_request::Request::Enroll(wire::Enroll {
@@ -197,12 +298,43 @@ async fn attach_once(
     }
     tracing::info!(broker = %node_id, host = %opts.name, "attached");
     eprintln!("ferry: host {:?} attached to broker {node_id}", opts.name);
-    loop {
-        match conn.accept_bi().await {
-            Ok((send, recv)) => {
-                tokio::spawn(serve_session(send, recv, services.clone()));
+    let _ = send; // kept open: closing it would tell the broker we left
+    let notices = async {
+        loop {
+            match framed::read::<wire::BrokerNotice, _>(&mut recv, FrameLimits::default()).await {
+                Ok(wire::BrokerNotice {
+                    move_to: Some(to), ..
+                }) => return Some(to),
+                Ok(_) => continue,
+                Err(_) => return None,
             }
-            Err(e) => return Err(Error::Unreachable(close::describe(&e))),
+        }
+    };
+    tokio::pin!(notices);
+    loop {
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    tokio::spawn(agent.clone().serve_session(send, recv, conn.stable_id()));
+                }
+                Err(e) => {
+                    return Ok(AttachEnd::Lost {
+                        broker: node_id,
+                        why: close::describe(&e),
+                    })
+                }
+            },
+            notice = &mut notices => match notice {
+                Some(to) => return Ok(AttachEnd::Moved { to, old: conn }),
+                None => {
+                    // The control stream ended: wait for the connection's own end.
+                    let e = conn.closed().await;
+                    return Ok(AttachEnd::Lost {
+                        broker: node_id,
+                        why: close::describe(&e),
+                    });
+                }
+            },
         }
     }
 }
@@ -229,52 +361,186 @@ async fn exchange(
     }
 }
 
-/// Connects one session to its local service and moves its bytes both ways.
-async fn serve_session(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    services: Arc<BTreeMap<String, SocketAddr>>,
-) {
-    let start: wire::SessionStart = match framed::read(&mut recv, FrameLimits::default()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "bad session start from broker");
+impl Agent {
+    /// Serves one stream the broker opened: a new session (connect to the local service) or
+    /// the resume of one this agent holds (continue it on this stream).
+    async fn serve_session(
+        self: Arc<Self>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        conn_id: usize,
+    ) {
+        let start: wire::SessionStart = match framed::read(&mut recv, FrameLimits::default()).await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "bad session start from broker");
+                return;
+            }
+        };
+        let span = tracing::info_span!("session", session_id = start.session_id, service = %start.service, user = %start.user);
+        if start.resume {
+            let _enter = span.enter();
+            return self.resume(start, send, recv, conn_id);
+        }
+        let reply = |error: Option<wire::Error>| wire::SessionStartReply {
+            error,
+            ..Default::default()
+        };
+        let Some(addr) = self.services.get(&start.service).copied() else {
+            let e = wire::Error::new(
+                ErrorCode::NotFound,
+                format!("this host does not expose service {:?}", start.service),
+            );
+            let _ = framed::write(&mut send, &reply(Some(e)), FrameLimits::default()).await;
+            let _ = send.finish();
+            return;
+        };
+        if self.sessions().len() >= SESSIONS_MAX {
+            let e = wire::Error::new(
+                ErrorCode::ResourceExhausted,
+                format!("this host holds {SESSIONS_MAX} sessions already"),
+            );
+            let _ = framed::write(&mut send, &reply(Some(e)), FrameLimits::default()).await;
+            let _ = send.finish();
             return;
         }
-    };
-    let span = tracing::info_span!("session", session_id = start.session_id, service = %start.service, user = %start.user);
-    let _enter = span.enter();
-    let reply = |error: Option<wire::Error>| wire::SessionStartReply { error };
-    let Some(addr) = services.get(&start.service).copied() else {
-        let e = wire::Error::new(
-            ErrorCode::NotFound,
-            format!("this host does not expose service {:?}", start.service),
+        let tcp = match timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return refuse_local(send, &start.service, addr, &e.to_string()).await,
+            Err(_) => return refuse_local(send, &start.service, addr, "timed out").await,
+        };
+        let _ = tcp.set_nodelay(true);
+        if framed::write(&mut send, &reply(None), FrameLimits::default())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        span.in_scope(|| tracing::info!(%addr, "session connected to local service"));
+        let (r, w) = tcp.into_split();
+        let link = Link {
+            send,
+            recv,
+            peer_received: 0,
+            conn_id,
+        };
+        let session = resumable::Session::start(start.session_id, self.stream_config, r, w, link);
+        self.sessions().insert(
+            start.session_id,
+            HostSession {
+                session: session.clone(),
+                resume_secret: start.resume_secret,
+            },
         );
-        let _ = framed::write(&mut send, &reply(Some(e)), FrameLimits::default()).await;
-        let _ = send.finish();
-        return;
-    };
-    let tcp = match timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return refuse_local(send, &start.service, addr, &e.to_string()).await,
-        Err(_) => return refuse_local(send, &start.service, addr, "timed out").await,
-    };
-    let _ = tcp.set_nodelay(true);
-    if framed::write(&mut send, &reply(None), FrameLimits::default())
-        .await
-        .is_err()
-    {
-        return;
+        let window = Duration::from_millis(start.resume_window_ms);
+        let ending = watch_resume_window(&session, window).await;
+        self.sessions().remove(&start.session_id);
+        let (sent, received, resumes, replayed) = session.totals();
+        span.in_scope(|| {
+            tracing::info!(?ending, sent, received, resumes, replayed, "session ended")
+        });
     }
-    tracing::info!(%addr, "session connected to local service");
-    drop(_enter);
-    let (r, w) = tcp.into_split();
-    let (up, down) = tokio::join!(
-        splice::local_to_quic(r, send),
-        splice::quic_to_local(recv, w)
-    );
-    let _enter = span.enter();
-    tracing::info!(to_client = ?up, from_client = ?down, "session ended");
+
+    /// Continues a session this agent holds on the stream just opened by a broker.
+    fn resume(
+        &self,
+        start: wire::SessionStart,
+        mut send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        conn_id: usize,
+    ) {
+        let refuse = |code, message: String| wire::SessionStartReply {
+            error: Some(wire::Error::new(code, message)),
+            ..Default::default()
+        };
+        let session = {
+            let sessions = self.sessions();
+            match sessions.get(&start.session_id) {
+                None => Err(refuse(
+                    ErrorCode::NotFound,
+                    format!(
+                        "session {} is not held by this host: it ended, or its resume window passed",
+                        start.session_id
+                    ),
+                )),
+                Some(s) if s.resume_secret != start.resume_secret => Err(refuse(
+                    ErrorCode::PermissionDenied,
+                    format!("wrong resume secret for session {}", start.session_id),
+                )),
+                Some(s) => Ok(s.session.clone()),
+            }
+        };
+        let session = match session {
+            Ok(session) => session,
+            Err(reply) => {
+                tracing::warn!(reason = ?reply.error, "resume refused");
+                tokio::spawn(async move {
+                    let _ = framed::write(&mut send, &reply, FrameLimits::default()).await;
+                    let _ = send.finish();
+                });
+                return;
+            }
+        };
+        // Freeze the offsets first (the old link stops), then answer with them.
+        let detached = session.detach();
+        tokio::spawn(async move {
+            let reply = wire::SessionStartReply {
+                error: None,
+                received: detached.received,
+                written: detached.written,
+            };
+            if framed::write(&mut send, &reply, FrameLimits::default())
+                .await
+                .is_err()
+            {
+                return; // the session waits for the next resume
+            }
+            let link = Link {
+                send,
+                recv,
+                peer_received: start.client_received,
+                conn_id,
+            };
+            match session.attach(detached, link) {
+                Ok(()) => tracing::info!(
+                    host_received = detached.received,
+                    client_received = start.client_received,
+                    "session resumed"
+                ),
+                Err(e) => tracing::info!(error = %e, "resume not taken"),
+            }
+        });
+    }
+}
+
+/// Waits for the session to end, ending it as lost when it stays without a link for longer
+/// than `window` (the client never came back).
+async fn watch_resume_window(session: &resumable::Session, window: Duration) -> Ending {
+    let mut phase = session.phase();
+    loop {
+        let current = *phase.borrow_and_update();
+        match current {
+            Phase::Ended => return session.ended().await,
+            Phase::Linked(_) => {
+                if phase.changed().await.is_err() {
+                    return session.ended().await;
+                }
+            }
+            Phase::Unlinked(since) => {
+                let deadline = tokio::time::Instant::from_std(since + window);
+                if tokio::time::timeout_at(deadline, phase.changed())
+                    .await
+                    .is_err()
+                {
+                    session.end(Ending::Lost(format!(
+                        "not resumed within its {} s resume window",
+                        window.as_secs()
+                    )));
+                }
+            }
+        }
+    }
 }
 
 async fn refuse_local(mut send: quinn::SendStream, service: &str, addr: SocketAddr, why: &str) {
@@ -285,7 +551,10 @@ async fn refuse_local(mut send: quinn::SendStream, service: &str, addr: SocketAd
     );
     let _ = framed::write(
         &mut send,
-        &wire::SessionStartReply { error: Some(e) },
+        &wire::SessionStartReply {
+            error: Some(e),
+            ..Default::default()
+        },
         FrameLimits::default(),
     )
     .await;

@@ -57,6 +57,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
             axum::routing::post(members::promote),
         )
         .route("/v1/faults/peers", axum::routing::post(set_peer_faults))
+        .route("/v1/node/handoff", axum::routing::post(handoff))
         .layer(middleware::from_fn_with_state(ctx.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -455,6 +456,8 @@ async fn list_sessions(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
             serde_json::json!({
                 "id": s.id, "user": s.user, "host": s.host, "service": s.service,
                 "broker": s.broker, "opened_at_ms": s.opened_at_ms,
+                "state": if s.detached_at_ms == 0 { "relaying" } else { "waiting_for_resume" },
+                "detached_at_ms": s.detached_at_ms, "resumes": s.resumes,
             })
         })
         .collect();
@@ -497,6 +500,30 @@ struct PeerFaults {
 }
 
 /// Test-only: partitions this node from chosen peers (both directions of traffic it handles).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandoffRequest {
+    /// The broker to send endpoints to; chosen by the node when absent.
+    to: Option<String>,
+    /// How long to wait for this node to carry no session (default 30 s).
+    wait_secs: Option<u64>,
+}
+
+/// Hands this node's host agents and clients off to another broker (live drain). The operator
+/// interface (`ferry admin drain`, with the maintenance lease and the restart gate) builds on
+/// it; on its own it is the mechanism, and what tests trigger.
+async fn handoff(
+    State(ctx): State<Arc<Ctx>>,
+    Json(req): Json<HandoffRequest>,
+) -> ApiResult<crate::handoff::HandoffReport> {
+    let wait = std::time::Duration::from_secs(req.wait_secs.unwrap_or(30))
+        .min(crate::handoff::HANDOFF_WAIT_MAX);
+    crate::handoff::hand_off(&ctx, req.to.as_deref(), wait)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))
+}
+
 async fn set_peer_faults(
     State(ctx): State<Arc<Ctx>>,
     Json(req): Json<PeerFaults>,

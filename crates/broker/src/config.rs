@@ -86,6 +86,10 @@ pub struct PeerConfig {
     pub peer_addr: SocketAddr,
     #[serde(default)]
     pub role: NodeRole,
+    /// Its relay listener (brokers only): handed to hosts and clients as a place to fail
+    /// over or move to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_addr: Option<SocketAddr>,
 }
 
 /// Consensus settings. Every node of a cluster should use the same timing.
@@ -165,6 +169,9 @@ pub struct Limits {
     /// Largest UDP payload the relay listener sends and accepts (see
     /// `ferry_transport::endpoint::Limits::udp_payload_bytes_max`).
     pub udp_payload_bytes_max: u16,
+    /// How long a session whose path broke waits for its endpoints to resume it through
+    /// another broker; after that it is lost (both endpoints close their local connections).
+    pub session_resume_window_secs: u64,
 }
 
 impl Default for Limits {
@@ -183,6 +190,7 @@ impl Default for Limits {
             snapshot_every_entries: 10_000,
             proposal_queue_max: 4096,
             udp_payload_bytes_max: ferry_transport::endpoint::UDP_PAYLOAD_BYTES_DEFAULT,
+            session_resume_window_secs: 60,
         }
     }
 }
@@ -190,6 +198,10 @@ impl Default for Limits {
 impl Limits {
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    pub fn session_resume_window(&self) -> Duration {
+        Duration::from_secs(self.session_resume_window_secs)
     }
 }
 
@@ -252,6 +264,10 @@ impl NodeConfig {
             ("limits.enrollment_ttl_secs", l.enrollment_ttl_secs),
             ("limits.snapshot_every_entries", l.snapshot_every_entries),
             ("limits.proposal_queue_max", l.proposal_queue_max as u64),
+            (
+                "limits.session_resume_window_secs",
+                l.session_resume_window_secs,
+            ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be greater than 0"));

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod handoff;
 pub mod hosts;
 pub mod metrics;
 pub mod node;

@@ -2,7 +2,9 @@
 //! so the number of series is bounded.
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+use prometheus_client::metrics::{
+    counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
+};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +38,13 @@ pub struct Metrics {
     pub sessions_opened: Counter,
     pub sessions_refused: Family<Reason, Counter>,
     pub sessions_open: Gauge,
+    pub sessions_resumed: Counter,
+    /// Seconds from a resume request to the session flowing again (host reached, offsets
+    /// exchanged).
+    pub resume_seconds: Histogram,
+    /// Bytes the endpoints replayed after resumes (both directions).
+    pub replay_bytes: Counter,
+    pub sessions_lost: Family<Reason, Counter>,
     pub relay_bytes: Family<Direction, Counter>,
     pub hosts_attached: Gauge,
     pub proposals: Family<Result_, Counter>,
@@ -101,6 +110,28 @@ impl Metrics {
                 "Sessions relayed by this node now",
                 Gauge::default()
             ),
+            sessions_resumed: register!(
+                "sessions_resumed",
+                "Sessions resumed through this node after their path broke or moved",
+                Counter::default()
+            ),
+            resume_seconds: register!(
+                "session_resume_seconds",
+                "Time to resume a session: from the client's request to the host's answer",
+                Histogram::new(
+                    [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0].into_iter()
+                )
+            ),
+            replay_bytes: register!(
+                "session_replay_bytes",
+                "Bytes the endpoints replayed after resumes through this node",
+                Counter::default()
+            ),
+            sessions_lost: register!(
+                "sessions_lost",
+                "Sessions that could not be resumed, by reason",
+                Family::default()
+            ),
             relay_bytes: register!(
                 "relay_bytes",
                 "Session bytes relayed, by direction",
@@ -154,6 +185,10 @@ impl Metrics {
         self.sessions_refused
             .get_or_create(&Reason { reason })
             .inc();
+    }
+
+    pub fn lose_session(&self, reason: &'static str) {
+        self.sessions_lost.get_or_create(&Reason { reason }).inc();
     }
 
     pub fn set_service_up(&self, service: &'static str, up: bool) {

@@ -8,7 +8,7 @@ use crate::peer::Peers;
 use crate::replication::{self, ProposeError, Replica};
 use crate::{admin, relay};
 use anyhow::Context as _;
-use ferry_proto::state::{command::Kind, CloseSession, Command};
+use ferry_proto::state::{command::Kind, CloseSession, Command, DetachSession};
 use ferry_transport::{endpoint, tls};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -50,6 +50,10 @@ pub struct Ctx {
     pub started: std::time::Instant,
     /// Links to the other brokers; `None` in a one-node cluster.
     pub peers: Option<Arc<Peers>>,
+    /// Control streams of connected endpoints, for hand-off notices.
+    pub notices: crate::handoff::NoticeBoard,
+    /// Set by a hand-off: new sessions and attachments are refused.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// A started node. Dropping it does not stop it; call [`RunningNode::shutdown`].
@@ -124,9 +128,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
                 // One stream of Raft messages per connection, with room for reconnects.
                 uni_streams_per_connection_max: 16,
                 // A dead peer must be noticed well within an election timeout, so that
-                // forwarded writes move on to the new leader quickly.
-                idle_timeout: Duration::from_secs(3),
-                keep_alive: Duration::from_millis(500),
+                // forwarded writes move on to the new leader quickly, and sessions relayed
+                // through it are resumed within the stall budget (SPEC P7, 3 s).
+                idle_timeout: Duration::from_millis(1500),
+                keep_alive: Duration::from_millis(300),
                 ..Default::default()
             };
             let endpoint = endpoint::peer(peer_addr, identity, &trust, &limits)?;
@@ -186,6 +191,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         config,
         started: std::time::Instant::now(),
         peers,
+        notices: Default::default(),
+        draining: Default::default(),
     });
     // Sessions other brokers ask this one to carry to hosts attached here.
     let relay_ctx = ctx.clone();
@@ -196,7 +203,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     });
     // In the background: with no leader yet (peers still starting), this waits, and a node
     // never waits for its peers before serving (SPEC lesson L4).
-    tokio::spawn(close_orphaned_sessions(ctx.clone()));
+    tokio::spawn(detach_orphaned_sessions(ctx.clone()));
 
     let mut tasks = JoinSet::new();
     // A witness serves no hosts or clients: its relay port stays closed.
@@ -210,6 +217,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         ctx.clone(),
         shutdown_rx.clone(),
     ));
+    tasks.spawn(sweep_sessions(ctx.clone(), shutdown_rx.clone()));
     tasks.spawn(housekeeping(ctx.clone(), raft_dir, shutdown_rx));
     tracing::info!(node = %node_id, %relay_addr, %admin_addr, "node started");
     Ok(RunningNode {
@@ -223,27 +231,109 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     })
 }
 
-/// Sessions the state says this node carries cannot have survived its restart: close them so
-/// the state matches reality. (Issue 3 makes sessions resumable on another node instead.)
-async fn close_orphaned_sessions(ctx: Arc<Ctx>) {
+/// Sessions the state says this node carries lost their path when it restarted: mark them
+/// detached, so that they expire unless their endpoints resume them (here or elsewhere).
+async fn detach_orphaned_sessions(ctx: Arc<Ctx>) {
     let orphans: Vec<u64> = ctx
         .replica
         .read()
         .sessions()
-        .filter(|s| s.broker == ctx.config.node_id)
+        .filter(|s| s.broker == ctx.config.node_id && s.detached_at_ms == 0)
         .map(|s| s.id)
         .collect();
     for session_id in orphans {
-        let close = Kind::CloseSession(CloseSession {
+        let detach = Kind::DetachSession(DetachSession {
             session_id,
+            broker: ctx.config.node_id.clone(),
             reason: "broker restarted".into(),
-            ..Default::default()
         });
         let actor = format!("node:{}", ctx.config.node_id);
-        if let Err(e) = ctx.propose(actor, String::new(), close).await {
-            tracing::warn!(session_id, error = %e, "could not close an orphaned session");
+        if let Err(e) = ctx.propose(actor, String::new(), detach).await {
+            tracing::warn!(session_id, error = %e, "could not detach an orphaned session");
         }
     }
+}
+
+/// How often the leader looks for sessions whose broker is gone or whose window passed.
+const SESSION_SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// On the leader: sessions carried by a broker it no longer hears from are marked detached,
+/// and sessions detached for longer than the resume window are closed as lost.
+async fn sweep_sessions(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(SESSION_SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if !ctx
+            .replica
+            .status()
+            .is_leader
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            continue;
+        }
+        let window = ctx.config.limits.session_resume_window();
+        let actor = format!("node:{}", ctx.config.node_id);
+        let (expired, orphaned) = {
+            let state = ctx.replica.read();
+            let expired: Vec<u64> = state
+                .sessions_expired(crate::now_ms(), window.as_millis() as u64)
+                .map(|s| s.id)
+                .collect();
+            let unreachable = unreachable_brokers(&ctx);
+            let orphaned: Vec<(u64, String)> = state
+                .sessions()
+                .filter(|s| s.detached_at_ms == 0 && unreachable.contains(&s.broker))
+                .map(|s| (s.id, s.broker.clone()))
+                .collect();
+            (expired, orphaned)
+        };
+        for session_id in expired {
+            let close = Kind::CloseSession(CloseSession {
+                session_id,
+                reason: format!("lost: not resumed within {} s", window.as_secs()),
+                ..Default::default()
+            });
+            if ctx
+                .propose(actor.clone(), String::new(), close)
+                .await
+                .is_ok()
+            {
+                ctx.metrics.lose_session("expired");
+                tracing::warn!(session_id, "session lost: not resumed within its window");
+            }
+        }
+        for (session_id, broker) in orphaned {
+            let detach = Kind::DetachSession(DetachSession {
+                session_id,
+                reason: format!("broker {broker} unreachable"),
+                broker,
+            });
+            let _ = ctx.propose(actor.clone(), String::new(), detach).await;
+        }
+    }
+}
+
+/// Brokers the leader has not heard from within an election timeout (by node id).
+fn unreachable_brokers(ctx: &Ctx) -> Vec<String> {
+    let Some(peers) = &ctx.peers else {
+        return Vec::new();
+    };
+    let membership = ctx.replica.membership();
+    peers
+        .brokers()
+        .into_iter()
+        .filter(|b| {
+            membership
+                .progress
+                .iter()
+                .find(|p| p.id == b.raft_id)
+                .is_some_and(|p| !p.recent_active)
+        })
+        .map(|b| b.node_id)
+        .collect()
 }
 
 /// Periodic upkeep: purge expired tokens, refresh gauges.

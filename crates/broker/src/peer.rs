@@ -68,6 +68,15 @@ impl Link {
     }
 }
 
+/// Another broker, as this node's links know it.
+#[derive(Debug, Clone)]
+pub struct PeerBroker {
+    pub node_id: String,
+    pub raft_id: u64,
+    /// Its relay listener, when its config (or the member directory) says.
+    pub relay_addr: Option<std::net::SocketAddr>,
+}
+
 /// A session another broker asks this one to carry to a host attached here.
 pub struct IncomingRelay {
     pub request: RelayRequest,
@@ -160,6 +169,7 @@ impl Peers {
                     node_id: m.node_id.clone(),
                     raft_id: m.raft_id,
                     peer_addr,
+                    relay_addr: m.relay_addr.parse().ok(),
                     role: match m.role() {
                         ferry_proto::state::MemberRole::Witness => crate::config::NodeRole::Witness,
                         ferry_proto::state::MemberRole::Broker => crate::config::NodeRole::Broker,
@@ -394,14 +404,41 @@ impl Peers {
         outcome_from_wire(response)
     }
 
+    /// The other brokers (not witnesses) this node links to, with their relay listeners
+    /// where known, and whether the leader (if this node leads) has heard from them lately.
+    pub fn brokers(&self) -> Vec<PeerBroker> {
+        let links = self
+            .links
+            .read()
+            .expect("never poisoned: no panics under the lock");
+        let mut brokers: Vec<PeerBroker> = links
+            .values()
+            .filter(|l| l.config.role == crate::config::NodeRole::Broker)
+            .map(|l| PeerBroker {
+                node_id: l.config.node_id.clone(),
+                raft_id: l.config.raft_id,
+                relay_addr: l.config.relay_addr,
+            })
+            .collect();
+        brokers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        brokers
+    }
+
     /// Asks broker `node_id` to carry a session to a host attached to it. On success the
-    /// returned streams carry the session's bytes.
+    /// returned streams carry the session's frames, after the host's reply.
     pub async fn open_relay(
         &self,
         node_id: &str,
         request: RelayRequest,
         deadline: Duration,
-    ) -> Result<(quinn::SendStream, quinn::RecvStream), wire::Error> {
+    ) -> Result<
+        (
+            quinn::SendStream,
+            quinn::RecvStream,
+            wire::SessionStartReply,
+        ),
+        wire::Error,
+    > {
         let unavailable = |why: String| wire::Error::new(wire::ErrorCode::Unavailable, why);
         let link = self
             .link_named(node_id)
@@ -431,8 +468,10 @@ impl Peers {
                 "broker {node_id} did not answer in time"
             ))),
             Ok(Err(e)) => Err(unavailable(format!("broker {node_id} failed: {e}"))),
-            Ok(Ok((_, _, RelayResponse { error: Some(e) }))) => Err(e),
-            Ok(Ok((send, recv, RelayResponse { error: None }))) => Ok((send, recv)),
+            Ok(Ok((_, _, RelayResponse { error: Some(e), .. }))) => Err(e),
+            Ok(Ok((send, recv, RelayResponse { error: None, reply }))) => {
+                Ok((send, recv, reply.unwrap_or_default()))
+            }
         }
     }
 }
@@ -493,7 +532,7 @@ async fn serve_peer(
                             if let Err(e) = relays.try_send(incoming) {
                                 let mut refused = e.into_inner();
                                 let error = wire::Error::new(wire::ErrorCode::ResourceExhausted, "too many relayed sessions waiting");
-                                let _ = framed::write(&mut refused.send, &RelayResponse { error: Some(error) }, limits()).await;
+                                let _ = framed::write(&mut refused.send, &RelayResponse { error: Some(error), reply: None }, limits()).await;
                                 let _ = refused.send.finish();
                             }
                         }

@@ -174,6 +174,10 @@ pub enum MemberCommand {
         /// Its peer listener (ip:port), as in its config file.
         #[arg(long)]
         peer_addr: std::net::SocketAddr,
+        /// Its relay listener (ip:port), as in its config file: other brokers hand it to hosts
+        /// and clients as a place to fail over or move to.
+        #[arg(long)]
+        relay_addr: Option<std::net::SocketAddr>,
         /// It is a witness (votes, serves no traffic).
         #[arg(long)]
         witness: bool,

@@ -89,6 +89,9 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
                 node_id,
                 raft_id: u64::from(i) + 1,
                 peer_addr: node_port(i, 2)?,
+                relay_addr: (role == NodeRole::Broker)
+                    .then(|| node_port(i, 0))
+                    .transpose()?,
                 role,
             })
         })
@@ -135,6 +138,7 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
         cluster_name: args.cluster_name.clone(),
         ca_cert: "ca.pem".into(),
         udp_payload_bytes_max: None,
+        session_buffer_bytes_max: None,
         brokers,
         witnesses,
     };

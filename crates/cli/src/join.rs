@@ -79,6 +79,7 @@ pub fn run(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
         node_id: node_id.to_owned(),
         raft_id,
         peer_addr: addr(2),
+        relay_addr: (role == NodeRole::Broker).then(|| addr(0)),
         role,
     };
     let peers: Vec<PeerConfig> = existing
@@ -88,6 +89,7 @@ pub fn run(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
                 node_id: c.node_id.clone(),
                 raft_id: c.raft.id,
                 peer_addr: c.peer_addr?,
+                relay_addr: (c.role == NodeRole::Broker).then_some(c.relay_addr),
                 role: c.role,
             })
         })

@@ -49,6 +49,7 @@ pub async fn run(
             node_id,
             raft_id,
             peer_addr,
+            relay_addr,
             witness,
             learner,
             wait,
@@ -58,6 +59,7 @@ pub async fn run(
                 "node_id": node_id,
                 "raft_id": raft_id,
                 "peer_addr": peer_addr,
+                "relay_addr": relay_addr,
                 "role": if witness { "witness" } else { "broker" },
                 "learner": learner,
             });

@@ -6,7 +6,6 @@ use clap::CommandFactory;
 use ferry_agent::error::exit;
 use ferry_agent::host::HostOptions;
 use ferry_agent::{client, token_cache, ClientConfig};
-use std::sync::Arc;
 
 pub async fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
@@ -27,7 +26,11 @@ pub async fn dispatch(cli: Cli) -> CliResult {
                 args.out.join("client.toml").display(),
                 config.raft.id,
                 config.peer_addr.map(|a| a.to_string()).unwrap_or_default(),
-                if args.join_as_witness { " --witness" } else { "" },
+                if args.join_as_witness {
+                    " --witness".to_owned()
+                } else {
+                    format!(" --relay-addr {}", config.relay_addr)
+                },
             );
             Ok(())
         }
@@ -155,7 +158,7 @@ async fn login(args: LoginArgs) -> CliResult {
 async fn connect(args: ConnectArgs) -> CliResult {
     let config = ClientConfig::load(&args.config)?;
     let cached = token_cache::load(&config.cluster_name)?;
-    let opener = Arc::new(client::SessionOpener::new(&config, cached.token)?);
+    let opener = client::SessionOpener::new(&config, cached.token)?;
     if args.stdio {
         client::stdio(&opener, &args.host, &args.service).await?;
         return Ok(());

@@ -349,6 +349,11 @@ impl Stream {
         self.local_ended && self.fin_acked && self.remote_fin.is_some() && self.fin_ack_sent
     }
 
+    /// The local side has ended (or was ended).
+    pub fn local_ended(&self) -> bool {
+        self.local_ended
+    }
+
     /// The peer's stream has ended.
     pub fn remote_ended(&self) -> bool {
         self.remote_fin.is_some()

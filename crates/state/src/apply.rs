@@ -51,6 +51,16 @@ impl StateMachine {
                 c.session_id.to_string(),
                 self.close_session(c, now),
             ),
+            Kind::ResumeSession(c) => (
+                "session.resume",
+                c.session_id.to_string(),
+                self.resume_session(c),
+            ),
+            Kind::DetachSession(c) => (
+                "session.detach",
+                c.session_id.to_string(),
+                self.detach_session(c, now),
+            ),
             Kind::PurgeExpired(_) => ("purge", String::new(), Ok(self.purge_expired(now))),
             Kind::ChangeMembership(c) => (
                 "member.refused",
@@ -303,6 +313,8 @@ impl StateMachine {
                 bytes_client_to_host: 0,
                 bytes_host_to_client: 0,
                 close_reason: String::new(),
+                detached_at_ms: 0,
+                resumes: 0,
             },
         );
         Ok(Outcome::SessionOpened { session_id: id })
@@ -319,10 +331,47 @@ impl StateMachine {
         Ok(Outcome::Applied)
     }
 
+    fn resume_session(&mut self, c: &pb::ResumeSession) -> Applied {
+        let session = self
+            .sessions
+            .get_mut(&c.session_id)
+            .ok_or_else(|| session_gone(c.session_id))?;
+        if session.resume_secret_hash != c.resume_secret_hash {
+            return Err(Refusal::new(
+                RefusalKind::PermissionDenied,
+                format!("wrong resume secret for session {}", c.session_id),
+            ));
+        }
+        session.broker = c.broker.clone();
+        session.detached_at_ms = 0;
+        session.resumes += 1;
+        Ok(Outcome::Applied)
+    }
+
+    fn detach_session(&mut self, c: &pb::DetachSession, now: u64) -> Applied {
+        let session = self
+            .sessions
+            .get_mut(&c.session_id)
+            .ok_or_else(|| session_gone(c.session_id))?;
+        // A resume through another broker may have been applied first: then this is old news.
+        if session.broker == c.broker && session.detached_at_ms == 0 {
+            session.detached_at_ms = now.max(1);
+        }
+        Ok(Outcome::Applied)
+    }
+
     fn purge_expired(&mut self, now: u64) -> Outcome {
         self.tokens.retain(|_, t| t.expires_at_ms > now);
         Outcome::Applied
     }
+}
+
+/// The refusal for a session that is no longer in the table.
+pub(crate) fn session_gone(session_id: u64) -> Refusal {
+    Refusal::new(
+        RefusalKind::NotFound,
+        format!("session {session_id} has ended or expired; open a new session"),
+    )
 }
 
 fn validate_groups(groups: &[String]) -> Result<(), Refusal> {

@@ -55,6 +55,29 @@ impl StateMachine {
         self.sessions.get(&id)
     }
 
+    /// Whether `secret_hash` resumes session `id`: the same check `ResumeSession` applies, for
+    /// a broker to answer at once from its local state (the hash never changes once recorded).
+    pub fn may_resume(&self, id: u64, secret_hash: &[u8]) -> Result<&Session, Refusal> {
+        let session = self
+            .sessions
+            .get(&id)
+            .ok_or_else(|| crate::apply::session_gone(id))?;
+        if session.resume_secret_hash != secret_hash {
+            return Err(Refusal::new(
+                RefusalKind::PermissionDenied,
+                format!("wrong resume secret for session {id}"),
+            ));
+        }
+        Ok(session)
+    }
+
+    /// Sessions whose path broke more than `window_ms` before `now_ms`: lost for good.
+    pub fn sessions_expired(&self, now_ms: u64, window_ms: u64) -> impl Iterator<Item = &Session> {
+        self.sessions.values().filter(move |s| {
+            s.detached_at_ms != 0 && now_ms.saturating_sub(s.detached_at_ms) >= window_ms
+        })
+    }
+
     /// Audit records with `seq > after`, oldest first, at most `limit`.
     pub fn audit_after(&self, after: u64, limit: usize) -> impl Iterator<Item = &AuditRecord> {
         // Records are in `seq` order, so skip by binary search rather than a scan.

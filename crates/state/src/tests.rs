@@ -118,6 +118,68 @@ fn enrollment_grants_and_sessions() {
     assert_eq!(state.counts().audit_records, 17);
 }
 
+fn resume(id: u64, broker: &str, secret: &str) -> Kind {
+    Kind::ResumeSession(pb::ResumeSession {
+        session_id: id,
+        broker: broker.into(),
+        resume_secret_hash: hash_secret(secret),
+    })
+}
+
+fn detach(id: u64, broker: &str) -> Kind {
+    Kind::DetachSession(pb::DetachSession {
+        session_id: id,
+        broker: broker.into(),
+        reason: "path broke".into(),
+    })
+}
+
+#[test]
+fn sessions_detach_resume_and_expire() {
+    let state = check(vec![
+        (T0, add_user("alice", &["staff"]), Ok(())),
+        (T0, create_host("pc1", &["lab"], "tok"), Ok(())),
+        (T0, enroll("pc1", "tok", "cred"), Ok(())),
+        (T0, grant("staff", "lab"), Ok(())),
+        (T0, open("alice", "pc1"), Ok(())), // session 1, through b1
+        (T0 + 10, detach(1, "b1"), Ok(())),
+        (
+            T0 + 20,
+            resume(1, "b2", "wrong"),
+            Err("wrong resume secret"),
+        ),
+        (T0 + 30, resume(1, "b2", "resume"), Ok(())),
+        // b1's report that its path broke arrives after the resume through b2: ignored.
+        (T0 + 40, detach(1, "b1"), Ok(())),
+        (
+            T0 + 50,
+            resume(9, "b2", "resume"),
+            Err("has ended or expired"),
+        ),
+        (T0 + 60, open("alice", "pc1"), Ok(())), // session 2
+        (T0 + 70, detach(2, "b1"), Ok(())),
+    ]);
+    let s1 = state.session(1).expect("open");
+    assert_eq!(
+        (s1.broker.as_str(), s1.detached_at_ms, s1.resumes),
+        ("b2", 0, 1)
+    );
+    assert!(state.may_resume(1, &hash_secret("resume")).is_ok());
+    assert!(state.may_resume(1, &hash_secret("nope")).is_err());
+    let expired = |now| {
+        state
+            .sessions_expired(now, 1000)
+            .map(|s| s.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(expired(T0 + 1069), Vec::<u64>::new());
+    assert_eq!(expired(T0 + 1070), vec![2]);
+    // The refused resume is in the audit log, with its reason.
+    assert!(state
+        .audit_after(0, 100)
+        .any(|r| r.action == "session.resume" && r.outcome.contains("wrong resume secret")));
+}
+
 #[test]
 fn tokens_expire_and_are_bounded_per_user() {
     let mut state = check(vec![(T0, add_user("alice", &["staff"]), Ok(()))]);
@@ -233,6 +295,7 @@ fn membership(action: MembershipAction, raft_id: u64, node_id: &str) -> Kind {
             peer_addr: "127.0.0.1:7142".into(),
             role: MemberRole::Broker as i32,
             voter: false,
+            relay_addr: String::new(),
         }),
         forced: false,
     })

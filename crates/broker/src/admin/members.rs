@@ -130,6 +130,9 @@ pub struct AddMember {
     pub raft_id: u64,
     /// Its peer listener, `ip:port`.
     pub peer_addr: SocketAddr,
+    /// Its relay listener, `ip:port` (a broker's, for hosts and clients to move to).
+    #[serde(default)]
+    pub relay_addr: Option<SocketAddr>,
     /// "broker" (default) or "witness".
     #[serde(default)]
     pub role: NodeRole,
@@ -172,6 +175,7 @@ pub(super) async fn add(
             NodeRole::Witness => MemberRole::Witness,
         } as i32,
         voter: !req.learner,
+        relay_addr: req.relay_addr.map(|a| a.to_string()).unwrap_or_default(),
     };
     change(&ctx, MembershipAction::AddLearner, member, false).await?;
     let message = if req.learner {
@@ -214,6 +218,7 @@ fn find(ctx: &Ctx, node_id: &str) -> Result<Member, ApiError> {
                     NodeRole::Witness => MemberRole::Witness,
                 } as i32,
                 voter: true,
+                relay_addr: String::new(),
             })
         })
         .ok_or_else(|| {

@@ -48,6 +48,12 @@ async fn request(
         Some(client_request::Request::OpenSession(open)) => {
             open_session(&ctx, open, send, recv, remote).await;
         }
+        Some(client_request::Request::ResumeSession(resume)) => {
+            let span = tracing::info_span!("session", session_id = resume.session_id);
+            resume_session(&ctx, resume, send, recv, remote)
+                .instrument(span)
+                .await;
+        }
         None => {
             ctx.metrics.protocol_error("empty_request");
             ferry_transport::CloseCode::Protocol.close(&conn, "request names no operation");
@@ -172,6 +178,13 @@ async fn open_session(
     recv: quinn::RecvStream,
     remote: SocketAddr,
 ) {
+    if crate::handoff::is_draining(ctx) {
+        ctx.metrics.refuse_session("draining");
+        let e = crate::handoff::draining_error(ctx);
+        respond(ctx, &mut send, client_response::Response::Error(e)).await;
+        let _ = send.finish();
+        return;
+    }
     let authorized = match ctx.confirm_fresh().await {
         Ok(()) => authorize(ctx, &open),
         Err(e) => Err(("state_unconfirmed", stale(e))),
@@ -198,6 +211,7 @@ async fn open_session(
         let _ = send.finish();
         return;
     };
+    let resume_secret = auth::new_secret();
     let opened = ctx
         .propose(
             format!("user:{user}"),
@@ -207,7 +221,7 @@ async fn open_session(
                 host: open.host.clone(),
                 service: open.service.clone(),
                 broker: ctx.config.node_id.clone(),
-                resume_secret_hash: hash_secret(&auth::new_secret()),
+                resume_secret_hash: hash_secret(&resume_secret),
             }),
         )
         .await;
@@ -236,10 +250,212 @@ async fn open_session(
         }
     };
     let span = tracing::info_span!("session", session_id, %user, host = %open.host, service = %open.service);
-    relay(ctx, session_id, user, route, open, send, recv)
+    let start = wire::SessionStart {
+        session_id,
+        service: open.service.clone(),
+        user,
+        resume_secret,
+        resume_window_ms: ctx.config.limits.session_resume_window().as_millis() as u64,
+        ..Default::default()
+    };
+    relay(ctx, route, &open.host, start, send, recv)
         .instrument(span)
         .await;
     drop(slot);
+}
+
+/// How long a resume may wait for the session's host agent to attach somewhere (it is
+/// reconnecting too when its broker died).
+const RESUME_HOST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Time one attempt to reach the host may take before the next try.
+const RESUME_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Pause between attempts while the host is not attached anywhere yet.
+const RESUME_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// Continues a session whose path broke or moved: checks the resume secret, reaches the host
+/// agent (here or through its broker), exchanges the offsets, and relays again.
+///
+/// The secret is checked against the local state, without confirming freshness with the
+/// leader: a session's secret hash never changes once recorded, and a resume must work while
+/// the cluster elects a new leader after a crash. The cluster records the resume (and audits
+/// a refused one) through Raft afterwards.
+async fn resume_session(
+    ctx: &Ctx,
+    resume: wire::ResumeSession,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    remote: SocketAddr,
+) {
+    let started = Instant::now();
+    let secret_hash = hash_secret(&resume.resume_secret);
+    let record_resume = || {
+        let command = Kind::ResumeSession(cmd::ResumeSession {
+            session_id: resume.session_id,
+            broker: ctx.config.node_id.clone(),
+            resume_secret_hash: secret_hash.clone(),
+        });
+        let actor = format!("session:{}", resume.session_id);
+        ctx.propose(actor, remote.to_string(), command)
+    };
+    let refuse = |e: wire::Error| client_response::Response::Error(e);
+    if crate::handoff::is_draining(ctx) {
+        ctx.metrics.refuse_session("draining");
+        respond(ctx, &mut send, refuse(crate::handoff::draining_error(ctx))).await;
+        let _ = send.finish();
+        return;
+    }
+    let session = ctx
+        .replica
+        .read()
+        .may_resume(resume.session_id, &secret_hash)
+        .cloned();
+    let session = match session {
+        Ok(session) => session,
+        Err(refusal) => {
+            tracing::warn!(reason = %refusal.message, "resume refused");
+            ctx.metrics.refuse_session("resume_refused");
+            respond(ctx, &mut send, refuse(refusal_to_wire(&refusal))).await;
+            let _ = send.finish();
+            // Through Raft, so that the refusal is audited on every node.
+            let _ = record_resume().await;
+            return;
+        }
+    };
+    let Ok(slot) = ctx.session_slots.clone().try_acquire_owned() else {
+        ctx.metrics.refuse_session("sessions_max");
+        let e = error(
+            ErrorCode::ResourceExhausted,
+            format!("broker {} is at its session limit", ctx.config.node_id),
+        );
+        respond(ctx, &mut send, refuse(e)).await;
+        let _ = send.finish();
+        return;
+    };
+    let start = wire::SessionStart {
+        session_id: session.id,
+        service: session.service.clone(),
+        user: session.user.clone(),
+        resume_secret: resume.resume_secret.clone(),
+        resume_window_ms: ctx.config.limits.session_resume_window().as_millis() as u64,
+        resume: true,
+        client_received: resume.received,
+        client_written: resume.written,
+    };
+    let deadline = Instant::now() + RESUME_HOST_DEADLINE;
+    let (route, (host_send, host_recv, reply)) = loop {
+        let route = route_to_host(ctx, &session.host);
+        let attempt = match &route {
+            Some(route) => tokio::time::timeout(
+                RESUME_ATTEMPT_TIMEOUT,
+                start_session(ctx, route, &session.host, start.clone()),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(error(
+                    ErrorCode::Unavailable,
+                    "the host did not answer in time",
+                ))
+            }),
+            None => Err(error(
+                ErrorCode::Unavailable,
+                format!("host {:?} is not attached to any broker yet", session.host),
+            )),
+        };
+        match attempt {
+            Ok(streams) => break (route, streams),
+            Err(e) if matches!(e.code(), ErrorCode::NotFound | ErrorCode::PermissionDenied) => {
+                // The host no longer holds the session: it is lost for good.
+                tracing::warn!(reason = %e.message, "resume refused by the host");
+                ctx.metrics.lose_session("host_gone");
+                respond(ctx, &mut send, refuse(e.clone())).await;
+                let _ = send.finish();
+                let close = Kind::CloseSession(cmd::CloseSession {
+                    session_id: session.id,
+                    reason: format!("lost: {}", e.message),
+                    ..Default::default()
+                });
+                let _ = ctx
+                    .propose(format!("node:{}", ctx.config.node_id), String::new(), close)
+                    .await;
+                return;
+            }
+            Err(e) if Instant::now() >= deadline => {
+                tracing::info!(reason = %e.message, "resume failed: host unreachable");
+                respond(ctx, &mut send, refuse(e)).await;
+                let _ = send.finish();
+                return;
+            }
+            Err(_) => tokio::time::sleep(RESUME_RETRY_DELAY).await,
+        }
+    };
+    let resumed = client_response::Response::SessionResumed(wire::SessionResumed {
+        received: reply.received,
+    });
+    respond(ctx, &mut send, resumed).await;
+    let elapsed = started.elapsed();
+    let replayed = resume.written.saturating_sub(reply.received)
+        + reply.written.saturating_sub(resume.received);
+    ctx.metrics.sessions_resumed.inc();
+    ctx.metrics.resume_seconds.observe(elapsed.as_secs_f64());
+    ctx.metrics.replay_bytes.inc_by(replayed);
+    tracing::info!(
+        via = ?route.as_ref().map(Route::describe),
+        resume_ms = elapsed.as_millis() as u64,
+        replayed,
+        "session resumed"
+    );
+    let record = async {
+        match record_resume().await {
+            Ok(Outcome::Refused(r)) => tracing::warn!(reason = %r.message, "resume not recorded"),
+            Err(e) => tracing::warn!(error = %e, "resume not recorded"),
+            Ok(_) => {}
+        }
+    };
+    let relay = carry(ctx, session.id, (send, recv), (host_send, host_recv));
+    tokio::join!(record, relay);
+    drop(slot);
+}
+
+/// Where the host agent is now: attached here, or to the peer broker its presence names.
+fn route_to_host(ctx: &Ctx, host: &str) -> Option<Route> {
+    if ctx.hosts.get(host).is_some() {
+        return Some(Route::Local);
+    }
+    let broker = ctx.replica.read().host(host)?.attached_broker.clone();
+    (!broker.is_empty() && broker != ctx.config.node_id && ctx.peers.is_some())
+        .then_some(Route::Peer(broker))
+}
+
+/// Sends `start` to the host agent by `route`; on success the streams carry the session.
+async fn start_session(
+    ctx: &Ctx,
+    route: &Route,
+    host: &str,
+    start: wire::SessionStart,
+) -> Result<
+    (
+        quinn::SendStream,
+        quinn::RecvStream,
+        wire::SessionStartReply,
+    ),
+    wire::Error,
+> {
+    match route {
+        Route::Local => start_on_host(ctx, host, start).await,
+        Route::Peer(broker) => {
+            let request = ferry_proto::peer::RelayRequest {
+                host: host.to_owned(),
+                start: Some(start),
+            };
+            let peers = ctx
+                .peers
+                .as_ref()
+                .expect("a Peer route exists only with peer links");
+            peers
+                .open_relay(broker, request, ctx.config.limits.handshake_timeout())
+                .await
+        }
+    }
 }
 
 /// Where a session's host is reachable from this node.
@@ -248,6 +464,15 @@ enum Route {
     Local,
     /// Its agent is attached to this peer broker (by node id), which carries the session.
     Peer(String),
+}
+
+impl Route {
+    fn describe(&self) -> String {
+        match self {
+            Route::Local => "local".into(),
+            Route::Peer(broker) => format!("peer {broker}"),
+        }
+    }
 }
 
 /// Who the token belongs to, if they may reach the host's service, and by which route.
@@ -324,82 +549,116 @@ fn authorize(
 
 async fn relay(
     ctx: &Ctx,
-    session_id: u64,
-    user: String,
     route: Route,
-    open: wire::OpenSession,
+    host: &str,
+    start: wire::SessionStart,
     mut client_send: quinn::SendStream,
     client_recv: quinn::RecvStream,
 ) {
-    let close_reason;
-    let (mut up, mut down) = (0, 0);
-    let started = match &route {
-        Route::Local => start_on_host(ctx, session_id, &user, &open.host, &open.service).await,
-        Route::Peer(broker) => {
-            let request = ferry_proto::peer::RelayRequest {
-                session_id,
-                host: open.host.clone(),
-                service: open.service.clone(),
-                user: user.clone(),
-            };
-            let peers = ctx
-                .peers
-                .as_ref()
-                .expect("a Peer route exists only with peer links");
-            tracing::info!(%broker, "host attached to another broker; relaying through it");
-            peers
-                .open_relay(broker, request, ctx.config.limits.handshake_timeout())
-                .await
-        }
-    };
-    match started {
+    let session_id = start.session_id;
+    let (resume_secret, resume_window_ms) = (start.resume_secret.clone(), start.resume_window_ms);
+    if let Route::Peer(broker) = &route {
+        tracing::info!(%broker, "host attached to another broker; relaying through it");
+    }
+    match start_session(ctx, &route, host, start).await {
         Err(e) => {
             tracing::info!(error = %e, "host refused the session");
             ctx.metrics.refuse_session("host_refused");
-            close_reason = format!("host refused: {e}");
+            let reason = format!("host refused: {e}");
             respond(ctx, &mut client_send, client_response::Response::Error(e)).await;
             let _ = client_send.finish();
+            let close = Kind::CloseSession(cmd::CloseSession {
+                session_id,
+                reason,
+                ..Default::default()
+            });
+            if let Err(e) = ctx
+                .propose(format!("node:{}", ctx.config.node_id), String::new(), close)
+                .await
+            {
+                tracing::warn!(error = %e, "could not record the session's end");
+            }
         }
-        Ok((host_send, host_recv)) => {
-            let opened =
-                client_response::Response::SessionOpened(wire::SessionOpened { session_id });
+        Ok((host_send, host_recv, _)) => {
+            let opened = client_response::Response::SessionOpened(wire::SessionOpened {
+                session_id,
+                resume_secret,
+                resume_window_ms,
+            });
             respond(ctx, &mut client_send, opened).await;
             ctx.metrics.sessions_opened.inc();
             tracing::info!("session relaying");
-            let (a, b) = splice_session(ctx, client_recv, host_send, host_recv, client_send).await;
-            up = *a.as_ref().unwrap_or(&0);
-            down = *b.as_ref().unwrap_or(&0);
-            close_reason = match (a, b) {
-                (Ok(_), Ok(_)) => "closed".to_owned(),
-                (Err(e), _) => format!("client side: {e}"),
-                (_, Err(e)) => format!("host side: {e}"),
-            };
-            tracing::info!(bytes_client_to_host = up, bytes_host_to_client = down, reason = %close_reason, "session ended");
+            carry(
+                ctx,
+                session_id,
+                (client_send, client_recv),
+                (host_send, host_recv),
+            )
+            .await;
         }
-    }
-    let close = Kind::CloseSession(cmd::CloseSession {
-        session_id,
-        bytes_client_to_host: up,
-        bytes_host_to_client: down,
-        reason: close_reason,
-    });
-    if let Err(e) = ctx
-        .propose(format!("node:{}", ctx.config.node_id), String::new(), close)
-        .await
-    {
-        tracing::warn!(error = %e, "could not record the session's end");
     }
 }
 
-/// Opens the session's stream to the host agent attached here and waits for it to reach the
-/// local service.
-async fn start_on_host(
+/// Relays a session's frames until both directions end, then records how: closed when both
+/// endpoints finished their streams (the session is complete), detached when the path broke
+/// (the endpoints will resume it elsewhere, or it expires).
+async fn carry(
     ctx: &Ctx,
     session_id: u64,
-    user: &str,
+    (client_send, client_recv): (quinn::SendStream, quinn::RecvStream),
+    (host_send, host_recv): (quinn::SendStream, quinn::RecvStream),
+) {
+    let (a, b) = splice_session(ctx, client_recv, host_send, host_recv, client_send).await;
+    let up = *a.as_ref().unwrap_or(&0);
+    let down = *b.as_ref().unwrap_or(&0);
+    let actor = format!("node:{}", ctx.config.node_id);
+    let command = match (a, b) {
+        (Ok(_), Ok(_)) => {
+            tracing::info!(
+                bytes_client_to_host = up,
+                bytes_host_to_client = down,
+                "session ended"
+            );
+            Kind::CloseSession(cmd::CloseSession {
+                session_id,
+                bytes_client_to_host: up,
+                bytes_host_to_client: down,
+                reason: "closed".into(),
+            })
+        }
+        (a, b) => {
+            let reason = match (a, b) {
+                (Err(e), _) => format!("client side: {e}"),
+                (_, Err(e)) => format!("host side: {e}"),
+                _ => unreachable!("both Ok is handled above"),
+            };
+            tracing::info!(bytes_client_to_host = up, bytes_host_to_client = down, %reason, "session path broke; waiting for a resume");
+            Kind::DetachSession(cmd::DetachSession {
+                session_id,
+                broker: ctx.config.node_id.clone(),
+                reason,
+            })
+        }
+    };
+    if let Err(e) = ctx.propose(actor, String::new(), command).await {
+        tracing::warn!(error = %e, "could not record the session's state");
+    }
+}
+
+/// Opens the session's stream to the host agent attached here, sends `start`, and waits for
+/// the agent's answer (it reached the local service, or took the resume).
+async fn start_on_host(
+    ctx: &Ctx,
     host_name: &str,
-    service: &str,
-) -> Result<(quinn::SendStream, quinn::RecvStream), wire::Error> {
+    start: wire::SessionStart,
+) -> Result<
+    (
+        quinn::SendStream,
+        quinn::RecvStream,
+        wire::SessionStartReply,
+    ),
+    wire::Error,
+> {
     let unavailable = |why: String| error(ErrorCode::Unavailable, why);
     let host = ctx.hosts.get(host_name).ok_or_else(|| {
         unavailable(format!(
@@ -412,11 +671,6 @@ async fn start_on_host(
         .open_bi()
         .await
         .map_err(|e| unavailable(format!("cannot reach host {host_name:?}: {e}")))?;
-    let start = wire::SessionStart {
-        session_id,
-        service: service.to_owned(),
-        user: user.to_owned(),
-    };
     framed::write(&mut send, &start, frame_limits(ctx))
         .await
         .map_err(|e| unavailable(format!("cannot reach host {host_name:?}: {e}")))?;
@@ -429,7 +683,7 @@ async fn start_on_host(
     .map_err(|e| unavailable(format!("host {host_name:?} failed: {e}")))?;
     match reply.error {
         Some(e) => Err(e),
-        None => Ok((send, recv)),
+        None => Ok((send, recv, reply)),
     }
 }
 
@@ -440,26 +694,25 @@ pub(crate) async fn carry_for_peer(ctx: std::sync::Arc<Ctx>, incoming: crate::pe
         mut send,
         recv,
     } = incoming;
-    let span = tracing::info_span!("session", session_id = request.session_id, user = %request.user, host = %request.host, service = %request.service);
+    let start = request.start.unwrap_or_default();
+    let span = tracing::info_span!("session", session_id = start.session_id, user = %start.user, host = %request.host, service = %start.service, resume = start.resume);
     async move {
         let peer_limits = ferry_proto::frame::FrameLimits::default();
-        match start_on_host(
-            &ctx,
-            request.session_id,
-            &request.user,
-            &request.host,
-            &request.service,
-        )
-        .await
-        {
+        match start_on_host(&ctx, &request.host, start).await {
             Err(e) => {
                 tracing::info!(error = %e, "could not carry a session for a peer");
-                let response = ferry_proto::peer::RelayResponse { error: Some(e) };
+                let response = ferry_proto::peer::RelayResponse {
+                    error: Some(e),
+                    reply: None,
+                };
                 let _ = framed::write(&mut send, &response, peer_limits).await;
                 let _ = send.finish();
             }
-            Ok((host_send, host_recv)) => {
-                let response = ferry_proto::peer::RelayResponse { error: None };
+            Ok((host_send, host_recv, reply)) => {
+                let response = ferry_proto::peer::RelayResponse {
+                    error: None,
+                    reply: Some(reply),
+                };
                 if framed::write(&mut send, &response, peer_limits)
                     .await
                     .is_err()

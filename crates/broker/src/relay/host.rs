@@ -52,7 +52,11 @@ pub(super) async fn serve(
                             .is_ok()
                         {
                             drop(unauthenticated);
+                            // The control stream now carries hand-off notices to the agent.
+                            let notices = ctx.notices.register(conn.stable_id(), wire::Role::Host);
+                            tokio::spawn(crate::handoff::forward(send, notices));
                             stay_attached(&ctx, &conn, &name, recv).await;
+                            ctx.notices.unregister(conn.stable_id());
                         }
                         return;
                     }
@@ -79,12 +83,17 @@ pub(super) async fn serve(
             Ok(None) => {}
             Err(e) => {
                 let reason = e.message.clone();
+                // Only a refusal of the host itself is final; "not now" lets it retry.
+                let code = match e.code() {
+                    ErrorCode::Unavailable | ErrorCode::ResourceExhausted => CloseCode::Overloaded,
+                    _ => CloseCode::Unauthenticated,
+                };
                 let response = HostResponse {
                     response: Some(host_response::Response::Error(e)),
                 };
                 let _ = framed::write(&mut send, &response, frame_limits(&ctx)).await;
                 let _ = send.finish();
-                super::close_after_reply(&conn, CloseCode::Unauthenticated, &reason).await;
+                super::close_after_reply(&conn, code, &reason).await;
                 return;
             }
         }
@@ -146,6 +155,9 @@ async fn attach(
     for service in &attach.services {
         ferry_state::validate_name(NameKind::Service, service)
             .map_err(|r| wire::Error::new(ErrorCode::InvalidArgument, r.message))?;
+    }
+    if crate::handoff::is_draining(ctx) {
+        return Err(crate::handoff::draining_error(ctx));
     }
     ctx.confirm_fresh().await.map_err(super::stale)?;
     ctx.replica

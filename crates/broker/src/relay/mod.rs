@@ -131,10 +131,7 @@ async fn handle(
         reply: Some(hello_reply::Reply::Ack(wire::HelloAck {
             protocol_version: PROTOCOL_VERSION,
             node_id: ctx.config.node_id.clone(),
-            brokers: vec![wire::BrokerInfo {
-                node_id: ctx.config.node_id.clone(),
-                relay_addr: ctx.config.relay_addr.to_string(),
-            }],
+            brokers: crate::handoff::known_brokers(&ctx),
         })),
     };
     if framed::write(&mut send, &ack, frame_limits(&ctx))
@@ -149,7 +146,11 @@ async fn handle(
             // bounded by the per-connection stream limit, so the connection no longer counts
             // as unauthenticated once it has spoken the protocol.
             drop(unauthenticated);
-            client::serve(conn, ctx.clone(), remote).await;
+            // The control stream stays open for hand-off notices.
+            let notices = ctx.notices.register(conn.stable_id(), Role::Client);
+            tokio::spawn(crate::handoff::forward(send, notices));
+            client::serve(conn.clone(), ctx.clone(), remote).await;
+            ctx.notices.unregister(conn.stable_id());
         }
         Role::Host => host::serve(conn, send, recv, ctx.clone(), remote, unauthenticated).await,
         Role::Unspecified => {
