@@ -41,7 +41,7 @@ fn setup(brokers: u8, witnesses: u8, host_on: u8, client_on: u8, len: u64) -> Se
     w.add_user("alice", "staff", "correct horse battery");
     let token = w.enroll("lab-pc", "lab");
     w.admin(&["grant", "staff", "lab"]).ok();
-    let (service_addr, service, service_progress) = duplex_service(len, 2);
+    let (service_addr, service, service_progress) = duplex_service(len, 2, None);
     let echo = echo_server();
     let host = w.start_host_via(
         &w.client_config_for(host_on),
@@ -106,7 +106,7 @@ fn kill_mid_transfer(mut s: Setup, victim: u8, len: u64, label: &str) {
         std::thread::spawn(move || chat(chat_addr, stop))
     };
     let started = Instant::now();
-    let client = duplex_client(s.bulk.1, len, 1);
+    let client = duplex_client(s.bulk.1, len, 1, None);
     wait_for(
         "a quarter of the transfer",
         Duration::from_secs(120),

@@ -661,6 +661,7 @@ fn run_transfer(
     len: u64,
     seed: u64,
     seen: Option<&std::sync::atomic::AtomicU64>,
+    pace: Option<u64>,
 ) -> TransferEnd {
     use rand::SeedableRng;
     use sha2::{Digest, Sha256};
@@ -669,9 +670,23 @@ fn run_transfer(
     let sender = std::thread::spawn(move || {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
         let mut hash = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
+        // Paced senders write small chunks on a schedule; bulk senders write as fast as
+        // the path takes them.
+        let chunk = if pace.is_some() {
+            16 * 1024
+        } else {
+            256 * 1024
+        };
+        let mut buf = vec![0u8; chunk];
         let mut left = len;
+        let started = Instant::now();
         while left > 0 {
+            if let Some(bytes_per_sec) = pace {
+                let due = Duration::from_secs_f64((len - left) as f64 / bytes_per_sec as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
             let n = left.min(buf.len() as u64) as usize;
             fill_seeded(&mut rng, &mut buf[..n]);
             hash.update(&buf[..n]);
@@ -725,12 +740,13 @@ fn run_transfer(
     }
 }
 
-/// A TCP service that, on each connection, sends `len` seeded bytes (seed `seed`) while
-/// reading and hashing whatever arrives. Reports each connection's [`TransferEnd`], and the
+/// A TCP service that, on each connection, sends `len` seeded bytes (seed `seed`; at
+/// `pace` bytes per second if given) while reading and hashing whatever arrives. Reports each connection's [`TransferEnd`], and the
 /// bytes received so far (to time a fault mid-transfer).
 pub fn duplex_service(
     len: u64,
     seed: u64,
+    pace: Option<u64>,
 ) -> (
     SocketAddr,
     std::sync::mpsc::Receiver<TransferEnd>,
@@ -746,7 +762,7 @@ pub fn duplex_service(
             let Ok(stream) = stream else { return };
             let (tx, seen) = (tx.clone(), seen.clone());
             std::thread::spawn(move || {
-                let end = run_transfer(stream, len, seed, Some(&seen));
+                let end = run_transfer(stream, len, seed, Some(&seen), pace);
                 let _ = tx.send(end);
             });
         }
@@ -754,14 +770,16 @@ pub fn duplex_service(
     (addr, rx, progress)
 }
 
-/// Connects to `addr` and runs a transfer: `len` seeded bytes each way.
+/// Connects to `addr` and runs a transfer: `len` seeded bytes each way (sent at `pace` bytes
+/// per second if given, like an interactive or streaming session; else in bulk).
 pub fn duplex_client(
     addr: SocketAddr,
     len: u64,
     seed: u64,
+    pace: Option<u64>,
 ) -> std::thread::JoinHandle<TransferEnd> {
     let stream = std::net::TcpStream::connect(addr).expect("connect to the forwarded port");
-    std::thread::spawn(move || run_transfer(stream, len, seed, None))
+    std::thread::spawn(move || run_transfer(stream, len, seed, None, pace))
 }
 
 impl World {
@@ -797,7 +815,11 @@ impl World {
     pub fn metric(&self, i: u8, name: &str, filter: &str) -> f64 {
         let (_, text) = http_get(&format!("{}/metrics", self.admin_url_of(i))).unwrap_or_default();
         text.lines()
-            .filter(|l| l.starts_with(name) && l.contains(filter))
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                    && l.contains(filter)
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }

@@ -324,14 +324,10 @@ impl SessionOpener {
             Ok(_) => Err(ResumeFailure::Retry(
                 "broker answered ResumeSession with something else".into(),
             )),
-            Err(Error::Refused { code, message })
-                if matches!(
-                    code,
-                    ErrorCode::PermissionDenied | ErrorCode::NotFound | ErrorCode::Expired
-                ) =>
-            {
-                Err(ResumeFailure::Final(message))
-            }
+            Err(Error::Refused {
+                code: ErrorCode::PermissionDenied | ErrorCode::NotFound | ErrorCode::Expired,
+                message,
+            }) => Err(ResumeFailure::Final(message)),
             Err(e) => Err(ResumeFailure::Retry(e.to_string())),
         }
     }
