@@ -234,18 +234,19 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
 /// Sessions the state says this node carries lost their path when it restarted: mark them
 /// detached, so that they expire unless their endpoints resume them (here or elsewhere).
 async fn detach_orphaned_sessions(ctx: Arc<Ctx>) {
-    let orphans: Vec<u64> = ctx
+    let orphans: Vec<(u64, u32)> = ctx
         .replica
         .read()
         .sessions()
         .filter(|s| s.broker == ctx.config.node_id && s.detached_at_ms == 0)
-        .map(|s| s.id)
+        .map(|s| (s.id, s.resumes))
         .collect();
-    for session_id in orphans {
+    for (session_id, resumes) in orphans {
         let detach = Kind::DetachSession(DetachSession {
             session_id,
             broker: ctx.config.node_id.clone(),
             reason: "broker restarted".into(),
+            resumes,
         });
         let actor = format!("node:{}", ctx.config.node_id);
         if let Err(e) = ctx.propose(actor, String::new(), detach).await {
@@ -283,10 +284,10 @@ async fn sweep_sessions(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
                 .map(|s| s.id)
                 .collect();
             let unreachable = unreachable_brokers(&ctx);
-            let orphaned: Vec<(u64, String)> = state
+            let orphaned: Vec<(u64, String, u32)> = state
                 .sessions()
                 .filter(|s| s.detached_at_ms == 0 && unreachable.contains(&s.broker))
-                .map(|s| (s.id, s.broker.clone()))
+                .map(|s| (s.id, s.broker.clone(), s.resumes))
                 .collect();
             (expired, orphaned)
         };
@@ -305,11 +306,12 @@ async fn sweep_sessions(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
                 tracing::warn!(session_id, "session lost: not resumed within its window");
             }
         }
-        for (session_id, broker) in orphaned {
+        for (session_id, broker, resumes) in orphaned {
             let detach = Kind::DetachSession(DetachSession {
                 session_id,
                 reason: format!("broker {broker} unreachable"),
                 broker,
+                resumes,
             });
             let _ = ctx.propose(actor.clone(), String::new(), detach).await;
         }

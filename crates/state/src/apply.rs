@@ -353,8 +353,9 @@ impl StateMachine {
             .sessions
             .get_mut(&c.session_id)
             .ok_or_else(|| session_gone(c.session_id))?;
-        // A resume through another broker may have been applied first: then this is old news.
-        if session.broker == c.broker && session.detached_at_ms == 0 {
+        // A resume may have been applied first: then this is old news about a previous path.
+        if session.broker == c.broker && session.resumes == c.resumes && session.detached_at_ms == 0
+        {
             session.detached_at_ms = now.max(1);
         }
         Ok(Outcome::Applied)

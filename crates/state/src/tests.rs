@@ -126,11 +126,12 @@ fn resume(id: u64, broker: &str, secret: &str) -> Kind {
     })
 }
 
-fn detach(id: u64, broker: &str) -> Kind {
+fn detach(id: u64, broker: &str, resumes: u32) -> Kind {
     Kind::DetachSession(pb::DetachSession {
         session_id: id,
         broker: broker.into(),
         reason: "path broke".into(),
+        resumes,
     })
 }
 
@@ -142,7 +143,7 @@ fn sessions_detach_resume_and_expire() {
         (T0, enroll("pc1", "tok", "cred"), Ok(())),
         (T0, grant("staff", "lab"), Ok(())),
         (T0, open("alice", "pc1"), Ok(())), // session 1, through b1
-        (T0 + 10, detach(1, "b1"), Ok(())),
+        (T0 + 10, detach(1, "b1", 0), Ok(())),
         (
             T0 + 20,
             resume(1, "b2", "wrong"),
@@ -150,19 +151,22 @@ fn sessions_detach_resume_and_expire() {
         ),
         (T0 + 30, resume(1, "b2", "resume"), Ok(())),
         // b1's report that its path broke arrives after the resume through b2: ignored.
-        (T0 + 40, detach(1, "b1"), Ok(())),
+        (T0 + 40, detach(1, "b1", 0), Ok(())),
+        (T0 + 41, resume(1, "b2", "resume"), Ok(())),
+        // b2's report about its first path arrives after the second resume through b2.
+        (T0 + 42, detach(1, "b2", 1), Ok(())),
         (
             T0 + 50,
             resume(9, "b2", "resume"),
             Err("has ended or expired"),
         ),
         (T0 + 60, open("alice", "pc1"), Ok(())), // session 2
-        (T0 + 70, detach(2, "b1"), Ok(())),
+        (T0 + 70, detach(2, "b1", 0), Ok(())),
     ]);
     let s1 = state.session(1).expect("open");
     assert_eq!(
         (s1.broker.as_str(), s1.detached_at_ms, s1.resumes),
-        ("b2", 0, 1)
+        ("b2", 0, 2)
     );
     assert!(state.may_resume(1, &hash_secret("resume")).is_ok());
     assert!(state.may_resume(1, &hash_secret("nope")).is_err());

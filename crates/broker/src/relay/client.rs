@@ -411,7 +411,14 @@ async fn resume_session(
             Ok(_) => {}
         }
     };
-    let relay = carry(ctx, session.id, (send, recv), (host_send, host_recv));
+    // This path is the session's next: its record will say one more resume (racing resumes
+    // of one session are the client's doing, and only one of them carries it on).
+    let relay = carry(
+        ctx,
+        (session.id, session.resumes + 1),
+        (send, recv),
+        (host_send, host_recv),
+    );
     tokio::join!(record, relay);
     drop(slot);
 }
@@ -590,7 +597,7 @@ async fn relay(
             tracing::info!("session relaying");
             carry(
                 ctx,
-                session_id,
+                (session_id, 0),
                 (client_send, client_recv),
                 (host_send, host_recv),
             )
@@ -604,7 +611,7 @@ async fn relay(
 /// (the endpoints will resume it elsewhere, or it expires).
 async fn carry(
     ctx: &Ctx,
-    session_id: u64,
+    (session_id, resumes): (u64, u32),
     (client_send, client_recv): (quinn::SendStream, quinn::RecvStream),
     (host_send, host_recv): (quinn::SendStream, quinn::RecvStream),
 ) {
@@ -637,6 +644,7 @@ async fn carry(
                 session_id,
                 broker: ctx.config.node_id.clone(),
                 reason,
+                resumes,
             })
         }
     };
