@@ -565,6 +565,11 @@ pub fn http_get(url: &str) -> Option<(u16, String)> {
     .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
+    status_and_body(&response)
+}
+
+/// The status code and body of a raw HTTP/1.1 response.
+fn status_and_body(response: &str) -> Option<(u16, String)> {
     let code = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response
         .split_once("\r\n\r\n")
@@ -803,12 +808,7 @@ impl World {
         .ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
-        let code = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Some((code, body))
+        status_and_body(&response)
     }
 
     /// A value of metric `name` (first series whose line contains `filter`) on node `i`.

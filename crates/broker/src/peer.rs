@@ -431,14 +431,7 @@ impl Peers {
         node_id: &str,
         request: RelayRequest,
         deadline: Duration,
-    ) -> Result<
-        (
-            quinn::SendStream,
-            quinn::RecvStream,
-            wire::SessionStartReply,
-        ),
-        wire::Error,
-    > {
+    ) -> Result<crate::relay::SessionStreams, wire::Error> {
         let unavailable = |why: String| wire::Error::new(wire::ErrorCode::Unavailable, why);
         let link = self
             .link_named(node_id)

@@ -423,6 +423,13 @@ async fn resume_session(
     drop(slot);
 }
 
+/// A session's streams toward its host agent, after the agent's answer to `SessionStart`.
+pub(crate) type SessionStreams = (
+    quinn::SendStream,
+    quinn::RecvStream,
+    wire::SessionStartReply,
+);
+
 /// Where the host agent is now: attached here, or to the peer broker its presence names.
 fn route_to_host(ctx: &Ctx, host: &str) -> Option<Route> {
     if ctx.hosts.get(host).is_some() {
@@ -439,14 +446,7 @@ async fn start_session(
     route: &Route,
     host: &str,
     start: wire::SessionStart,
-) -> Result<
-    (
-        quinn::SendStream,
-        quinn::RecvStream,
-        wire::SessionStartReply,
-    ),
-    wire::Error,
-> {
+) -> Result<SessionStreams, wire::Error> {
     match route {
         Route::Local => start_on_host(ctx, host, start).await,
         Route::Peer(broker) => {
@@ -659,14 +659,7 @@ async fn start_on_host(
     ctx: &Ctx,
     host_name: &str,
     start: wire::SessionStart,
-) -> Result<
-    (
-        quinn::SendStream,
-        quinn::RecvStream,
-        wire::SessionStartReply,
-    ),
-    wire::Error,
-> {
+) -> Result<SessionStreams, wire::Error> {
     let unavailable = |why: String| error(ErrorCode::Unavailable, why);
     let host = ctx.hosts.get(host_name).ok_or_else(|| {
         unavailable(format!(

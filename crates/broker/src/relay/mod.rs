@@ -8,7 +8,7 @@
 mod client;
 mod host;
 
-pub(crate) use client::carry_for_peer;
+pub(crate) use client::{carry_for_peer, SessionStreams};
 
 use crate::node::Ctx;
 use ferry_proto::frame::FrameLimits;
