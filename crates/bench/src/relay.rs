@@ -6,6 +6,7 @@
 //! delivering into a local TCP sink). The baseline moves the same bytes over one quinn stream
 //! between two endpoints in this process, with the same TLS and transport settings.
 
+use crate::cluster::{self, Cluster};
 use crate::report::{cpu_seconds, machine, median, Figure, Report};
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -14,7 +15,6 @@ use ferry_agent::{client, ClientConfig};
 use ferry_transport::{endpoint, tls};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -30,16 +30,8 @@ pub struct Options {
 const WRITE_BYTES: usize = 64 * 1024;
 /// Longest any single transfer may take before the benchmark gives up.
 const TRANSFER_DEADLINE: Duration = Duration::from_secs(300);
-
-/// A child process killed when dropped, so the benchmark never leaves a broker behind.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// The host agent's name; its service is a TCP sink.
+const HOST: &str = "sink-host";
 
 struct Run {
     seconds: f64,
@@ -51,86 +43,38 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     if options.bytes == 0 || options.runs == 0 {
         bail!("--bytes and --runs must be greater than 0");
     }
-    let dir = tempfile::Builder::new().prefix("ferry-bench-").tempdir()?;
-    let cluster = dir.path().join("cluster");
-    let base_port = free_base_port()?;
-    ferry(
-        &[
-            "init",
-            "--out",
-            path(&cluster),
-            "--base-port",
-            &base_port.to_string(),
-            "--cluster-name",
-            "bench",
-        ],
-        None,
-    )?;
-    set_udp_payload(&cluster, options.udp_payload_bytes_max)?;
-    let log = std::fs::File::create(dir.path().join("broker.log"))?;
-    let broker = ChildGuard(
-        Command::new(std::env::current_exe()?)
-            .args(["broker", "--config", path(&cluster.join("b1.toml"))])
-            .env("FERRY_LOG", "warn")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting the broker")?,
-    );
-    wait_healthy(base_port + 1).await?;
-    let config_path = cluster.join("client.toml");
-    let config = path(&config_path);
-    ferry(
-        &[
-            "admin",
-            "--config",
-            config,
-            "user",
-            "add",
-            "bench",
-            "--group",
-            "bench",
-            "--password-stdin",
-        ],
-        Some("bench-password\n"),
-    )?;
-    let token = ferry(
-        &[
-            "admin",
-            "--config",
-            config,
-            "host",
-            "enroll",
-            "sink-host",
-            "--group",
-            "sinks",
-        ],
-        None,
-    )?;
-    ferry(
-        &["admin", "--config", config, "grant", "bench", "sinks"],
-        None,
-    )?;
+    let mut cluster = Cluster::init("relay", 1)?;
+    set_udp_payload(&cluster.files(), options.udp_payload_bytes_max)?;
+    cluster.start_all()?;
+    cluster.nodes[0]
+        .wait_listening(Duration::from_secs(20))
+        .await?;
+    let broker_pid = cluster.nodes[0]
+        .pid()
+        .expect("the broker was started just above");
+    let token = cluster.provision(HOST)?;
 
     // The host agent delivers into a TCP sink that reports how many bytes each connection got.
     let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let sink_addr = sink.local_addr()?;
     let (received_tx, mut received) = mpsc::channel::<u64>(16);
     tokio::spawn(run_sink(sink, received_tx));
-    let client_config = ClientConfig::load(&config_path)?;
+    let client_config = ClientConfig::load(&cluster.client_config())?;
     let host = HostOptions {
         config: client_config.clone(),
-        name: "sink-host".into(),
-        state_dir: dir.path().join("host"),
-        enroll_token: Some(token.trim().to_owned()),
+        name: HOST.into(),
+        state_dir: cluster.scratch().join("host"),
+        enroll_token: Some(token),
         services: [("sink".to_owned(), sink_addr)].into_iter().collect(),
     };
     tokio::spawn(ferry_agent::host::run(host, std::future::pending()));
-    wait_attached(config).await?;
-    let login = client::login(&client_config, "bench", "bench-password").await?;
+    cluster
+        .wait_host_attached(0, HOST, Duration::from_secs(20))
+        .await?;
+    let login = client::login(&client_config, cluster::USER, cluster::PASSWORD).await?;
     let opener = client::SessionOpener::new(&client_config, login.token)?;
 
-    let direct = Direct::start(&cluster, client_config.transport_limits()).await?;
+    let direct = Direct::start(&cluster.files(), client_config.transport_limits()).await?;
     let payload = Bytes::from(vec![0x5a; WRITE_BYTES]);
     let mut relayed_runs = Vec::new();
     let mut direct_runs = Vec::new();
@@ -141,16 +85,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             options.runs,
             options.bytes >> 20
         );
-        relayed_runs.push(
-            relayed(
-                &opener,
-                &mut received,
-                broker.0.id(),
-                options.bytes,
-                &payload,
-            )
-            .await?,
-        );
+        relayed_runs
+            .push(relayed(&opener, &mut received, broker_pid, options.bytes, &payload).await?);
         eprintln!(
             "run {}/{}: direct {} MiB",
             i + 1,
@@ -159,7 +95,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         );
         direct_runs.push(direct.transfer(options.bytes, &payload).await?);
     }
-    drop(broker);
+    cluster.nodes[0].kill();
 
     let gb = options.bytes as f64 / 1e9;
     let goodput = |runs: &[Run]| {
@@ -225,6 +161,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                 met: p2 >= 0.6,
             },
         ],
+        notes: Vec::new(),
         runs: serde_json::json!({ "relayed": runs_json(&relayed_runs), "direct": runs_json(&direct_runs) }),
     })
 }
@@ -237,7 +174,7 @@ async fn relayed(
     bytes: u64,
     payload: &Bytes,
 ) -> anyhow::Result<Run> {
-    let opened = opener.open("sink-host", "sink").await?;
+    let opened = opener.open(HOST, "sink").await?;
     // The session's local side is an in-memory pipe, as a TCP connection would be.
     let (mut app, local) = tokio::io::duplex(LOCAL_PIPE_BYTES);
     let (local_read, local_write) = tokio::io::split(local);
@@ -397,100 +334,4 @@ fn set_udp_payload(cluster: &Path, bytes: u16) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&client)?;
     std::fs::write(&client, format!("udp_payload_bytes_max = {bytes}\n{text}"))?;
     Ok(())
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("temporary paths are UTF-8")
-}
-
-/// Runs a `ferry` subcommand (this very binary) and returns its stdout.
-pub(crate) fn ferry(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
-    use std::io::Write;
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin is piped")
-            .write_all(input.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "ferry {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A port `p` with UDP `p` and TCP `p + 1` free on 127.0.0.1.
-fn free_base_port() -> anyhow::Result<u16> {
-    free_port_block(1)
-}
-
-/// A base port `p` such that for each of `nodes` nodes i, UDP p+10i, TCP p+10i+1 and UDP
-/// p+10i+2 (relay, admin, peers: `ferry init`'s layout) are free on 127.0.0.1.
-pub(crate) fn free_port_block(nodes: u16) -> anyhow::Result<u16> {
-    use rand::Rng;
-    'search: for _ in 0..100 {
-        let p: u16 = rand::thread_rng().gen_range(30_000..60_000);
-        let mut held = Vec::new();
-        for i in 0..nodes {
-            let base = p + 10 * i;
-            let (Ok(a), Ok(b), Ok(c)) = (
-                std::net::UdpSocket::bind(("127.0.0.1", base)),
-                std::net::TcpListener::bind(("127.0.0.1", base + 1)),
-                std::net::UdpSocket::bind(("127.0.0.1", base + 2)),
-            ) else {
-                continue 'search;
-            };
-            held.push((a, b, c));
-        }
-        return Ok(p);
-    }
-    bail!("no free block of ports found on 127.0.0.1")
-}
-
-async fn wait_healthy(admin_port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    bail!("the broker's admin API did not come up within 20 s")
-}
-
-async fn wait_attached(config: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let hosts = ferry(
-            &["admin", "--config", config, "host", "list", "--json"],
-            None,
-        )?;
-        let hosts: serde_json::Value = serde_json::from_str(&hosts)?;
-        if hosts["hosts"]
-            .as_array()
-            .is_some_and(|hs| hs.iter().any(|h| h["connected"] == true))
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("the benchmark's host agent did not attach within 20 s")
 }

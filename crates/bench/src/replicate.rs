@@ -374,6 +374,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             "p4_goal": format!("ferry writes/s >= etcd writes/s at {P4_PROPOSERS} proposers"),
         }),
         figures,
+        notes: Vec::new(),
         runs: serde_json::json!({
             "ferry": ferry_levels.iter().map(Level::json).collect::<Vec<_>>(),
             "etcd": etcd_levels.iter().map(Level::json).collect::<Vec<_>>(),
@@ -388,8 +389,8 @@ fn path(p: &Path) -> &str {
 
 async fn start_ferry(dir: &Path, http: &reqwest::Client) -> anyhow::Result<(Target, Vec<Proc>)> {
     let cluster = dir.join("ferry");
-    let base = crate::relay::free_port_block(NODES)?;
-    crate::relay::ferry(
+    let base = crate::cluster::free_port_block(NODES)?;
+    crate::cluster::ferry(
         &[
             "init",
             "--out",

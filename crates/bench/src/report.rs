@@ -25,6 +25,8 @@ pub struct Report {
     pub machine: String,
     pub parameters: serde_json::Value,
     pub figures: Vec<Figure>,
+    /// Lines for the reader, printed under the table: what a baseline means, what went wrong.
+    pub notes: Vec<String>,
     /// Every individual run, for readers who distrust medians.
     pub runs: serde_json::Value,
 }
@@ -47,15 +49,35 @@ pub fn emit(report: &Report, json: Option<&Path>) -> anyhow::Result<()> {
         ("id", "metric", "ferry", "baseline", "ratio", "goal");
     println!("{id:<4} {metric:<width$} {ferry:>10} {baseline:>10} {ratio:>7}  {goal:<14} met");
     for (f, label) in report.figures.iter().zip(&labels) {
+        // A count against a baseline of 0 has no ratio.
+        let ratio = if f.ratio.is_finite() {
+            format!("{:.3}", f.ratio)
+        } else {
+            "-".to_owned()
+        };
         println!(
-            "{:<4} {label:<width$} {:>10.3} {:>10.3} {:>7.3}  {:<14} {}",
+            "{:<4} {label:<width$} {:>10.3} {:>10.3} {ratio:>7}  {:<14} {}",
             f.id,
             f.ferry,
             f.baseline,
-            f.ratio,
             f.goal,
             if f.met { "yes" } else { "NO" }
         );
+    }
+    let mut ids: Vec<&str> = report.figures.iter().map(|f| f.id).collect();
+    ids.dedup();
+    for id in ids {
+        let of_id = || report.figures.iter().filter(|f| f.id == id);
+        let met = of_id().all(|f| f.met);
+        println!(
+            "{id}: {} ({} of {} figures meet their goal)",
+            if met { "met" } else { "NOT met" },
+            of_id().filter(|f| f.met).count(),
+            of_id().count()
+        );
+    }
+    for note in &report.notes {
+        println!("note: {note}");
     }
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(report)?)?;

@@ -219,7 +219,16 @@ pub async fn run(args: AdminArgs) -> CliResult {
                 json,
                 &sessions,
                 "sessions",
-                &["id", "user", "host", "service", "broker", "state", "resumes", "opened_at_ms"],
+                &[
+                    "id",
+                    "user",
+                    "host",
+                    "service",
+                    "broker",
+                    "state",
+                    "resumes",
+                    "opened_at_ms",
+                ],
             );
         }
         AdminCommand::Member(command) => {

@@ -305,11 +305,44 @@ pub struct BenchArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchScenario {
-    /// Leader SIGKILL to first committed write, N times under load (SPEC P6).
+    /// Leader SIGKILL to first committed write, N times under load (SPEC P6); with
+    /// --sessions, SIGKILL of the broker carrying live sessions: their stalls and losses (P7).
     Failover {
-        /// How many times to kill the leader.
-        #[arg(long, default_value_t = 10)]
-        kills: u32,
+        /// How many times to kill: the leader [default: 10], or with --sessions the broker
+        /// carrying the sessions [default: 1; each killed broker is restarted before the next].
+        #[arg(long)]
+        kills: Option<u32>,
+        /// Run SPEC P7 instead: this many sessions moving data both ways through b1, which
+        /// is SIGKILLed mid-transfer.
+        #[arg(long)]
+        sessions: Option<usize>,
+        /// With --sessions: KiB/s each direction of each session sends (0: as fast as flow
+        /// control allows).
+        #[arg(long, requires = "sessions", default_value_t = ferry_bench::live_sessions::Load::RATE_KIB_DEFAULT)]
+        rate_kib: u64,
+        /// With --sessions: seconds of steady traffic before each kill (the baseline's window
+        /// lies at its end).
+        #[arg(long, requires = "sessions", default_value_t = ferry_bench::live_sessions::Load::STEADY_SECS_DEFAULT)]
+        steady_secs: u64,
+        /// With --sessions: seconds of traffic after every session flows again.
+        #[arg(long, requires = "sessions", default_value_t = ferry_bench::live_sessions::Load::AFTER_SECS_DEFAULT)]
+        after_secs: u64,
+    },
+    /// Planned drain: b1 hands its host agent and client off to b2 while they carry live
+    /// sessions moving data both ways; sessions dropped and stalls (SPEC P8).
+    Drain {
+        /// Sessions open through b1 during the hand-off.
+        #[arg(long, default_value_t = 50)]
+        sessions: usize,
+        /// KiB/s each direction of each session sends (0: as fast as flow control allows).
+        #[arg(long, default_value_t = ferry_bench::live_sessions::Load::RATE_KIB_DEFAULT)]
+        rate_kib: u64,
+        /// Seconds of steady traffic before the hand-off (the baseline's window lies at its end).
+        #[arg(long, default_value_t = ferry_bench::live_sessions::Load::STEADY_SECS_DEFAULT)]
+        steady_secs: u64,
+        /// Seconds of traffic after every session flows again.
+        #[arg(long, default_value_t = ferry_bench::live_sessions::Load::AFTER_SECS_DEFAULT)]
+        after_secs: u64,
     },
     /// Relayed vs direct goodput and CPU per GB (SPEC P1, P2).
     Relay {

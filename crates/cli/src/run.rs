@@ -6,6 +6,7 @@ use clap::CommandFactory;
 use ferry_agent::error::exit;
 use ferry_agent::host::HostOptions;
 use ferry_agent::{client, token_cache, ClientConfig};
+use ferry_bench::live_sessions::Load;
 
 pub async fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
@@ -72,8 +73,38 @@ pub async fn dispatch(cli: Cli) -> CliResult {
                     };
                     ferry_bench::relay::run(options).await
                 }
-                BenchScenario::Failover { kills } => {
+                BenchScenario::Failover {
+                    kills,
+                    sessions: None,
+                    ..
+                } => {
+                    let kills = kills.unwrap_or(10);
                     ferry_bench::failover::run(ferry_bench::failover::Options { kills }).await
+                }
+                BenchScenario::Failover {
+                    kills,
+                    sessions: Some(sessions),
+                    rate_kib,
+                    steady_secs,
+                    after_secs,
+                } => {
+                    let load = Load::new(sessions, rate_kib, steady_secs, after_secs)
+                        .map_err(Failure::from)?;
+                    let options = ferry_bench::session_failover::Options {
+                        load,
+                        kills: kills.unwrap_or(1),
+                    };
+                    ferry_bench::session_failover::run(options).await
+                }
+                BenchScenario::Drain {
+                    sessions,
+                    rate_kib,
+                    steady_secs,
+                    after_secs,
+                } => {
+                    let load = Load::new(sessions, rate_kib, steady_secs, after_secs)
+                        .map_err(Failure::from)?;
+                    ferry_bench::drain::run(ferry_bench::drain::Options { load }).await
                 }
                 BenchScenario::Replicate { proposers, secs } => {
                     let options = ferry_bench::replicate::Options { proposers, secs };
