@@ -345,17 +345,30 @@ async fn resume_session(
     let (route, (host_send, host_recv, reply)) = loop {
         let route = route_to_host(ctx, &session.host);
         let attempt = match &route {
-            Some(route) => tokio::time::timeout(
-                RESUME_ATTEMPT_TIMEOUT,
-                start_session(ctx, route, &session.host, start.clone()),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(error(
-                    ErrorCode::Unavailable,
-                    "the host did not answer in time",
-                ))
-            }),
+            Some(current) => {
+                // While an attempt waits (say, on the broker that died, which presence still
+                // names), the agent may attach elsewhere: then the attempt is abandoned at once.
+                let moved = async {
+                    loop {
+                        tokio::time::sleep(RESUME_RETRY_DELAY).await;
+                        if route_to_host(ctx, &session.host).as_ref() != Some(current) {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    attempt = tokio::time::timeout(
+                        RESUME_ATTEMPT_TIMEOUT,
+                        start_session(ctx, current, &session.host, start.clone()),
+                    ) => attempt.unwrap_or_else(|_| {
+                        Err(error(
+                            ErrorCode::Unavailable,
+                            "the host did not answer in time",
+                        ))
+                    }),
+                    () = moved => Err(error(ErrorCode::Unavailable, "the host moved")),
+                }
+            }
             None => Err(error(
                 ErrorCode::Unavailable,
                 format!("host {:?} is not attached to any broker yet", session.host),
@@ -466,6 +479,7 @@ async fn start_session(
 }
 
 /// Where a session's host is reachable from this node.
+#[derive(Debug, PartialEq, Eq)]
 enum Route {
     /// Its agent is attached here.
     Local,
