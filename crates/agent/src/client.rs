@@ -473,6 +473,9 @@ pub async fn stdio(opener: &Arc<SessionOpener>, host: &str, service: &str) -> Re
                 .unwrap_or(Ending::Complete)
         }
     };
+    // The last acknowledgement must reach the host before the connection closes, or the host
+    // would wait for it (and the session would be recorded as broken, not closed).
+    let _ = tokio::time::timeout(STDIO_CLOSE_GRACE, session.flushed()).await;
     opener.close().await;
     match ending {
         Ending::Complete => Ok(()),

@@ -101,6 +101,9 @@ struct Shared {
     phase: watch::Sender<Phase>,
     /// Set once the far side's end of stream has been delivered locally.
     remote_ended: watch::Sender<bool>,
+    /// Set once the session ended and its last link's stream was finished and fully
+    /// acknowledged by QUIC (or reset): closing the connection then loses nothing.
+    flushed: watch::Sender<bool>,
 }
 
 /// A running session; cheap to clone.
@@ -143,6 +146,7 @@ impl Session {
             link_reader: Notify::new(),
             phase,
             remote_ended: watch::channel(false).0,
+            flushed: watch::channel(false).0,
         });
         let session = Self { shared };
         tokio::spawn(local_reader(session.shared.clone(), local_read));
@@ -260,6 +264,12 @@ impl Session {
     pub async fn remote_ended(&self) {
         let mut ended = self.shared.remote_ended.subscribe();
         let _ = ended.wait_for(|e| *e).await;
+    }
+
+    /// Waits until the session has ended and its final frames have left (see `Shared::flushed`).
+    pub async fn flushed(&self) {
+        let mut flushed = self.shared.flushed.subscribe();
+        let _ = flushed.wait_for(|f| *f).await;
     }
 
     /// Connection of the current link, if linked.
@@ -480,6 +490,7 @@ async fn link_writer(
                 let _ = send.finish();
                 // Keep the stream until the far side has read it all.
                 let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+                shared.flushed.send_replace(true);
                 return;
             }
             Next::Stop { clean: false } => {
