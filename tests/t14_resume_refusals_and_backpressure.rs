@@ -148,11 +148,18 @@ fn t14_resume_after_the_window_is_refused_with_a_clear_message() {
         Duration::from_secs(30),
         || sessions(&w, 2).is_empty().then_some(()),
     );
-    let lost: f64 = [2, 3]
-        .iter()
-        .map(|&i| w.metric(i, "ferry_sessions_lost_total", "expired"))
-        .sum();
-    assert_eq!(lost, 1.0, "the loss is counted, with its reason");
+    // The leader counts the loss once its close is applied (on followers, it may be first).
+    wait_for(
+        "the loss to be counted, with its reason",
+        Duration::from_secs(10),
+        || {
+            let lost: f64 = [2, 3]
+                .iter()
+                .map(|&i| w.metric(i, "ferry_sessions_lost_total", "expired"))
+                .sum();
+            (lost == 1.0).then_some(())
+        },
+    );
     signal("-CONT", forward.pid());
 
     // The client tries to resume, is told why it cannot, and closes the local connection.
@@ -174,9 +181,11 @@ fn t14_resume_after_the_window_is_refused_with_a_clear_message() {
         .unwrap();
     let n = local.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "the local connection is closed");
-    assert!(
-        host.log_text().contains("not resumed within"),
-        "the host gave the session up after its window too"
+    // The agent counts its window from when it noticed the broker was gone.
+    wait_for(
+        "the host to give the session up after its window too",
+        Duration::from_secs(10),
+        || host.log_text().contains("not resumed within").then_some(()),
     );
 }
 
