@@ -61,6 +61,16 @@ impl StateMachine {
                 c.session_id.to_string(),
                 self.detach_session(c, now),
             ),
+            Kind::AcquireLease(c) => (
+                if c.forced {
+                    "maintenance.acquire.forced"
+                } else {
+                    "maintenance.acquire"
+                },
+                c.node.clone(),
+                self.acquire_lease(c, &command.actor, now),
+            ),
+            Kind::ReleaseLease(c) => ("maintenance.release", c.node.clone(), self.release_lease(c)),
             Kind::PurgeExpired(_) => ("purge", String::new(), Ok(self.purge_expired(now))),
             Kind::ChangeMembership(c) => (
                 "member.refused",
@@ -95,6 +105,16 @@ impl StateMachine {
         let outcome = match (outcome, &command.kind) {
             // The login itself failed; the command only records it, so say why.
             (Outcome::Applied, Some(Kind::LoginFailed(c))) => format!("failed: {}", c.reason),
+            // Who forced what is the actor and target; which checks failed is said here.
+            (Outcome::Applied, Some(Kind::AcquireLease(c))) if c.forced => format!(
+                "ok, FORCED past failing checks: {}",
+                if c.failed_checks.is_empty() {
+                    "none".to_owned()
+                } else {
+                    c.failed_checks.join("; ")
+                }
+            ),
+            (Outcome::Applied, Some(Kind::ReleaseLease(c))) => format!("ok: {}", c.reason),
             (Outcome::Applied, _) => "ok".to_owned(),
             (Outcome::SessionOpened { session_id }, _) => format!("ok session {session_id}"),
             (Outcome::Refused(r), _) => format!("refused: {}", r.message),

@@ -6,14 +6,16 @@
 //! same state on every node, which is what lets consensus (issue 2) replicate it.
 
 mod apply;
+mod maintenance;
 mod members;
 mod names;
 mod queries;
 mod snapshot;
 
 pub use ferry_proto::state::{
-    command::Kind, AuditRecord, ChangeMembership, Command, EnrollmentState, Grant, Host, Member,
-    MemberRole, MembershipAction, Session, SessionState, Snapshot, Token, User,
+    command::Kind, AuditRecord, ChangeMembership, Command, EnrollmentState, Grant, Host,
+    MaintenanceLease, Member, MemberRole, MembershipAction, Session, SessionState, Snapshot, Token,
+    User,
 };
 pub use names::{validate_name, NameKind};
 pub use queries::{Counts, TokenCheck};
@@ -100,6 +102,8 @@ pub struct StateMachine {
     members: BTreeMap<u64, Member>,
     /// Raft ids of removed members, never to be reused.
     retired_raft_ids: BTreeSet<u64>,
+    /// Nodes under maintenance, by node id (see `maintenance.rs`).
+    leases: BTreeMap<String, MaintenanceLease>,
 }
 
 impl StateMachine {

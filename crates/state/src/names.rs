@@ -13,6 +13,7 @@ pub enum NameKind {
     Host,
     Group,
     Service,
+    Node,
 }
 
 impl NameKind {
@@ -22,6 +23,7 @@ impl NameKind {
             NameKind::Host => "host",
             NameKind::Group => "group",
             NameKind::Service => "service",
+            NameKind::Node => "node",
         }
     }
 }

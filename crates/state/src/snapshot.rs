@@ -37,6 +37,7 @@ impl StateMachine {
             next_audit_seq: self.next_audit_seq,
             members: self.members.values().cloned().collect(),
             retired_raft_ids: self.retired_raft_ids.iter().copied().collect(),
+            leases: self.leases.values().cloned().collect(),
         }
     }
 
@@ -95,6 +96,11 @@ impl StateMachine {
             }
             if state.members.insert(member.raft_id, member).is_some() {
                 return inconsistent("duplicate member".into());
+            }
+        }
+        for lease in snapshot.leases {
+            if state.leases.insert(lease.node.clone(), lease).is_some() {
+                return inconsistent("duplicate maintenance lease".into());
             }
         }
         Ok(state)

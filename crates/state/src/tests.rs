@@ -345,3 +345,54 @@ fn member_directory_follows_configuration_changes_only() {
         ]
     );
 }
+
+fn acquire(node: &str, forced: bool, failed: &[&str]) -> Kind {
+    Kind::AcquireLease(pb::AcquireLease {
+        node: node.into(),
+        forced,
+        failed_checks: failed.iter().map(|f| f.to_string()).collect(),
+    })
+}
+
+fn release(node: &str) -> Kind {
+    Kind::ReleaseLease(pb::ReleaseLease {
+        node: node.into(),
+        reason: "undrained".into(),
+    })
+}
+
+#[test]
+fn maintenance_leases_are_one_at_a_time_unless_forced() {
+    let state = check(vec![
+        (T0, acquire("b1", false, &[]), Ok(())),
+        // The same node again is harmless (a retried drain).
+        (T0 + 1, acquire("b1", false, &[]), Ok(())),
+        // A second node while b1 is away: refused, naming the holder.
+        (
+            T0 + 2,
+            acquire("b2", false, &[]),
+            Err("node b1 is under maintenance (lease taken by test)"),
+        ),
+        (T0 + 3, acquire("bad name!", false, &[]), Err("node")),
+        (T0 + 4, release("b2"), Err("b2 holds no maintenance lease")),
+        (T0 + 5, release("b1"), Ok(())),
+        (T0 + 6, acquire("b2", false, &[]), Ok(())),
+        // Forced past the one-at-a-time rule: proceeds, and the audit says which checks failed.
+        (T0 + 7, acquire("b3", true, &["quorum: w1 is down"]), Ok(())),
+    ]);
+    let leases: Vec<_> = state
+        .leases()
+        .map(|l| (l.node.as_str(), l.since_ms, l.forced))
+        .collect();
+    assert_eq!(leases, vec![("b2", T0 + 6, false), ("b3", T0 + 7, true)]);
+    let forced = state.audit_after(0, 100).last().expect("audited").clone();
+    assert_eq!(forced.action, "maintenance.acquire.forced");
+    assert_eq!(forced.target, "b3");
+    assert_eq!(
+        forced.outcome,
+        "ok, FORCED past failing checks: quorum: w1 is down"
+    );
+    // Leases survive a snapshot.
+    let restored = StateMachine::restore(state.snapshot()).expect("restores");
+    assert_eq!(restored, state);
+}
