@@ -76,3 +76,280 @@ pub struct LeaseSummary {
     pub forced: bool,
     pub failed_checks: Vec<String>,
 }
+
+use crate::config::NodeRole;
+use crate::health::{local_report, role_name, to_gate};
+use crate::node::Ctx;
+use ferry_gate::Policy;
+use std::sync::atomic::Ordering;
+
+/// A node of the current configuration.
+struct MemberInfo {
+    node_id: String,
+    raft_id: u64,
+    role: NodeRole,
+    voter: bool,
+}
+
+/// This node and the peers it links to, as far as they are in the configuration it applied.
+fn members(ctx: &Ctx) -> Vec<MemberInfo> {
+    let membership = ctx.replica.membership();
+    let in_config = |id: u64| {
+        if membership.voters.contains(&id) {
+            Some(true)
+        } else if membership.learners.contains(&id) {
+            Some(false)
+        } else {
+            None
+        }
+    };
+    let own = std::iter::once((
+        ctx.config.node_id.clone(),
+        ctx.replica.raft_id(),
+        ctx.config.role,
+    ));
+    let peers = ctx
+        .peers
+        .as_ref()
+        .map(|p| p.all())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.node_id, p.raft_id, p.role));
+    let mut members: Vec<MemberInfo> = own
+        .chain(peers)
+        .filter_map(|(node_id, raft_id, role)| {
+            Some(MemberInfo {
+                voter: in_config(raft_id)?,
+                node_id,
+                raft_id,
+                role,
+            })
+        })
+        .collect();
+    members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    members
+}
+
+/// The thresholds of `[gate]`.
+pub fn policy(ctx: &Ctx) -> Policy {
+    let gate = &ctx.config.gate;
+    Policy {
+        contact_max_ms: gate.contact_max_ms,
+        applied_lag_max: gate.applied_lag_entries_max,
+        memory_headroom_floor_bytes: gate.memory_headroom_floor_bytes,
+        stabilization_ms: gate.stabilization_secs * 1000,
+    }
+}
+
+/// The gate's input, as this node sees the cluster now.
+pub fn gate_view(ctx: &Ctx) -> ferry_gate::Cluster {
+    let own = local_report(ctx);
+    let members = members(ctx)
+        .into_iter()
+        .map(|m| {
+            let (report, age) = if m.node_id == ctx.config.node_id {
+                (Some(to_gate(&own)), 0)
+            } else {
+                match ctx.reports.get(&m.node_id) {
+                    Some((r, age)) => (Some(to_gate(&r)), age.as_millis() as u64),
+                    None => (None, 0),
+                }
+            };
+            ferry_gate::Member {
+                node_id: m.node_id,
+                raft_id: m.raft_id,
+                role: match m.role {
+                    NodeRole::Broker => ferry_gate::Role::Broker,
+                    NodeRole::Witness => ferry_gate::Role::Witness,
+                },
+                voter: m.voter,
+                report,
+                report_age_ms: age,
+            }
+        })
+        .collect();
+    let leases = ctx
+        .replica
+        .read()
+        .leases()
+        .map(|l| ferry_gate::Lease {
+            node: l.node.clone(),
+            holder: l.holder.clone(),
+            since_ms: l.since_ms,
+            forced: l.forced,
+        })
+        .collect();
+    ferry_gate::Cluster {
+        members,
+        commit: own.commit,
+        leases,
+        change_pending: ctx.replica.membership().change_pending,
+    }
+}
+
+fn lease_summaries(ctx: &Ctx, now_ms: u64) -> Vec<LeaseSummary> {
+    ctx.replica
+        .read()
+        .leases()
+        .map(|l| LeaseSummary {
+            node: l.node.clone(),
+            holder: l.holder.clone(),
+            since_ms: l.since_ms,
+            age_secs: now_ms.saturating_sub(l.since_ms) / 1000,
+            forced: l.forced,
+            failed_checks: l.failed_checks.clone(),
+        })
+        .collect()
+}
+
+/// `GET /v1/cluster`: every member with its report, health and lease.
+pub fn status(ctx: &Ctx) -> ClusterStatus {
+    let now_ms = crate::now_ms();
+    let view = gate_view(ctx);
+    let policy = policy(ctx);
+    let leases = lease_summaries(ctx, now_ms);
+    let raw = |node_id: &str| {
+        if node_id == ctx.config.node_id {
+            Some((local_report(ctx), std::time::Duration::ZERO))
+        } else {
+            ctx.reports.get(node_id)
+        }
+    };
+    let leader_id = ctx.replica.status().leader.load(Ordering::Acquire);
+    let nodes = view
+        .members
+        .iter()
+        .map(|m| {
+            let problems = ferry_gate::problems(m, view.commit, &policy);
+            let report = raw(&m.node_id);
+            let r = m.report.clone();
+            let (relay_addr, admin_addr, version) = report
+                .as_ref()
+                .map(|(r, _)| {
+                    (
+                        r.relay_addr.clone(),
+                        r.admin_addr.clone(),
+                        r.version.clone(),
+                    )
+                })
+                .unwrap_or_default();
+            let raft_role = match (&r, m.voter) {
+                (None, _) => "unknown",
+                (Some(r), _) if r.leader => "leader",
+                (Some(_), true) => "follower",
+                (Some(_), false) => "learner",
+            };
+            NodeSummary {
+                node_id: m.node_id.clone(),
+                raft_id: m.raft_id,
+                role: match m.role {
+                    ferry_gate::Role::Broker => role_name(NodeRole::Broker),
+                    ferry_gate::Role::Witness => role_name(NodeRole::Witness),
+                }
+                .into(),
+                voter: m.voter,
+                raft_role: raft_role.into(),
+                healthy: problems.is_empty(),
+                problems,
+                term: r.as_ref().map_or(0, |r| r.term),
+                commit: r.as_ref().map_or(0, |r| r.commit),
+                applied: r.as_ref().map_or(0, |r| r.applied),
+                lag: r
+                    .as_ref()
+                    .map_or(0, |r| view.commit.saturating_sub(r.applied)),
+                last_report_ms: r.as_ref().map(|_| m.report_age_ms),
+                leader_contact_ms: r.as_ref().and_then(|r| r.leader_contact_ms),
+                services: r.as_ref().map(|r| r.services.clone()).unwrap_or_default(),
+                memory_rss_bytes: r.as_ref().map_or(0, |r| r.memory_rss_bytes),
+                memory_limit_bytes: r.as_ref().map_or(0, |r| r.memory_limit_bytes),
+                hosts: r.as_ref().map_or(0, |r| r.hosts),
+                connections: r.as_ref().map_or(0, |r| r.connections),
+                sessions: r.as_ref().map_or(0, |r| r.sessions),
+                sessions_max: r.as_ref().map_or(0, |r| r.sessions_max),
+                connections_max: r.as_ref().map_or(0, |r| r.connections_max),
+                draining: r.as_ref().is_some_and(|r| r.draining),
+                maintenance: leases.iter().find(|l| l.node == m.node_id).cloned(),
+                relay_addr,
+                admin_addr,
+                version,
+                uptime_secs: r
+                    .as_ref()
+                    .map_or(0, |r| now_ms.saturating_sub(r.started_at_ms) / 1000),
+            }
+        })
+        .collect::<Vec<_>>();
+    let leader = view
+        .members
+        .iter()
+        .find(|m| m.raft_id == leader_id && leader_id != 0)
+        .map(|m| m.node_id.clone());
+    ClusterStatus {
+        cluster_name: ctx.config.cluster_name.clone(),
+        reported_by: ctx.config.node_id.clone(),
+        leader,
+        term: ctx.replica.status().term.load(Ordering::Acquire),
+        commit: view.commit,
+        voters: view.members.iter().filter(|m| m.voter).count(),
+        quorum: view.quorum(),
+        failure_tolerance: view.failure_tolerance(&policy),
+        nodes,
+        leases,
+        generated_at_ms: now_ms,
+    }
+}
+
+/// What is wrong with this node, in words (empty: healthy). `/readyz` and `ferry_node_healthy`.
+pub fn own_problems(ctx: &Ctx) -> Vec<String> {
+    let view = gate_view(ctx);
+    view.member(&ctx.config.node_id)
+        .map(|m| ferry_gate::problems(m, view.commit, &policy(ctx)))
+        .unwrap_or_else(|| {
+            vec!["this node is not (yet) a member of the cluster's configuration".into()]
+        })
+}
+
+/// Refreshes the health gauges from this node's view.
+pub fn refresh_metrics(ctx: &Ctx, own: &ferry_proto::peer::HealthReport) {
+    let m = &ctx.metrics;
+    let view = gate_view(ctx);
+    let policy = policy(ctx);
+    m.member_healthy.clear();
+    for member in &view.members {
+        let healthy = ferry_gate::problems(member, view.commit, &policy).is_empty();
+        m.member_healthy
+            .get_or_create(&crate::metrics::MemberLabel {
+                member: member.node_id.clone(),
+            })
+            .set(i64::from(healthy));
+        if member.node_id == ctx.config.node_id {
+            m.node_healthy.set(i64::from(healthy));
+        }
+    }
+    m.failure_tolerance.set(view.failure_tolerance(&policy));
+    m.memory_rss_bytes.set(own.memory_rss_bytes as i64);
+    m.memory_limit_bytes
+        .set(own.memory_limit_bytes.min(i64::MAX as u64) as i64);
+    m.memory_headroom_floor_bytes
+        .set(policy.memory_headroom_floor_bytes as i64);
+    m.quarantined.set(i64::from(!own.quarantine.is_empty()));
+    // Never heard from a leader: as long as the node has been up.
+    m.leader_contact_seconds
+        .set(own.leader_contact_ms.map_or_else(
+            || ctx.started.elapsed().as_secs_f64(),
+            |ms| ms as f64 / 1000.0,
+        ));
+    m.apply_lag_entries
+        .set(own.commit.saturating_sub(own.applied) as i64);
+    m.draining.set(i64::from(own.draining));
+    m.applied_index.set(own.applied as i64);
+    m.hosts_attached.set(own.hosts as i64);
+    let now_ms = crate::now_ms();
+    m.lease_seconds.clear();
+    for lease in lease_summaries(ctx, now_ms) {
+        m.lease_seconds
+            .get_or_create(&crate::metrics::LeaseLabel {
+                lease_node: lease.node.clone(),
+            })
+            .set(now_ms.saturating_sub(lease.since_ms) as i64 / 1000);
+    }
+}

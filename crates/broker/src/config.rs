@@ -44,6 +44,10 @@ pub struct NodeConfig {
     pub limits: Limits,
     #[serde(default)]
     pub raft: RaftConfig,
+    /// Omitted from generated files while it holds the defaults (docs/OPERATIONS.md lists
+    /// them), so that one `[gate]` table can be added by hand.
+    #[serde(default, skip_serializing_if = "GateConfig::is_default")]
+    pub gate: GateConfig,
     /// Test-only fault injection; off unless a test turns it on.
     #[serde(default, skip_serializing_if = "Faults::is_off")]
     pub faults: Faults,
@@ -138,6 +142,42 @@ impl Default for RaftConfig {
     }
 }
 
+/// Health thresholds and the planned-restart gate (SPEC section 6). Every node of a cluster
+/// should use the same values: the leader's are the ones applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateConfig {
+    /// How long the gate's checks must hold before a restart is allowed, and how long a node
+    /// back from maintenance must stay healthy before its lease is released.
+    pub stabilization_secs: u64,
+    /// A node is in contact when its health report and its last word from a leader are at
+    /// most this old (about two election timeouts).
+    pub contact_max_ms: u64,
+    /// How far a node's applied index may trail the commit index and still count as healthy.
+    pub applied_lag_entries_max: u64,
+    /// A broker counts as room for another's load only with this much memory left under its
+    /// limit (`limits.memory_bytes_max`).
+    pub memory_headroom_floor_bytes: u64,
+}
+
+impl GateConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        Self {
+            stabilization_secs: 30,
+            // Two election timeouts of the default Raft timing (10 ticks of 100 ms).
+            contact_max_ms: 2_000,
+            applied_lag_entries_max: 1_000,
+            memory_headroom_floor_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
 /// Every bound a node enforces (STYLE: bound everything). Units are in the names.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -172,6 +212,9 @@ pub struct Limits {
     /// How long a session whose path broke waits for its endpoints to resume it through
     /// another broker; after that it is lost (both endpoints close their local connections).
     pub session_resume_window_secs: u64,
+    /// The node's memory limit: above it the node reports itself unhealthy and the restart
+    /// gate does not count on it. 0: the machine's memory.
+    pub memory_bytes_max: u64,
 }
 
 impl Default for Limits {
@@ -191,6 +234,7 @@ impl Default for Limits {
             proposal_queue_max: 4096,
             udp_payload_bytes_max: ferry_transport::endpoint::UDP_PAYLOAD_BYTES_DEFAULT,
             session_resume_window_secs: 60,
+            memory_bytes_max: 0,
         }
     }
 }
@@ -268,6 +312,7 @@ impl NodeConfig {
                 "limits.session_resume_window_secs",
                 l.session_resume_window_secs,
             ),
+            ("gate.contact_max_ms", self.gate.contact_max_ms),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be greater than 0"));

@@ -177,9 +177,21 @@ pub async fn hand_off(
     })
 }
 
-/// A broker to send endpoints to: one the consensus layer has heard from lately when this
-/// node knows (the leader does), else the first.
+/// A broker to send endpoints to: a healthy one not under maintenance itself (by the health
+/// reports), else one the consensus layer has heard from lately when this node knows (the
+/// leader does), else the first.
 fn pick_target(ctx: &Ctx, candidates: Vec<BrokerInfo>) -> Option<BrokerInfo> {
+    let view = crate::cluster::gate_view(ctx);
+    let policy = crate::cluster::policy(ctx);
+    let fit = candidates.iter().find(|b| {
+        view.member(&b.node_id).is_some_and(|m| {
+            ferry_gate::problems(m, view.commit, &policy).is_empty()
+                && !view.leases.iter().any(|l| l.node == b.node_id)
+        })
+    });
+    if let Some(fit) = fit {
+        return Some(fit.clone());
+    }
     let membership = ctx.replica.membership();
     let peers = ctx.peers.as_ref()?.brokers();
     let active = |b: &BrokerInfo| {

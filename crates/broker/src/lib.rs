@@ -9,13 +9,16 @@ pub mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod gate;
 pub mod handoff;
+pub mod health;
 pub mod hosts;
 pub mod metrics;
 pub mod node;
 pub mod peer;
 mod relay;
 pub mod replication;
+pub mod supervisor;
 
 pub use config::NodeConfig;
 pub use node::{start, RunningNode};

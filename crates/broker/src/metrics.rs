@@ -27,6 +27,18 @@ pub struct Service {
     pub service: &'static str,
 }
 
+/// A member of the cluster by node id: bounded by the membership, not by input.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MemberLabel {
+    pub member: String,
+}
+
+/// A node holding a maintenance lease: bounded by the membership.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeaseLabel {
+    pub lease_node: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub connections_accepted: Counter,
@@ -53,6 +65,23 @@ pub struct Metrics {
     pub applied_index: Gauge,
     pub store_bytes: Gauge,
     pub service_up: Family<Service, Gauge>,
+    pub service_restarts: Family<Service, Counter>,
+    /// This node's own health (1: healthy), as the restart gate would judge it.
+    pub node_healthy: Gauge,
+    /// Healthy voters minus the quorum, as this node sees the cluster.
+    pub failure_tolerance: Gauge,
+    /// Each member's health as this node sees it (a dead node exports nothing itself).
+    pub member_healthy: Family<MemberLabel, Gauge>,
+    pub memory_rss_bytes: Gauge,
+    pub memory_limit_bytes: Gauge,
+    pub memory_headroom_floor_bytes: Gauge,
+    pub storage_writable: Gauge,
+    pub quarantined: Gauge,
+    pub leader_contact_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub apply_lag_entries: Gauge,
+    pub draining: Gauge,
+    /// Age of each maintenance lease held in the cluster.
+    pub lease_seconds: Family<LeaseLabel, Gauge>,
 }
 
 impl Metrics {
@@ -165,6 +194,71 @@ impl Metrics {
             service_up: register!(
                 "service_up",
                 "1 when the named service of this node is running",
+                Family::default()
+            ),
+            service_restarts: register!(
+                "service_restarts",
+                "Restarts of the named service by its supervisor",
+                Family::default()
+            ),
+            node_healthy: register!(
+                "node_healthy",
+                "1 when this node is healthy: every service running, in contact with the leader, caught up, storage writable, not quarantined, memory under its limit",
+                Gauge::default()
+            ),
+            failure_tolerance: register!(
+                "cluster_failure_tolerance",
+                "Healthy voters minus the quorum, as this node sees the cluster (0: one more failure stops writes)",
+                Gauge::default()
+            ),
+            member_healthy: register!(
+                "cluster_member_healthy",
+                "1 when the member is healthy, as this node sees it",
+                Family::default()
+            ),
+            memory_rss_bytes: register!(
+                "memory_rss_bytes",
+                "Resident memory of this node's process",
+                Gauge::default()
+            ),
+            memory_limit_bytes: register!(
+                "memory_limit_bytes",
+                "This node's configured memory limit (limits.memory_bytes_max, else the machine's memory)",
+                Gauge::default()
+            ),
+            memory_headroom_floor_bytes: register!(
+                "memory_headroom_floor_bytes",
+                "Memory headroom a broker needs to count as room for another's load (gate.memory_headroom_floor_bytes)",
+                Gauge::default()
+            ),
+            storage_writable: register!(
+                "storage_writable",
+                "1 when the last storage probe write succeeded",
+                Gauge::default()
+            ),
+            quarantined: register!(
+                "quarantined",
+                "1 when this node's store is in quarantine",
+                Gauge::default()
+            ),
+            leader_contact_seconds: register!(
+                "leader_contact_seconds",
+                "Seconds since this node last heard from a leader",
+                Gauge::default()
+            ),
+            apply_lag_entries: register!(
+                "raft_apply_lag_entries",
+                "Entries committed but not yet applied on this node",
+                Gauge::default()
+            ),
+            draining: register!(
+                "draining",
+                "1 while this node hands its hosts and clients off",
+                Gauge::default()
+            ),
+            lease_seconds: register!(
+                "maintenance_lease_seconds",
+                "Age of each maintenance lease held in the cluster, by the node under maintenance",
                 Family::default()
             ),
             registry,

@@ -54,6 +54,22 @@ pub struct Ctx {
     pub notices: crate::handoff::NoticeBoard,
     /// Set by a hand-off: new sessions and attachments are refused.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Every supervised (and watched) service of this node and its state.
+    pub services: Arc<crate::supervisor::Services>,
+    /// The latest health report of each peer.
+    pub reports: Arc<crate::health::Reports>,
+    /// Storage probe and quarantine findings.
+    pub local_health: crate::health::LocalHealth,
+    /// The restart gate's memory (steadiness on the leader) and this node's lease state.
+    pub gate: crate::gate::GateState,
+    /// Wall-clock start of this process (ms since the Unix epoch): a lease taken before it
+    /// means the node has been restarted since.
+    pub started_at_ms: u64,
+    /// One permit per QUIC connection (`limits.connections_max`), kept across restarts of
+    /// the relay listener.
+    pub connection_slots: Arc<Semaphore>,
+    /// One permit per connection not yet authenticated (`limits.unauthenticated_max`).
+    pub unauthenticated_slots: Arc<Semaphore>,
 }
 
 /// A started node. Dropping it does not stop it; call [`RunningNode::shutdown`].
@@ -118,7 +134,14 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let (replica, log_writer) = replication::start(&raft_dir, options, outbox)
         .with_context(|| format!("cannot recover state from {}", raft_dir.display()))?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let (relays, mut incoming_relays) = tokio::sync::mpsc::channel(crate::peer::RELAY_QUEUE_MAX);
+    let (relays, incoming_relays) = tokio::sync::mpsc::channel(crate::peer::RELAY_QUEUE_MAX);
+    let (gates, incoming_gates) = tokio::sync::mpsc::channel(crate::peer::GATE_QUEUE_MAX);
+    let reports = Arc::new(crate::health::Reports::default());
+    let inbox = crate::peer::Inbox {
+        relays,
+        reports: reports.clone(),
+        gates,
+    };
     let peers = match config.peer_addr {
         Some(peer_addr) if !config.peers.is_empty() => {
             let identity = tls::Identity::load(&config.cert, &config.key)?;
@@ -140,7 +163,6 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
                 &config.peers,
                 replica.clone(),
                 outbox_rx,
-                relays,
                 shutdown_rx.clone(),
             ))
         }
@@ -178,8 +200,17 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .with_context(|| format!("cannot bind the admin API on {}", config.admin_addr))?;
     let admin_addr = admin_listener.local_addr()?;
 
+    let metrics = Metrics::new(&node_id);
+    let services = crate::supervisor::Services::new(&metrics);
     let ctx = Arc::new(Ctx {
-        metrics: Metrics::new(&node_id),
+        metrics,
+        services: services.clone(),
+        reports,
+        local_health: Default::default(),
+        gate: Default::default(),
+        started_at_ms: crate::now_ms(),
+        connection_slots: Arc::new(Semaphore::new(config.limits.connections_max)),
+        unauthenticated_slots: Arc::new(Semaphore::new(config.limits.unauthenticated_max)),
         throttle: Mutex::new(LoginThrottle::new(
             config.limits.login_failures_max,
             Duration::from_secs(config.limits.login_lockout_secs),
@@ -194,31 +225,20 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         notices: Default::default(),
         draining: Default::default(),
     });
-    // Sessions other brokers ask this one to carry to hosts attached here.
-    let relay_ctx = ctx.clone();
-    tokio::spawn(async move {
-        while let Some(incoming) = incoming_relays.recv().await {
-            tokio::spawn(relay::carry_for_peer(relay_ctx.clone(), incoming));
-        }
-    });
     // In the background: with no leader yet (peers still starting), this waits, and a node
     // never waits for its peers before serving (SPEC lesson L4).
     tokio::spawn(detach_orphaned_sessions(ctx.clone()));
 
-    let mut tasks = JoinSet::new();
-    // A witness serves no hosts or clients: its relay port stays closed.
-    if ctx.config.role == crate::config::NodeRole::Broker {
-        tasks.spawn(relay::serve(quic, ctx.clone(), shutdown_rx.clone()));
-    } else {
-        drop(quic);
-    }
-    tasks.spawn(admin::serve(
+    let tasks = supervise_services(
+        &ctx,
+        &shutdown_rx,
+        quic,
         admin_listener,
-        ctx.clone(),
-        shutdown_rx.clone(),
-    ));
-    tasks.spawn(sweep_sessions(ctx.clone(), shutdown_rx.clone()));
-    tasks.spawn(housekeeping(ctx.clone(), raft_dir, shutdown_rx));
+        inbox,
+        incoming_relays,
+        incoming_gates,
+        raft_dir,
+    );
     tracing::info!(node = %node_id, %relay_addr, %admin_addr, "node started");
     Ok(RunningNode {
         node_id,
@@ -229,6 +249,106 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         tasks,
         log_writer: Some(log_writer),
     })
+}
+
+/// A queue's receiving end, shared by the attempts of the service that drains it.
+type SharedReceiver<T> = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<T>>>;
+
+/// Starts every long-running part of the node under its supervisor (SPEC lesson L2).
+#[allow(clippy::too_many_arguments)]
+fn supervise_services(
+    ctx: &Arc<Ctx>,
+    shutdown: &watch::Receiver<bool>,
+    quic: quinn::Endpoint,
+    admin_listener: tokio::net::TcpListener,
+    inbox: crate::peer::Inbox,
+    incoming_relays: tokio::sync::mpsc::Receiver<crate::peer::IncomingRelay>,
+    incoming_gates: tokio::sync::mpsc::Receiver<crate::peer::IncomingGate>,
+    raft_dir: std::path::PathBuf,
+) -> JoinSet<()> {
+    let services = &ctx.services;
+    let mut tasks = JoinSet::new();
+    macro_rules! supervise {
+        ($name:literal, |$c:ident, $s:ident| $body:expr) => {{
+            let ($c, $s) = (ctx.clone(), shutdown.clone());
+            let make = move || {
+                let ($c, $s) = ($c.clone(), $s.clone());
+                $body
+            };
+            tasks.spawn(services.clone().supervise($name, shutdown.clone(), make));
+        }};
+    }
+    // A witness serves no hosts or clients: its relay port stays closed.
+    if ctx.config.role == crate::config::NodeRole::Broker {
+        supervise!("relay", |c, s| relay::serve(quic.clone(), c, s));
+    } else {
+        drop(quic);
+    }
+    // The first attempt serves on the listener bound at start; a restart binds it again.
+    let admin_listener = Arc::new(std::sync::Mutex::new(Some(admin_listener)));
+    supervise!("admin", |c, s| {
+        let first = admin_listener
+            .lock()
+            .expect("never poisoned: no panics under the lock")
+            .take();
+        admin::serve(first, c, s)
+    });
+    if let Some(peers) = ctx.peers.clone() {
+        supervise!("peer-links", |c, s| {
+            let _ = &c;
+            peers.clone().accept_loop(inbox.clone(), s)
+        });
+    }
+    // Sessions other brokers ask this one to carry to hosts attached here.
+    let relays: SharedReceiver<_> = Arc::new(tokio::sync::Mutex::new(incoming_relays));
+    supervise!("relay-queue", |c, s| {
+        let relays = relays.clone();
+        async move {
+            let mut relays = relays.lock().await;
+            let mut s = s;
+            loop {
+                tokio::select! {
+                    incoming = relays.recv() => match incoming {
+                        Some(incoming) => drop(tokio::spawn(relay::carry_for_peer(c.clone(), incoming))),
+                        None => return Ok(()),
+                    },
+                    _ = s.changed() => return Ok(()),
+                }
+            }
+        }
+    });
+    // Gate questions followers ask this node as leader.
+    let gates: SharedReceiver<_> = Arc::new(tokio::sync::Mutex::new(incoming_gates));
+    supervise!("gate-queue", |c, s| {
+        let gates = gates.clone();
+        async move {
+            let mut gates = gates.lock().await;
+            let mut s = s;
+            loop {
+                tokio::select! {
+                    request = gates.recv() => match request {
+                        Some((request, reply)) => {
+                            let c = c.clone();
+                            tokio::spawn(async move {
+                                let _ = reply.send(crate::gate::answer_peer(&c, request).await);
+                            });
+                        }
+                        None => return Ok(()),
+                    },
+                    _ = s.changed() => return Ok(()),
+                }
+            }
+        }
+    });
+    supervise!("sessions", |c, s| sweep_sessions(c, s));
+    supervise!("housekeeping", |c, s| housekeeping(c, raft_dir.clone(), s));
+    supervise!("storage", |c, s| crate::health::storage_probe(c, s));
+    supervise!("health", |c, s| crate::health::report_loop(c, s));
+    supervise!("gate", |c, s| crate::gate::gate_loop(c, s));
+    // The consensus driver is a thread of its own: watched, not supervised.
+    ctx.services
+        .report("raft", ferry_gate::ServiceState::Running, String::new());
+    tasks
 }
 
 /// Sessions the state says this node carries lost their path when it restarted: mark them
@@ -260,12 +380,15 @@ const SESSION_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// On the leader: sessions carried by a broker it no longer hears from are marked detached,
 /// and sessions detached for longer than the resume window are closed as lost.
-async fn sweep_sessions(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+async fn sweep_sessions(
+    ctx: Arc<Ctx>,
+    mut shutdown: watch::Receiver<bool>,
+) -> crate::supervisor::ServiceResult {
     let mut every = tokio::time::interval(SESSION_SWEEP_EVERY);
     loop {
         tokio::select! {
             _ = every.tick() => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return Ok(()),
         }
         if !ctx
             .replica
@@ -343,14 +466,14 @@ async fn housekeeping(
     ctx: Arc<Ctx>,
     store_dir: std::path::PathBuf,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> crate::supervisor::ServiceResult {
     /// Expired tokens are refused on sight; purging them is only to bound the state's size.
     const PURGE_EVERY: Duration = Duration::from_secs(300);
     let mut purge = tokio::time::interval(PURGE_EVERY);
     loop {
         tokio::select! {
             _ = purge.tick() => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return Ok(()),
         }
         // The leader purges for everyone; the command replicates like any other.
         if ctx

@@ -18,8 +18,8 @@ use crate::replication::{ProposeError, Replica};
 use ferry_consensus::Message;
 use ferry_proto::frame::FrameLimits;
 use ferry_proto::peer::{
-    forward_response, peer_request, ForwardRequest, ForwardResponse, PeerRequest, RaftMessage,
-    Refusal, RelayRequest, RelayResponse,
+    forward_response, peer_request, ForwardRequest, ForwardResponse, GateRequest, GateResponse,
+    HealthReport, PeerRequest, RaftMessage, Refusal, RelayRequest, RelayResponse,
 };
 use ferry_proto::state::Command;
 use ferry_proto::wire;
@@ -60,6 +60,8 @@ struct Link {
     conn: Mutex<Option<quinn::Connection>>,
     /// Set when the peer left the cluster: its sender stops and its connection closes.
     retired: std::sync::atomic::AtomicBool,
+    /// A health report to this peer is on its way; the next one waits for the one after.
+    report_in_flight: std::sync::atomic::AtomicBool,
 }
 
 impl Link {
@@ -88,6 +90,23 @@ pub struct IncomingRelay {
 /// Relay requests waiting for the node; beyond it they are refused (the sessions limit
 /// applies on the client's broker, this bounds what peers can queue here).
 pub const RELAY_QUEUE_MAX: usize = 256;
+/// Gate requests from peers waiting for this node; beyond it they are refused.
+pub const GATE_QUEUE_MAX: usize = 16;
+/// Time a health report may take to reach a peer.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time a gate request to the leader may take (it confirms a read index first).
+const GATE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A gate request from a peer and where its answer goes.
+pub type IncomingGate = (GateRequest, tokio::sync::oneshot::Sender<GateResponse>);
+
+/// Where what peers send ends up: relayed sessions, health reports, gate requests.
+#[derive(Clone)]
+pub struct Inbox {
+    pub relays: mpsc::Sender<IncomingRelay>,
+    pub reports: Arc<crate::health::Reports>,
+    pub gates: mpsc::Sender<IncomingGate>,
+}
 
 /// This node's side of every peer link.
 pub struct Peers {
@@ -113,7 +132,6 @@ impl Peers {
         peers: &[PeerConfig],
         replica: Replica,
         mut outbox: mpsc::Receiver<Message>,
-        relays: mpsc::Sender<IncomingRelay>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         let this = Arc::new(Self {
@@ -154,7 +172,6 @@ impl Peers {
                 }
             }
         });
-        tokio::spawn(this.clone().accept_loop(replica, relays, shutdown));
         this
     }
 
@@ -208,6 +225,7 @@ impl Peers {
                 queue,
                 conn: Mutex::new(None),
                 retired: Default::default(),
+                report_in_flight: Default::default(),
             });
             links.insert(peer.raft_id, link.clone());
             tokio::spawn(self.clone().send_loop(link, rx, self.shutdown.clone()));
@@ -338,22 +356,27 @@ impl Peers {
         }
     }
 
-    async fn accept_loop(
+    /// Service "peer-links": accepts the peers' connections and serves what they send, until
+    /// shutdown.
+    pub async fn accept_loop(
         self: Arc<Self>,
-        replica: Replica,
-        relays: mpsc::Sender<IncomingRelay>,
+        inbox: Inbox,
         mut shutdown: watch::Receiver<bool>,
-    ) {
+    ) -> crate::supervisor::ServiceResult {
+        let replica = self.replica.clone();
         loop {
             let incoming = tokio::select! {
-                i = self.endpoint.accept() => match i { Some(i) => i, None => return },
+                i = self.endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => return Err("the peer endpoint closed".into()),
+                },
                 _ = shutdown.changed() => {
                     // Closing the endpoint ends every peer connection and the tasks serving them.
                     self.endpoint.close(ferry_transport::CloseCode::ShuttingDown.varint(), b"node shutting down");
-                    return;
+                    return Ok(());
                 }
             };
-            let (replica, relays) = (replica.clone(), relays.clone());
+            let (replica, inbox) = (replica.clone(), inbox.clone());
             let this = self.clone();
             tokio::spawn(async move {
                 let Ok(Ok(conn)) = tokio::time::timeout(CONNECT_TIMEOUT, incoming).await else {
@@ -369,7 +392,7 @@ impl Peers {
                     conn.close(1u32.into(), b"certificate names no configured peer");
                     return;
                 };
-                serve_peer(this, conn, peer, replica, relays).await;
+                serve_peer(this, conn, peer, replica, inbox).await;
             });
         }
     }
@@ -402,6 +425,75 @@ impl Peers {
             .flatten()
             .ok_or(ProposeError::NotLeader { leader })?;
         outcome_from_wire(response)
+    }
+
+    /// Every peer this node links to (brokers and witnesses).
+    pub fn all(&self) -> Vec<PeerConfig> {
+        self.links
+            .read()
+            .expect("never poisoned: no panics under the lock")
+            .values()
+            .map(|l| l.config.clone())
+            .collect()
+    }
+
+    /// Sends this node's health report to every peer, in the background. A peer still
+    /// receiving the previous one skips this one: reports are snapshots, the next replaces it.
+    pub fn broadcast_health(self: &Arc<Self>, report: &HealthReport) {
+        use std::sync::atomic::Ordering;
+        let links: Vec<Arc<Link>> = self
+            .links
+            .read()
+            .expect("never poisoned: no panics under the lock")
+            .values()
+            .cloned()
+            .collect();
+        for link in links {
+            if link.is_retired()
+                || self.is_blocked(link.config.raft_id)
+                || link.report_in_flight.swap(true, Ordering::AcqRel)
+            {
+                continue;
+            }
+            let (this, report) = (self.clone(), report.clone());
+            tokio::spawn(async move {
+                let send = async {
+                    let conn = this.connection(&link).await?;
+                    let (mut send, _recv) = conn.open_bi().await.ok()?;
+                    let request = PeerRequest {
+                        request: Some(peer_request::Request::Health(report)),
+                    };
+                    framed::write(&mut send, &request, limits()).await.ok()?;
+                    send.finish().ok()
+                };
+                let _ = tokio::time::timeout(REPORT_TIMEOUT, send).await;
+                link.report_in_flight.store(false, Ordering::Release);
+            });
+        }
+    }
+
+    /// Asks the leader `leader` (raft id) for a gate answer. `None` when it cannot be reached.
+    pub async fn ask_gate(&self, leader: u64, request: &GateRequest) -> Option<GateResponse> {
+        let link = self.link(leader)?;
+        if self.is_blocked(leader) {
+            return None;
+        }
+        let exchange = async {
+            let conn = self.connection(&link).await?;
+            let (mut send, mut recv) = conn.open_bi().await.ok()?;
+            let request = PeerRequest {
+                request: Some(peer_request::Request::Gate(request.clone())),
+            };
+            framed::write(&mut send, &request, limits()).await.ok()?;
+            let _ = send.finish();
+            framed::read::<GateResponse, _>(&mut recv, limits())
+                .await
+                .ok()
+        };
+        tokio::time::timeout(GATE_TIMEOUT, exchange)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The other brokers (not witnesses) this node links to, with their relay listeners
@@ -483,7 +575,7 @@ async fn serve_peer(
     conn: quinn::Connection,
     peer: PeerConfig,
     replica: Replica,
-    relays: mpsc::Sender<IncomingRelay>,
+    inbox: Inbox,
 ) {
     loop {
         tokio::select! {
@@ -508,7 +600,7 @@ async fn serve_peer(
                 if this.is_blocked(peer.raft_id) {
                     continue; // dropped: the peer times out, as across a partition
                 }
-                let (replica, relays) = (replica.clone(), relays.clone());
+                let (replica, inbox, from) = (replica.clone(), inbox.clone(), peer.node_id.clone());
                 tokio::spawn(async move {
                     let Ok(request) = framed::read::<PeerRequest, _>(&mut recv, limits()).await else { return };
                     match request.request {
@@ -522,12 +614,22 @@ async fn serve_peer(
                         }
                         Some(peer_request::Request::Relay(request)) => {
                             let incoming = IncomingRelay { request, send, recv };
-                            if let Err(e) = relays.try_send(incoming) {
+                            if let Err(e) = inbox.relays.try_send(incoming) {
                                 let mut refused = e.into_inner();
                                 let error = wire::Error::new(wire::ErrorCode::ResourceExhausted, "too many relayed sessions waiting");
                                 let _ = framed::write(&mut refused.send, &RelayResponse { error: Some(error), reply: None }, limits()).await;
                                 let _ = refused.send.finish();
                             }
+                        }
+                        Some(peer_request::Request::Health(report)) => inbox.reports.store(&from, report),
+                        Some(peer_request::Request::Gate(request)) => {
+                            let (reply, answer) = tokio::sync::oneshot::channel();
+                            let response = match inbox.gates.try_send((request, reply)) {
+                                Ok(()) => answer.await.unwrap_or_default(),
+                                Err(_) => GateResponse { error: "too many gate requests waiting; try again".into(), ..Default::default() },
+                            };
+                            let _ = framed::write(&mut send, &response, limits()).await;
+                            let _ = send.finish();
                         }
                         None => {}
                     }

@@ -115,6 +115,9 @@ pub struct Status {
     pub membership: RwLock<Membership>,
     /// Set by [`Replica::stop`]; the driver exits within one tick.
     stop: AtomicBool,
+    /// Set while the node is under maintenance: it hands leadership to a caught-up broker
+    /// whenever it holds it, as a witness does.
+    avoid_leadership: AtomicBool,
 }
 
 /// A cheap, cloneable handle to the replicated state.
@@ -213,6 +216,12 @@ impl Replica {
     /// Stops the consensus driver (within one tick), whoever still holds handles.
     pub fn stop(&self) {
         self.status.stop.store(true, Ordering::Release);
+    }
+
+    /// Makes this node give leadership away whenever it holds it (a draining node), or stop
+    /// doing so.
+    pub fn set_avoid_leadership(&self, avoid: bool) {
+        self.status.avoid_leadership.store(avoid, Ordering::Release);
     }
 
     /// Whether the consensus driver is alive to take proposals.
@@ -589,11 +598,15 @@ impl Driver {
     }
 
     /// A witness that became leader (it can: it is a voter) hands leadership to a broker whose
-    /// log is complete, so that the leader is always a node that serves traffic.
+    /// log is complete, so that the leader is always a node that serves traffic. A node under
+    /// maintenance does the same, so that its restart costs no election.
     fn hand_off_if_witness(&mut self) {
-        if self.role != crate::config::NodeRole::Witness || self.core.role() != StateRole::Leader {
+        let avoid = self.role == crate::config::NodeRole::Witness
+            || self.status.avoid_leadership.load(Ordering::Acquire);
+        if !avoid || self.core.role() != StateRole::Leader {
             return;
         }
+        let own = self.core.id();
         let last = self.core.last_index();
         let voters = self.core.voters();
         // Brokers of the initial configuration, and those added since.
@@ -609,11 +622,11 @@ impl Driver {
             .iter()
             .chain(&added)
             .copied()
-            .find(|b| voters.contains(b) && self.core.matched(*b) == Some(last));
+            .find(|b| *b != own && voters.contains(b) && self.core.matched(*b) == Some(last));
         if let Some(broker) = caught_up {
             tracing::info!(
                 to = broker,
-                "witness won an election; handing leadership to a broker"
+                "handing leadership to a broker (this node is a witness or under maintenance)"
             );
             self.core.transfer_leader(broker);
         }

@@ -181,6 +181,7 @@ pub(crate) fn node_config(
         peers,
         limits: Limits::default(),
         faults: Default::default(),
+        gate: Default::default(),
         raft: RaftConfig {
             id: node.raft_id,
             initial_voters,

@@ -16,26 +16,27 @@ use ferry_proto::wire::{self, hello_reply, HelloReply, Role};
 use ferry_proto::PROTOCOL_VERSION;
 use ferry_transport::{framed, CloseCode};
 use std::sync::Arc;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::time::timeout;
 
 /// Longest close reason sent; QUIC carries it in one packet.
 const CLOSE_REASON_BYTES_MAX: usize = 400;
 
+/// Service "relay": accepts host agents' and clients' connections until shutdown. Stopped
+/// (by a failure or the fault switch), the endpoint stays bound and new connections wait
+/// unanswered; connections already accepted carry on.
 pub(crate) async fn serve(
     endpoint: quinn::Endpoint,
     ctx: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let limits = &ctx.config.limits;
-    let connection_slots = Arc::new(Semaphore::new(limits.connections_max));
-    let unauthenticated_slots = Arc::new(Semaphore::new(limits.unauthenticated_max));
-    ctx.metrics.set_service_up("relay", true);
+) -> crate::supervisor::ServiceResult {
+    let connection_slots = ctx.connection_slots.clone();
+    let unauthenticated_slots = ctx.unauthenticated_slots.clone();
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => incoming,
-                None => break,
+                None => return Err("the QUIC endpoint closed".into()),
             },
             _ = shutdown.changed() => break,
         };
@@ -55,10 +56,10 @@ pub(crate) async fn serve(
             handle(incoming, ctx, unauthenticated).await;
         });
     }
-    ctx.metrics.set_service_up("relay", false);
     endpoint.close(CloseCode::ShuttingDown.varint(), b"broker shutting down");
     // Give peers a moment to learn of the close before the sockets go away.
     let _ = timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
+    Ok(())
 }
 
 /// Frame limits applied to every peer of this node.

@@ -1,0 +1,392 @@
+//! The planned-restart gate as a node runs it (SPEC section 6): evaluated on the leader after
+//! a read index, with the steadiness the leader accumulates; maintenance leases taken through
+//! Raft; and what a node does when it holds one (hand off, give up leadership) or is back.
+//!
+//! The decisions themselves are `ferry-gate`'s (pure); this module gathers the inputs, asks
+//! the leader, and proposes the lease commands.
+
+use crate::node::Ctx;
+use crate::replication::ProposeError;
+use crate::supervisor::ServiceResult;
+use ferry_gate::{Steadiness, Verdict};
+use ferry_proto::peer::{GateRequest, GateResponse};
+use ferry_proto::state::{command::Kind, AcquireLease, ReleaseLease};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often the leader evaluates the gate for every member (feeding "steady") and looks for
+/// leases to release, and every node checks whether it holds a new lease.
+const EVALUATE_EVERY: Duration = Duration::from_millis(500);
+/// How long the leader waits to confirm its leadership (read index) before answering.
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a follower keeps trying to reach a leader for a gate answer.
+const ASK_LEADER_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The gate's memory on this node.
+#[derive(Default)]
+pub struct GateState {
+    /// Since when each member's checks have held (meaningful on the leader only).
+    steadiness: Mutex<Steadiness>,
+    /// Since when each node back from maintenance has been healthy (leader only), in ms.
+    healthy_since_ms: Mutex<HashMap<String, u64>>,
+    /// Serializes lease acquisition on the leader: evaluate, then propose, one at a time.
+    acquiring: tokio::sync::Mutex<()>,
+    /// This node is draining because it holds a lease taken while it ran.
+    draining_for_lease: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().expect("never poisoned: no panics under the lock")
+}
+
+/// The answer to a restart check or a drain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateAnswer {
+    pub verdict: Verdict,
+    /// The leader that evaluated it.
+    pub evaluated_by: String,
+    /// A drain: the maintenance lease is now held for the node.
+    pub lease_taken: bool,
+    /// A drain past failing checks (`--force`).
+    pub forced: bool,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GateError {
+    #[error("no node {0:?} in the cluster's configuration")]
+    NotFound(String),
+    /// The checks failed (or another lease won); the answer says which.
+    #[error("refused")]
+    Refused(Box<GateAnswer>),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+fn is_leader(ctx: &Ctx) -> bool {
+    ctx.replica.status().is_leader.load(Ordering::Acquire)
+}
+
+/// Whether `node` may be taken down now, as the leader sees it.
+pub async fn restart_check(ctx: &Ctx, node: &str) -> Result<GateAnswer, GateError> {
+    ask(
+        ctx,
+        GateRequest {
+            node: node.to_owned(),
+            acquire: false,
+            force: false,
+            actor: String::new(),
+        },
+    )
+    .await
+}
+
+/// Takes the maintenance lease for `node` if the gate allows it (or `force`).
+pub async fn acquire(
+    ctx: &Ctx,
+    node: &str,
+    actor: &str,
+    force: bool,
+) -> Result<GateAnswer, GateError> {
+    ask(
+        ctx,
+        GateRequest {
+            node: node.to_owned(),
+            acquire: true,
+            force,
+            actor: actor.to_owned(),
+        },
+    )
+    .await
+}
+
+/// Evaluates here when this node leads, else asks the leader over the peer link.
+async fn ask(ctx: &Ctx, request: GateRequest) -> Result<GateAnswer, GateError> {
+    let deadline = tokio::time::Instant::now() + ASK_LEADER_DEADLINE;
+    loop {
+        if is_leader(ctx) {
+            match on_leader(ctx, &request).await {
+                Err(LeaderError::NotLeader) => {}
+                Err(LeaderError::Gate(e)) => return Err(e),
+                Ok(answer) => return Ok(answer),
+            }
+        } else {
+            let leader = ctx.replica.status().leader.load(Ordering::Acquire);
+            if let (Some(peers), true) = (&ctx.peers, leader != 0) {
+                if let Some(response) = peers.ask_gate(leader, &request).await {
+                    if response.not_leader == 0 {
+                        return from_response(response);
+                    }
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(GateError::Unavailable(
+                "no leader answered: the cluster may have lost its quorum, so no node can be \
+                 taken down safely; bring the missing voters back"
+                    .into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+enum LeaderError {
+    NotLeader,
+    Gate(GateError),
+}
+
+/// On the leader: confirm leadership and the applied state (read index), evaluate, and for a
+/// drain propose the lease.
+async fn on_leader(ctx: &Ctx, request: &GateRequest) -> Result<GateAnswer, LeaderError> {
+    match ctx.replica.read_index(READ_INDEX_TIMEOUT).await {
+        Ok(()) => {}
+        Err(ProposeError::NotLeader { .. }) => return Err(LeaderError::NotLeader),
+        Err(e) => {
+            return Err(LeaderError::Gate(GateError::Unavailable(format!(
+                "the leader could not confirm the cluster's state with a quorum ({e}); \
+                 no node can be taken down safely now"
+            ))))
+        }
+    }
+    if !is_leader(ctx) {
+        return Err(LeaderError::NotLeader);
+    }
+    // Drains are evaluated and proposed one at a time; the state machine re-checks "one at a
+    // time" when the lease is applied, should another leader have raced this one.
+    let _one_at_a_time = if request.acquire {
+        Some(ctx.gate.acquiring.lock().await)
+    } else {
+        None
+    };
+    let verdict = evaluate(ctx, &request.node)
+        .ok_or_else(|| LeaderError::Gate(GateError::NotFound(request.node.clone())))?;
+    let mut answer = GateAnswer {
+        verdict,
+        evaluated_by: ctx.config.node_id.clone(),
+        lease_taken: false,
+        forced: false,
+    };
+    if !request.acquire {
+        return Ok(answer);
+    }
+    if !answer.verdict.allowed && !request.force {
+        return Err(LeaderError::Gate(GateError::Refused(Box::new(answer))));
+    }
+    let forced = !answer.verdict.allowed;
+    let failed_checks = answer.verdict.failures();
+    if forced {
+        tracing::warn!(node = %request.node, actor = %request.actor, failed = ?failed_checks,
+            "maintenance lease FORCED past failing restart checks");
+    }
+    let lease = Kind::AcquireLease(AcquireLease {
+        node: request.node.clone(),
+        forced,
+        failed_checks,
+    });
+    match ctx
+        .propose(request.actor.clone(), "admin-api".into(), lease)
+        .await
+    {
+        Ok(ferry_state::Outcome::Refused(refusal)) => {
+            // Another drain won between the evaluation and the apply.
+            answer.verdict.allowed = false;
+            answer.verdict.checks.push(ferry_gate::Check {
+                name: "one at a time".into(),
+                passed: false,
+                reason: refusal.message,
+            });
+            Err(LeaderError::Gate(GateError::Refused(Box::new(answer))))
+        }
+        Ok(_) => {
+            answer.lease_taken = true;
+            answer.forced = forced;
+            Ok(answer)
+        }
+        Err(ProposeError::NotLeader { .. }) => Err(LeaderError::NotLeader),
+        Err(e) => Err(LeaderError::Gate(GateError::Unavailable(format!(
+            "the maintenance lease could not be recorded: {e}"
+        )))),
+    }
+}
+
+/// Evaluates the gate for `node` with this node's steadiness (`None`: not a member).
+fn evaluate(ctx: &Ctx, node: &str) -> Option<Verdict> {
+    let view = crate::cluster::gate_view(ctx);
+    let policy = crate::cluster::policy(ctx);
+    ferry_gate::evaluate(
+        &view,
+        node,
+        &policy,
+        &mut lock(&ctx.gate.steadiness),
+        crate::now_ms(),
+    )
+}
+
+/// A peer's gate request, answered here (as leader) or with "not the leader".
+pub async fn answer_peer(ctx: &Ctx, request: GateRequest) -> GateResponse {
+    let not_leader = || GateResponse {
+        not_leader: ctx.replica.status().leader.load(Ordering::Acquire).max(1),
+        ..Default::default()
+    };
+    if !is_leader(ctx) {
+        return not_leader();
+    }
+    let json = |answer: &GateAnswer| serde_json::to_string(answer).unwrap_or_default();
+    match on_leader(ctx, &request).await {
+        Err(LeaderError::NotLeader) => not_leader(),
+        Ok(answer) => GateResponse {
+            verdict_json: json(&answer),
+            ..Default::default()
+        },
+        Err(LeaderError::Gate(GateError::Refused(answer))) => GateResponse {
+            verdict_json: json(&answer),
+            error: "refused".into(),
+            ..Default::default()
+        },
+        Err(LeaderError::Gate(GateError::NotFound(node))) => GateResponse {
+            error: format!("not found: {node}"),
+            ..Default::default()
+        },
+        Err(LeaderError::Gate(GateError::Unavailable(why))) => GateResponse {
+            error: why,
+            ..Default::default()
+        },
+    }
+}
+
+fn from_response(response: GateResponse) -> Result<GateAnswer, GateError> {
+    let answer = || {
+        serde_json::from_str::<GateAnswer>(&response.verdict_json).map_err(|e| {
+            GateError::Unavailable(format!("the leader's answer could not be read: {e}"))
+        })
+    };
+    match response.error.as_str() {
+        "" => answer(),
+        "refused" => Err(GateError::Refused(Box::new(answer()?))),
+        e => match e.strip_prefix("not found: ") {
+            Some(node) => Err(GateError::NotFound(node.to_owned())),
+            None => Err(GateError::Unavailable(e.to_owned())),
+        },
+    }
+}
+
+/// Releases the lease on `node` (`ferry admin undrain`).
+pub async fn release(ctx: &Ctx, node: &str, actor: &str, reason: String) -> Result<(), String> {
+    let release = Kind::ReleaseLease(ReleaseLease {
+        node: node.to_owned(),
+        reason,
+    });
+    match ctx
+        .propose(actor.to_owned(), "admin-api".into(), release)
+        .await
+    {
+        Ok(ferry_state::Outcome::Refused(r)) => Err(r.message),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Service "gate": on the leader, evaluates every member (so "steady" measures real time)
+/// and releases the leases of nodes back and healthy for the stabilization time; on every
+/// node, follows this node's own lease.
+pub async fn gate_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> ServiceResult {
+    let mut every = tokio::time::interval(EVALUATE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+        follow_own_lease(&ctx);
+        if !is_leader(&ctx) {
+            // A future leadership starts from scratch: "steady" is measured by the leader.
+            *lock(&ctx.gate.steadiness) = Steadiness::default();
+            lock(&ctx.gate.healthy_since_ms).clear();
+            continue;
+        }
+        let view = crate::cluster::gate_view(&ctx);
+        let policy = crate::cluster::policy(&ctx);
+        let now_ms = crate::now_ms();
+        {
+            let mut steadiness = lock(&ctx.gate.steadiness);
+            for member in &view.members {
+                ferry_gate::evaluate(&view, &member.node_id, &policy, &mut steadiness, now_ms);
+            }
+        }
+        for lease in &view.leases {
+            let Some(member) = view.member(&lease.node) else {
+                continue;
+            };
+            // Back: its process started after the lease was taken, and healthy since.
+            let back = member
+                .report
+                .as_ref()
+                .is_some_and(|r| r.started_at_ms > lease.since_ms)
+                && ferry_gate::problems(member, view.commit, &policy).is_empty();
+            let since = {
+                let mut healthy = lock(&ctx.gate.healthy_since_ms);
+                if !back {
+                    healthy.remove(&lease.node);
+                    continue;
+                }
+                *healthy.entry(lease.node.clone()).or_insert(now_ms)
+            };
+            let held_ms = now_ms.saturating_sub(since);
+            if held_ms >= policy.stabilization_ms {
+                let reason = format!(
+                    "{} is back and has been healthy for {} s",
+                    lease.node,
+                    held_ms / 1000
+                );
+                let actor = format!("node:{}", ctx.config.node_id);
+                match release(&ctx, &lease.node, &actor, reason).await {
+                    Ok(()) => {
+                        tracing::info!(node = %lease.node, "maintenance over: lease released")
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %lease.node, error = %e, "could not release a lease")
+                    }
+                }
+                lock(&ctx.gate.healthy_since_ms).remove(&lease.node);
+            }
+        }
+    }
+}
+
+/// A lease on this node taken while it runs: drain (give up leadership, refuse new work,
+/// hand hosts and clients off). The lease gone: serve again. A lease older than this process
+/// means the node was restarted for the maintenance: it serves, and the leader releases the
+/// lease once it has been healthy for the stabilization time.
+fn follow_own_lease(ctx: &Arc<Ctx>) {
+    let lease_since = ctx
+        .replica
+        .read()
+        .lease(&ctx.config.node_id)
+        .map(|l| l.since_ms);
+    let draining = ctx.gate.draining_for_lease.load(Ordering::Acquire);
+    match lease_since {
+        Some(since) if !draining && since >= ctx.started_at_ms => {
+            ctx.gate.draining_for_lease.store(true, Ordering::Release);
+            ctx.replica.set_avoid_leadership(true);
+            tracing::warn!("maintenance lease taken: draining this node");
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                match crate::handoff::hand_off(&ctx, None, crate::handoff::HANDOFF_WAIT_MAX).await {
+                    Ok(report) => tracing::info!(?report, "drain finished"),
+                    Err(e) => tracing::error!(error = %e, "drain could not hand off"),
+                }
+            });
+        }
+        None if draining => {
+            ctx.gate.draining_for_lease.store(false, Ordering::Release);
+            ctx.draining.store(false, Ordering::Release);
+            ctx.replica.set_avoid_leadership(false);
+            tracing::info!("maintenance lease released: serving again");
+        }
+        _ => {}
+    }
+}
