@@ -11,7 +11,7 @@ use std::time::Duration;
 const NODES: [(&str, u8); 3] = [("b1", 1), ("b2", 2), ("w1", 3)];
 
 fn status(w: &World, name: &str) -> Option<serde_json::Value> {
-    let out = w.admin(&["--node", name, "status", "--json"]);
+    let out = w.admin(&["--node", name, "node", "--json"]);
     (out.code == 0)
         .then(|| serde_json::from_str(&out.stdout).ok())
         .flatten()

@@ -5,6 +5,9 @@
 
 #![allow(dead_code)]
 
+pub mod chromium;
+pub mod promtool;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -276,7 +279,7 @@ impl World {
 
     /// Node b<i>'s status as JSON, if it answers.
     pub fn status_of(&self, i: u8) -> Option<serde_json::Value> {
-        let out = self.admin_on(i, &["status", "--json"]);
+        let out = self.admin_on(i, &["node", "--json"]);
         (out.code == 0)
             .then(|| serde_json::from_str(&out.stdout).ok())
             .flatten()

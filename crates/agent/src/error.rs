@@ -27,6 +27,8 @@ pub enum Error {
 /// Exit codes of the `ferry` binary. 2 is clap's usage error and 3 the restart gate's refusal.
 pub mod exit {
     pub const FAILURE: u8 = 1;
+    /// The restart gate refused (restart-check, drain).
+    pub const REFUSED: u8 = 3;
     pub const DENIED: u8 = 4;
     pub const NOT_FOUND: u8 = 5;
     pub const UNAVAILABLE: u8 = 6;

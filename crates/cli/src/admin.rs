@@ -78,7 +78,12 @@ impl AdminClient {
                 })?
             }
         };
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Ok(operator) = reqwest::header::HeaderValue::from_str(&operator()) {
+            headers.insert("x-ferry-operator", operator);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
@@ -87,6 +92,34 @@ impl AdminClient {
             urls,
             token: token.trim().to_owned(),
         })
+    }
+
+    /// POSTs and returns the status and body whatever the status (for answers that carry
+    /// details with a refusal, like the restart gate's 409).
+    pub async fn post_with_status(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<(StatusCode, Value), Failure> {
+        let mut unreachable = Vec::new();
+        for url in &self.urls {
+            let request = self
+                .http
+                .post(format!("{url}{path}"))
+                .json(body)
+                .bearer_auth(&self.token);
+            match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    return Ok((status, response.json().await.unwrap_or(Value::Null)));
+                }
+                Err(e) => unreachable.push(format!("{url}: {e}")),
+            }
+        }
+        Err(Failure::new(
+            exit::UNAVAILABLE,
+            format!("no admin API answered: {}", unreachable.join("; ")),
+        ))
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, Failure> {
@@ -140,6 +173,21 @@ impl AdminClient {
     }
 }
 
+/// Who runs this command, for the audit log: `FERRY_OPERATOR`, else `$USER@hostname`.
+fn operator() -> String {
+    let name = std::env::var("FERRY_OPERATOR").unwrap_or_else(|_| {
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{user}@{}", host.trim())
+    });
+    name.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect()
+}
+
 pub async fn run(args: AdminArgs) -> CliResult {
     let client = AdminClient::for_node(
         &args.config,
@@ -148,6 +196,33 @@ pub async fn run(args: AdminArgs) -> CliResult {
     )?;
     match args.command {
         AdminCommand::Status { json } => {
+            let status = client.get("/v1/cluster").await?;
+            if json {
+                print_json(&status);
+            } else {
+                crate::operations::print_cluster(&status);
+            }
+        }
+        AdminCommand::RestartCheck { node, json } => {
+            crate::operations::restart_check(&client, &node, json).await?;
+        }
+        AdminCommand::Drain {
+            node,
+            wait,
+            wait_secs,
+            force,
+            json,
+        } => {
+            let wait = wait.then(|| Duration::from_secs(wait_secs));
+            crate::operations::drain(&client, &node, force, wait, json).await?;
+        }
+        AdminCommand::Undrain { node } => {
+            client
+                .delete(&format!("/v1/nodes/{node}/maintenance"))
+                .await?;
+            eprintln!("{node}: maintenance lease released; it serves new sessions again");
+        }
+        AdminCommand::Node { json } => {
             let status = client.get("/v1/status").await?;
             if json {
                 print_json(&status);

@@ -121,11 +121,44 @@ pub struct AdminArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum AdminCommand {
-    /// Show the node's status.
+    /// Show the cluster: every node's role, health, services, load, lag and maintenance, and
+    /// the failure tolerance.
     Status {
         #[arg(long)]
         json: bool,
     },
+    /// Show the answering node's own details (raft indices, hosts attached, table sizes).
+    Node {
+        #[arg(long)]
+        json: bool,
+    },
+    /// May NODE be taken down now? Prints every check of the restart gate with its reason.
+    /// Exit 0 allowed, 3 refused.
+    RestartCheck {
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take NODE out of service: the maintenance lease (if the restart gate allows it), then
+    /// NODE gives up leadership, refuses new sessions and hands its hosts and sessions to
+    /// other brokers. Exit 0 drained (or draining, without --wait), 3 refused.
+    Drain {
+        node: String,
+        /// Wait until NODE holds no hosts or sessions, showing progress.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value_t = 300)]
+        wait_secs: u64,
+        /// Drain even though restart checks fail. Loud, and recorded in the audit log with
+        /// the checks that failed.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End NODE's maintenance: release its lease; it serves new sessions again.
+    Undrain { node: String },
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),

@@ -10,6 +10,7 @@ mod dev;
 mod init;
 mod join;
 mod members;
+mod operations;
 mod run;
 
 use clap::Parser;

@@ -28,6 +28,13 @@ fn describe_unhealthy(cluster: &Cluster, members: &[&Member], policy: &Policy) -
         .join(", ")
 }
 
+fn voters_word(n: usize) -> String {
+    match n {
+        1 => "1 healthy voter".into(),
+        n => format!("{n} healthy voters"),
+    }
+}
+
 fn healthy(cluster: &Cluster, member: &Member, policy: &Policy) -> bool {
     problems(member, cluster.commit, policy).is_empty()
 }
@@ -62,19 +69,19 @@ pub(crate) fn quorum(cluster: &Cluster, target: &Member, policy: &Policy) -> Che
             "quorum",
             true,
             format!(
-                "without {}, {} healthy voters remain ({}) and {quorum} are needed; \
+                "without {}, {} remain ({}) and {quorum} are needed; \
                  failure tolerance now {tolerance}",
                 target.node_id,
-                healthy_others.len(),
+                voters_word(healthy_others.len()),
                 names(&healthy_others)
             ),
         );
     }
     let mut reason = format!(
-        "without {}, {} healthy voters would remain ({}) of the {quorum} needed for a quorum \
+        "without {}, {} would remain ({}) of the {quorum} needed for a quorum \
          of {} voters (failure tolerance now {tolerance})",
         target.node_id,
-        healthy_others.len(),
+        voters_word(healthy_others.len()),
         names(&healthy_others),
         voters.len()
     );
@@ -115,9 +122,8 @@ pub(crate) fn coverage(cluster: &Cluster, target: &Member, policy: &Policy) -> C
             "service coverage",
             true,
             format!(
-                "every service is running on {} besides {}",
-                names(&standby),
-                target.node_id
+                "{} would still serve hosts and clients, healthy with every service running",
+                names(&standby)
             ),
         );
     }
