@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod chromium;
+pub mod gate;
 pub mod promtool;
 
 use std::io::Write;

@@ -50,7 +50,7 @@ fn names(members: &[&Member]) -> String {
         .join(", ")
 }
 
-/// 1. The healthy voters other than `target` form a majority of the voter configuration.
+/// Check 1: the healthy voters other than `target` form a majority of the voter configuration.
 pub(crate) fn quorum(cluster: &Cluster, target: &Member, policy: &Policy) -> Check {
     let voters: Vec<&Member> = cluster.members.iter().filter(|m| m.voter).collect();
     let quorum = cluster.quorum();
@@ -114,7 +114,7 @@ fn standby_brokers<'a>(cluster: &'a Cluster, target: &Member, policy: &Policy) -
         .collect()
 }
 
-/// 2. At least one other healthy broker has every service running.
+/// Check 2: at least one other healthy broker has every service running.
 pub(crate) fn coverage(cluster: &Cluster, target: &Member, policy: &Policy) -> Check {
     let standby = standby_brokers(cluster, target, policy);
     if !standby.is_empty() {
@@ -160,8 +160,8 @@ pub(crate) fn coverage(cluster: &Cluster, target: &Member, policy: &Policy) -> C
     check("service coverage", false, reason)
 }
 
-/// 3. The other healthy brokers have room for `target`'s hosts and sessions within their
-/// limits, and memory headroom above the floor.
+/// Check 3: the other healthy brokers have room for `target`'s hosts and sessions within
+/// their limits, and memory headroom above the floor.
 pub(crate) fn capacity(cluster: &Cluster, target: &Member, policy: &Policy) -> Check {
     if target.role == Role::Witness {
         return check(
@@ -250,7 +250,7 @@ pub(crate) fn capacity(cluster: &Cluster, target: &Member, policy: &Policy) -> C
     )
 }
 
-/// 4. No other node holds a maintenance lease, and no membership change is pending.
+/// Check 4: no other node holds a maintenance lease, and no membership change is pending.
 pub(crate) fn one_at_a_time(cluster: &Cluster, target: &Member, now_ms: u64) -> Check {
     if let Some(lease) = cluster.leases.iter().find(|l| l.node != target.node_id) {
         return check(
@@ -285,7 +285,7 @@ pub(crate) fn one_at_a_time(cluster: &Cluster, target: &Member, now_ms: u64) -> 
     )
 }
 
-/// 5. The other checks have held for the stabilization time.
+/// Check 5: the other checks have held for the stabilization time.
 pub(crate) fn steady(
     steadiness: &mut Steadiness,
     target: &str,
