@@ -662,16 +662,22 @@ async fn undrain(
     headers: axum::http::HeaderMap,
 ) -> ApiResult<serde_json::Value> {
     let actor = actor(&headers)?;
-    crate::gate::release(&ctx, &node, &actor, format!("undrained by {actor}"))
-        .await
-        .map_err(|e| {
-            let status = if e.contains("holds no maintenance lease") {
-                StatusCode::NOT_FOUND
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            ApiError::new(status, e)
-        })?;
+    crate::gate::release(
+        &ctx,
+        &node,
+        &actor,
+        "admin-api",
+        format!("undrained by {actor}"),
+    )
+    .await
+    .map_err(|e| {
+        let status = if e.contains("holds no maintenance lease") {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        ApiError::new(status, e)
+    })?;
     Ok(Json(serde_json::json!({ "node": node, "released": true })))
 }
 

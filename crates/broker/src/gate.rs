@@ -275,13 +275,21 @@ fn from_response(response: GateResponse) -> Result<GateAnswer, GateError> {
 }
 
 /// Releases the lease on `node` (`ferry admin undrain`).
-pub async fn release(ctx: &Ctx, node: &str, actor: &str, reason: String) -> Result<(), String> {
+/// `source` is where the request came from, for the audit log ("admin-api", or empty for the
+/// node's own decision).
+pub async fn release(
+    ctx: &Ctx,
+    node: &str,
+    actor: &str,
+    source: &str,
+    reason: String,
+) -> Result<(), String> {
     let release = Kind::ReleaseLease(ReleaseLease {
         node: node.to_owned(),
         reason,
     });
     match ctx
-        .propose(actor.to_owned(), "admin-api".into(), release)
+        .propose(actor.to_owned(), source.to_owned(), release)
         .await
     {
         Ok(ferry_state::Outcome::Refused(r)) => Err(r.message),
@@ -305,6 +313,7 @@ pub async fn gate_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Se
         if !is_leader(&ctx) {
             // A future leadership starts from scratch: "steady" is measured by the leader.
             *lock(&ctx.gate.steadiness) = Steadiness::default();
+            ctx.metrics.restart_allowed.clear();
             lock(&ctx.gate.healthy_since_ms).clear();
             continue;
         }
@@ -313,8 +322,16 @@ pub async fn gate_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Se
         let now_ms = crate::now_ms();
         {
             let mut steadiness = lock(&ctx.gate.steadiness);
+            ctx.metrics.restart_allowed.clear();
             for member in &view.members {
-                ferry_gate::evaluate(&view, &member.node_id, &policy, &mut steadiness, now_ms);
+                let verdict =
+                    ferry_gate::evaluate(&view, &member.node_id, &policy, &mut steadiness, now_ms);
+                ctx.metrics
+                    .restart_allowed
+                    .get_or_create(&crate::metrics::MemberLabel {
+                        member: member.node_id.clone(),
+                    })
+                    .set(i64::from(verdict.is_some_and(|v| v.allowed)));
             }
         }
         for lease in &view.leases {
@@ -343,7 +360,7 @@ pub async fn gate_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Se
                     held_ms / 1000
                 );
                 let actor = format!("node:{}", ctx.config.node_id);
-                match release(&ctx, &lease.node, &actor, reason).await {
+                match release(&ctx, &lease.node, &actor, "", reason).await {
                     Ok(()) => {
                         tracing::info!(node = %lease.node, "maintenance over: lease released")
                     }

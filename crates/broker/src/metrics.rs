@@ -82,6 +82,8 @@ pub struct Metrics {
     pub draining: Gauge,
     /// Age of each maintenance lease held in the cluster.
     pub lease_seconds: Family<LeaseLabel, Gauge>,
+    /// On the leader: whether the restart gate allows each member's restart now.
+    pub restart_allowed: Family<MemberLabel, Gauge>,
 }
 
 impl Metrics {
@@ -259,6 +261,11 @@ impl Metrics {
             lease_seconds: register!(
                 "maintenance_lease_seconds",
                 "Age of each maintenance lease held in the cluster, by the node under maintenance",
+                Family::default()
+            ),
+            restart_allowed: register!(
+                "restart_allowed",
+                "On the leader: 1 when the restart gate allows the member's restart now",
                 Family::default()
             ),
             registry,

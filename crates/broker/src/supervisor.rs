@@ -33,6 +33,8 @@ struct Entry {
     restarts: u64,
     /// Held stopped by the test-only fault switch.
     held: bool,
+    /// Run by a supervisor (else only watched, and the fault switch cannot stop it).
+    supervised: bool,
 }
 
 /// Every service of a node and its state. Names are `&'static str` chosen in code.
@@ -68,6 +70,7 @@ impl Services {
             detail: String::new(),
             restarts: 0,
             held: false,
+            supervised: false,
         });
         if state == ServiceState::Restarting {
             entry.restarts += 1;
@@ -109,7 +112,11 @@ impl Services {
     /// Test-only: holds service `name` stopped (its current attempt is cancelled) or lets
     /// its supervisor start it again. `false` when no such service is supervised.
     pub fn hold(&self, name: &str, stopped: bool) -> bool {
-        let found = match self.lock().iter_mut().find(|(n, _)| **n == name) {
+        let found = match self
+            .lock()
+            .iter_mut()
+            .find(|(n, e)| **n == name && e.supervised)
+        {
             Some((_, entry)) => {
                 entry.held = stopped;
                 true
@@ -136,6 +143,9 @@ impl Services {
         Fut: Future<Output = ServiceResult> + Send + 'static,
     {
         self.set(name, ServiceState::Running, String::new());
+        if let Some(entry) = self.lock().get_mut(name) {
+            entry.supervised = true;
+        }
         let mut backoff = BACKOFF_MIN;
         loop {
             if *shutdown.borrow() {
@@ -238,13 +248,18 @@ mod tests {
         let (stop, shutdown) = watch::channel(false);
         let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let counter = attempts.clone();
+        let stopping = shutdown.clone();
         let task = tokio::spawn(services.clone().supervise("flaky", shutdown, move || {
             let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut stopping = stopping.clone();
             async move {
                 match n {
                     0 => Err("disk on fire".to_owned()),
                     1 => panic!("boom"),
-                    _ => std::future::pending().await,
+                    _ => {
+                        let _ = stopping.changed().await;
+                        Ok(())
+                    }
                 }
             }
         }));
