@@ -142,6 +142,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         reports: reports.clone(),
         gates,
     };
+    // The consensus driver's messages for peers, drained by the "raft-outbox" service.
+    let outbox_rx = Arc::new(tokio::sync::Mutex::new(outbox_rx));
     let peers = match config.peer_addr {
         Some(peer_addr) if !config.peers.is_empty() => {
             let identity = tls::Identity::load(&config.cert, &config.key)?;
@@ -162,14 +164,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
                 endpoint,
                 &config.peers,
                 replica.clone(),
-                outbox_rx,
                 shutdown_rx.clone(),
             ))
         }
         _ => {
             // A one-node cluster has no one to talk to; drain the (empty) outbox.
-            let mut outbox_rx = outbox_rx;
-            tokio::spawn(async move { while outbox_rx.recv().await.is_some() {} });
+            let outbox_rx = outbox_rx.clone();
+            tokio::spawn(async move { while outbox_rx.lock().await.recv().await.is_some() {} });
             None
         }
     };
@@ -237,6 +238,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         inbox,
         incoming_relays,
         incoming_gates,
+        outbox_rx,
         raft_dir,
     );
     tracing::info!(node = %node_id, %relay_addr, %admin_addr, "node started");
@@ -264,6 +266,7 @@ fn supervise_services(
     inbox: crate::peer::Inbox,
     incoming_relays: tokio::sync::mpsc::Receiver<crate::peer::IncomingRelay>,
     incoming_gates: tokio::sync::mpsc::Receiver<crate::peer::IncomingGate>,
+    outbox: SharedReceiver<ferry_consensus::Message>,
     raft_dir: std::path::PathBuf,
 ) -> JoinSet<()> {
     let services = &ctx.services;
@@ -294,52 +297,25 @@ fn supervise_services(
         admin::serve(first, c, s)
     });
     if let Some(peers) = ctx.peers.clone() {
-        supervise!("peer-links", |c, s| {
-            let _ = &c;
+        let (p, o) = (peers.clone(), outbox);
+        supervise!("raft-outbox", |_c, s| {
+            p.clone().dispatch_loop(o.clone(), s)
+        });
+        let p = peers.clone();
+        supervise!("peer-directory", |_c, s| p.clone().reconcile_loop(s));
+        supervise!("peer-links", |_c, s| {
             peers.clone().accept_loop(inbox.clone(), s)
         });
+        // Sessions other brokers ask this one to carry to hosts attached here.
+        let relays: SharedReceiver<_> = Arc::new(tokio::sync::Mutex::new(incoming_relays));
+        supervise!("relay-queue", |c, s| relay_queue(c, relays.clone(), s));
+        // Gate questions followers ask this node as leader.
+        let gates: SharedReceiver<_> = Arc::new(tokio::sync::Mutex::new(incoming_gates));
+        supervise!("gate-queue", |c, s| gate_queue(c, gates.clone(), s));
+    } else {
+        // A one-node cluster: nothing arrives from peers, so there are no queues to drain.
+        drop((inbox, incoming_relays, incoming_gates, outbox));
     }
-    // Sessions other brokers ask this one to carry to hosts attached here.
-    let relays: SharedReceiver<_> = Arc::new(tokio::sync::Mutex::new(incoming_relays));
-    supervise!("relay-queue", |c, s| {
-        let relays = relays.clone();
-        async move {
-            let mut relays = relays.lock().await;
-            let mut s = s;
-            loop {
-                tokio::select! {
-                    incoming = relays.recv() => match incoming {
-                        Some(incoming) => drop(tokio::spawn(relay::carry_for_peer(c.clone(), incoming))),
-                        None => return Ok(()),
-                    },
-                    _ = s.changed() => return Ok(()),
-                }
-            }
-        }
-    });
-    // Gate questions followers ask this node as leader.
-    let gates: SharedReceiver<_> = Arc::new(tokio::sync::Mutex::new(incoming_gates));
-    supervise!("gate-queue", |c, s| {
-        let gates = gates.clone();
-        async move {
-            let mut gates = gates.lock().await;
-            let mut s = s;
-            loop {
-                tokio::select! {
-                    request = gates.recv() => match request {
-                        Some((request, reply)) => {
-                            let c = c.clone();
-                            tokio::spawn(async move {
-                                let _ = reply.send(crate::gate::answer_peer(&c, request).await);
-                            });
-                        }
-                        None => return Ok(()),
-                    },
-                    _ = s.changed() => return Ok(()),
-                }
-            }
-        }
-    });
     supervise!("sessions", |c, s| sweep_sessions(c, s));
     supervise!("housekeeping", |c, s| housekeeping(c, raft_dir.clone(), s));
     supervise!("storage", |c, s| crate::health::storage_probe(c, s));
@@ -349,6 +325,47 @@ fn supervise_services(
     ctx.services
         .report("raft", ferry_gate::ServiceState::Running, String::new());
     tasks
+}
+
+/// Service "relay-queue": starts carrying each session a peer asks this node to relay.
+async fn relay_queue(
+    ctx: Arc<Ctx>,
+    relays: SharedReceiver<crate::peer::IncomingRelay>,
+    mut shutdown: watch::Receiver<bool>,
+) -> crate::supervisor::ServiceResult {
+    let mut relays = relays.lock().await;
+    loop {
+        tokio::select! {
+            incoming = relays.recv() => match incoming {
+                Some(incoming) => drop(tokio::spawn(relay::carry_for_peer(ctx.clone(), incoming))),
+                None => return Err("the peer transport's relay queue closed".into()),
+            },
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+/// Service "gate-queue": answers the restart-gate questions peers send this node as leader.
+async fn gate_queue(
+    ctx: Arc<Ctx>,
+    gates: SharedReceiver<crate::peer::IncomingGate>,
+    mut shutdown: watch::Receiver<bool>,
+) -> crate::supervisor::ServiceResult {
+    let mut gates = gates.lock().await;
+    loop {
+        tokio::select! {
+            request = gates.recv() => match request {
+                Some((request, reply)) => {
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        let _ = reply.send(crate::gate::answer_peer(&ctx, request).await);
+                    });
+                }
+                None => return Err("the peer transport's gate queue closed".into()),
+            },
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
 }
 
 /// Sessions the state says this node carries lost their path when it restarted: mark them

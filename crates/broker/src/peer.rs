@@ -125,13 +125,13 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// Starts the peer tasks: a dispatcher from the consensus outbox, a sender per peer, and
-    /// the acceptor for peers' connections.
+    /// Creates the links to the configured peers (a sender task per peer). The node runs the
+    /// rest as supervised services: [`Peers::accept_loop`], [`Peers::dispatch_loop`] and
+    /// [`Peers::reconcile_loop`].
     pub fn start(
         endpoint: quinn::Endpoint,
         peers: &[PeerConfig],
         replica: Replica,
-        mut outbox: mpsc::Receiver<Message>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         let this = Arc::new(Self {
@@ -144,35 +144,51 @@ impl Peers {
             blocked: Default::default(),
         });
         this.reconcile();
-        let dispatcher = this.clone();
-        tokio::spawn(async move {
-            while let Some(message) = outbox.recv().await {
-                if dispatcher.is_blocked(message.to) {
-                    continue;
-                }
-                let link = dispatcher.link(message.to).or_else(|| {
-                    dispatcher.reconcile(); // a member the directory has just added
-                    dispatcher.link(message.to)
-                });
-                match link {
-                    // Full: this peer is behind; drop rather than stall the others.
-                    Some(link) => drop(link.queue.try_send(message)),
-                    None => tracing::debug!(to = message.to, "message for an unknown peer dropped"),
-                }
-            }
-        });
-        let reconciler = this.clone();
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(RECONCILE_EVERY);
-            loop {
-                tokio::select! {
-                    _ = every.tick() => reconciler.reconcile(),
-                    _ = stop.changed() => return,
-                }
-            }
-        });
         this
+    }
+
+    /// Service "raft-outbox": hands each message of the consensus driver to its peer's queue.
+    pub async fn dispatch_loop(
+        self: Arc<Self>,
+        outbox: Arc<Mutex<mpsc::Receiver<Message>>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> crate::supervisor::ServiceResult {
+        let mut outbox = outbox.lock().await;
+        loop {
+            let message = tokio::select! {
+                message = outbox.recv() => match message {
+                    Some(message) => message,
+                    None => return Err("the consensus driver's outbox closed".into()),
+                },
+                _ = shutdown.changed() => return Ok(()),
+            };
+            if self.is_blocked(message.to) {
+                continue;
+            }
+            let link = self.link(message.to).or_else(|| {
+                self.reconcile(); // a member the directory has just added
+                self.link(message.to)
+            });
+            match link {
+                // Full: this peer is behind; drop rather than stall the others.
+                Some(link) => drop(link.queue.try_send(message)),
+                None => tracing::debug!(to = message.to, "message for an unknown peer dropped"),
+            }
+        }
+    }
+
+    /// Service "peer-directory": follows the member directory every second.
+    pub async fn reconcile_loop(
+        self: Arc<Self>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> crate::supervisor::ServiceResult {
+        let mut every = tokio::time::interval(RECONCILE_EVERY);
+        loop {
+            tokio::select! {
+                _ = every.tick() => self.reconcile(),
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
     }
 
     /// Brings the links in line with the configured peers and the member directory: links for

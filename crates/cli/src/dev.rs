@@ -115,6 +115,8 @@ pub async fn run(args: DevArgs) -> CliResult {
          \n  echo hello | {exe} connect {DEMO_HOST} {DEMO_SERVICE} --stdio --config {client}\n\
          \n\
          Inspect the cluster:   {exe} admin --config {client} status\n\
+         Status page:           http://{admin_addr}/\n\
+         May b1 be restarted?   {exe} admin --config {client} restart-check b1\n\
          Press Ctrl-C here to stop.",
         relay = nodes[0].relay_addr,
         admin_addr = nodes[0].admin_addr,
