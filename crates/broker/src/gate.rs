@@ -336,6 +336,13 @@ pub async fn gate_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Se
         }
         for lease in &view.leases {
             let Some(member) = view.member(&lease.node) else {
+                // Removed from the cluster while under maintenance: nothing will come back
+                // to release it, and it would block every other drain.
+                let actor = format!("node:{}", ctx.config.node_id);
+                let reason = format!("{} is no longer a member of the cluster", lease.node);
+                if let Err(e) = release(&ctx, &lease.node, &actor, "", reason).await {
+                    tracing::warn!(node = %lease.node, error = %e, "could not release a lease");
+                }
                 continue;
             };
             // Back: its process started after the lease was taken, and healthy since.

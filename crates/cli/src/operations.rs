@@ -1,7 +1,7 @@
 //! `ferry admin status`, `restart-check`, `drain`: the operator's view of the cluster and of
 //! the restart gate (SPEC section 6). Results go to stdout, progress and guidance to stderr.
 
-use crate::admin::{print_json, AdminClient};
+use crate::admin::{cell, print_json, AdminClient};
 use crate::{CliResult, Failure};
 use ferry_agent::error::exit;
 use serde_json::Value;
@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 const DRAIN_POLL: Duration = Duration::from_millis(500);
 const MIB: u64 = 1024 * 1024;
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
 fn num(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
@@ -27,32 +19,16 @@ fn num(v: &Value) -> u64 {
 pub fn print_cluster(s: &Value) {
     println!(
         "cluster {}: leader {}, term {}, {} voters (quorum {}), failure tolerance {}   (as {} sees it)",
-        text(&s["cluster_name"]),
-        text(&s["leader"]),
-        text(&s["term"]),
-        text(&s["voters"]),
-        text(&s["quorum"]),
-        text(&s["failure_tolerance"]),
-        text(&s["reported_by"]),
+        cell(&s["cluster_name"]),
+        cell(&s["leader"]),
+        cell(&s["term"]),
+        cell(&s["voters"]),
+        cell(&s["quorum"]),
+        cell(&s["failure_tolerance"]),
+        cell(&s["reported_by"]),
     );
-    let columns = [
-        "NODE",
-        "ROLE",
-        "RAFT",
-        "HEALTH",
-        "TERM",
-        "COMMIT",
-        "APPLIED",
-        "LAG",
-        "CONTACT",
-        "SERVICES",
-        "HOSTS",
-        "SESSIONS",
-        "MEMORY MiB",
-        "STATE",
-    ];
     let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
-    let rows: Vec<Vec<String>> = nodes
+    let rows: Vec<Value> = nodes
         .iter()
         .map(|n| {
             let services = n["services"].as_array().cloned().unwrap_or_default();
@@ -64,67 +40,62 @@ pub fn print_cluster(s: &Value) {
             } else {
                 "serving"
             };
-            vec![
-                text(&n["node_id"]),
-                text(&n["role"]),
-                text(&n["raft_role"]),
-                if n["healthy"] == true {
-                    "healthy"
-                } else {
-                    "UNHEALTHY"
-                }
-                .into(),
-                text(&n["term"]),
-                text(&n["commit"]),
-                text(&n["applied"]),
-                text(&n["lag"]),
-                n["last_report_ms"]
+            serde_json::json!({
+                "node": n["node_id"],
+                "role": n["role"],
+                "raft": n["raft_role"],
+                "health": if n["healthy"] == true { "healthy" } else { "UNHEALTHY" },
+                "term": n["term"],
+                "commit": n["commit"],
+                "applied": n["applied"],
+                "lag": n["lag"],
+                "contact": n["last_report_ms"]
                     .as_u64()
                     .map_or("never".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
-                format!("{running}/{}", services.len()),
-                text(&n["hosts"]),
-                format!("{}/{}", num(&n["sessions"]), num(&n["sessions_max"])),
-                format!(
+                "services": format!("{running}/{}", services.len()),
+                "hosts": n["hosts"],
+                "sessions": format!("{}/{}", num(&n["sessions"]), num(&n["sessions_max"])),
+                "memory_mib": format!(
                     "{}/{}",
                     num(&n["memory_rss_bytes"]) / MIB,
                     num(&n["memory_limit_bytes"]) / MIB
                 ),
-                state.into(),
-            ]
+                "state": state,
+            })
         })
         .collect();
-    let widths: Vec<usize> = (0..columns.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([columns[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: &[String]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(&columns.map(String::from));
-    for row in &rows {
-        line(row);
-    }
+    crate::admin::table(
+        false,
+        &serde_json::json!({ "nodes": rows }),
+        "nodes",
+        &[
+            "node",
+            "role",
+            "raft",
+            "health",
+            "term",
+            "commit",
+            "applied",
+            "lag",
+            "contact",
+            "services",
+            "hosts",
+            "sessions",
+            "memory_mib",
+            "state",
+        ],
+    );
     for n in &nodes {
         for problem in n["problems"].as_array().into_iter().flatten() {
-            println!("  {}: {}", text(&n["node_id"]), text(problem));
+            println!("  {}: {}", cell(&n["node_id"]), cell(problem));
         }
     }
     for lease in s["leases"].as_array().into_iter().flatten() {
         println!(
             "  maintenance: {} taken by {} {} s ago{}",
-            text(&lease["node"]),
-            text(&lease["holder"]),
-            text(&lease["age_secs"]),
+            cell(&lease["node"]),
+            cell(&lease["holder"]),
+            cell(&lease["age_secs"]),
             if lease["forced"] == true {
                 " (FORCED past failing checks)"
             } else {
@@ -139,14 +110,14 @@ fn print_verdict(answer: &Value) {
     let verdict = &answer["verdict"];
     println!(
         "restart of {}: {}   (evaluated by leader {}; failure tolerance {})",
-        text(&verdict["node"]),
+        cell(&verdict["node"]),
         match (verdict["allowed"] == true, answer["forced"] == true) {
             (true, _) => "ALLOWED",
             (false, true) => "REFUSED, but FORCED (--force)",
             (false, false) => "REFUSED",
         },
-        text(&answer["evaluated_by"]),
-        text(&verdict["failure_tolerance"]),
+        cell(&answer["evaluated_by"]),
+        cell(&verdict["failure_tolerance"]),
     );
     for check in verdict["checks"].as_array().into_iter().flatten() {
         println!(
@@ -156,8 +127,8 @@ fn print_verdict(answer: &Value) {
             } else {
                 "FAIL"
             },
-            text(&check["name"]),
-            text(&check["reason"])
+            cell(&check["name"]),
+            cell(&check["reason"])
         );
     }
 }
@@ -216,7 +187,7 @@ pub async fn drain(
         };
         return Err(Failure::new(
             code,
-            format!("{} ({status})", text(&answer["error"])),
+            format!("{} ({status})", cell(&answer["error"])),
         ));
     }
     if json {
@@ -233,8 +204,8 @@ pub async fn drain(
             if check["passed"] != true {
                 eprintln!(
                     "  FAILED {}: {}",
-                    text(&check["name"]),
-                    text(&check["reason"])
+                    cell(&check["name"]),
+                    cell(&check["reason"])
                 );
             }
         }
