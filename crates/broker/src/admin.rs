@@ -18,11 +18,12 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 mod members;
-pub(crate) mod page;
+mod operations;
+mod page;
 pub use members::{MemberStatus, Members};
 
-/// Actor recorded in the audit log for admin API calls. There is one admin token today; per
-/// operator identities come with the operator features (issue 4).
+/// Actor recorded in the audit log for admin API calls: "admin", or "admin:<name>" when the
+/// caller says who it is (`X-Ferry-Operator`, see [`actor`]). There is one admin token.
 const ADMIN_ACTOR: &str = "admin";
 
 /// Service "admin": serves the admin API on `listener`, or (restarted) binds the admin
@@ -68,20 +69,23 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         )
         .route("/v1/faults/peers", axum::routing::post(set_peer_faults))
         .route("/v1/node/handoff", axum::routing::post(handoff))
-        .route("/v1/cluster", get(cluster))
-        .route("/v1/nodes/{node}/restart-check", get(restart_check))
+        .route("/v1/cluster", get(operations::cluster))
+        .route(
+            "/v1/nodes/{node}/restart-check",
+            get(operations::restart_check),
+        )
         .route(
             "/v1/nodes/{node}/maintenance",
-            axum::routing::post(drain).delete(undrain),
+            axum::routing::post(operations::drain).delete(operations::undrain),
         )
         .route(
             "/v1/faults/services",
-            axum::routing::post(set_service_fault),
+            axum::routing::post(operations::set_service_fault),
         )
         .layer(middleware::from_fn_with_state(ctx.clone(), require_token));
     Router::new()
-        .route("/", get(status_page))
-        .route("/status.json", get(cluster))
+        .route("/", get(operations::status_page))
+        .route("/status.json", get(operations::cluster))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -501,7 +505,6 @@ struct PeerFaults {
     blocked: Vec<String>,
 }
 
-/// Test-only: partitions this node from chosen peers (both directions of traffic it handles).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HandoffRequest {
@@ -526,6 +529,7 @@ async fn handoff(
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))
 }
 
+/// Test-only: partitions this node from chosen peers (both directions of traffic it handles).
 async fn set_peer_faults(
     State(ctx): State<Arc<Ctx>>,
     Json(req): Json<PeerFaults>,
@@ -551,174 +555,4 @@ async fn set_peer_faults(
     }
     tracing::warn!(blocked = ?req.blocked, "fault injection: peer traffic blocked");
     Ok(Json(serde_json::json!({ "blocked": req.blocked })))
-}
-
-/// `GET /v1/cluster` (and, without the token, `/status.json` for the status page and
-/// dashboards: counts and health only, no host or user names).
-async fn cluster(State(ctx): State<Arc<Ctx>>) -> Json<crate::cluster::ClusterStatus> {
-    Json(crate::cluster::status(&ctx))
-}
-
-/// The status page: the cluster at a glance, refreshing itself.
-async fn status_page(State(ctx): State<Arc<Ctx>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        page::render(&crate::cluster::status(&ctx)),
-    )
-        .into_response()
-}
-
-/// Longest operator name accepted from `X-Ferry-Operator`.
-const OPERATOR_BYTES_MAX: usize = 64;
-
-/// Who is acting, for the audit log: "admin:<X-Ferry-Operator>" (`ferry admin` sends
-/// `$USER@hostname`), or "admin" without it. One admin token is shared; the name is the
-/// operator's word, recorded so that forced overrides can be traced to a person.
-fn actor(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
-    let Some(value) = headers.get("x-ferry-operator") else {
-        return Ok(ADMIN_ACTOR.to_owned());
-    };
-    let name = value.to_str().ok().filter(|v| {
-        !v.is_empty() && v.len() <= OPERATOR_BYTES_MAX && v.chars().all(|c| c.is_ascii_graphic())
-    });
-    match name {
-        Some(name) => Ok(format!("{ADMIN_ACTOR}:{name}")),
-        None => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("X-Ferry-Operator must be 1 to {OPERATOR_BYTES_MAX} printable ASCII characters without spaces"),
-        )),
-    }
-}
-
-impl From<crate::gate::GateError> for ApiError {
-    fn from(e: crate::gate::GateError) -> Self {
-        use crate::gate::GateError;
-        match e {
-            GateError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
-            GateError::Unavailable(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-            }
-            GateError::Refused(answer) => ApiError::new(
-                StatusCode::CONFLICT,
-                format!(
-                    "restart gate refused {}: {}",
-                    answer.verdict.node,
-                    answer.verdict.failures().join("; ")
-                ),
-            ),
-        }
-    }
-}
-
-/// `GET /v1/nodes/{node}/restart-check`: the gate's verdict, evaluated on the leader. 200
-/// whether allowed or not (`verdict.allowed` says); 404 for an unknown node; 503 when no
-/// leader can answer.
-async fn restart_check(
-    State(ctx): State<Arc<Ctx>>,
-    axum::extract::Path(node): axum::extract::Path<String>,
-) -> ApiResult<crate::gate::GateAnswer> {
-    Ok(Json(crate::gate::restart_check(&ctx, &node).await?))
-}
-
-#[derive(Deserialize, Serialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-pub struct DrainRequest {
-    /// Take the lease even though checks fail: loud, and audited with the failed checks.
-    #[serde(default)]
-    pub force: bool,
-}
-
-/// `POST /v1/nodes/{node}/maintenance`: takes the maintenance lease through Raft when the
-/// gate allows it (or `force`); the node then drains itself. 409 with the verdict when
-/// refused.
-async fn drain(
-    State(ctx): State<Arc<Ctx>>,
-    axum::extract::Path(node): axum::extract::Path<String>,
-    headers: axum::http::HeaderMap,
-    Json(req): Json<DrainRequest>,
-) -> Response {
-    let actor = match actor(&headers) {
-        Ok(actor) => actor,
-        Err(e) => return e.into_response(),
-    };
-    match crate::gate::acquire(&ctx, &node, &actor, req.force).await {
-        Ok(answer) => Json(answer).into_response(),
-        Err(crate::gate::GateError::Refused(answer)) => {
-            let message = ApiError::from(crate::gate::GateError::Refused(answer.clone())).message;
-            (
-                StatusCode::CONFLICT,
-                Json(serde_json::json!({ "error": message, "answer": answer })),
-            )
-                .into_response()
-        }
-        Err(e) => ApiError::from(e).into_response(),
-    }
-}
-
-/// `DELETE /v1/nodes/{node}/maintenance`: releases the lease; the node serves again.
-async fn undrain(
-    State(ctx): State<Arc<Ctx>>,
-    axum::extract::Path(node): axum::extract::Path<String>,
-    headers: axum::http::HeaderMap,
-) -> ApiResult<serde_json::Value> {
-    let actor = actor(&headers)?;
-    crate::gate::release(
-        &ctx,
-        &node,
-        &actor,
-        "admin-api",
-        format!("undrained by {actor}"),
-    )
-    .await
-    .map_err(|e| {
-        let status = if e.contains("holds no maintenance lease") {
-            StatusCode::NOT_FOUND
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        ApiError::new(status, e)
-    })?;
-    Ok(Json(serde_json::json!({ "node": node, "released": true })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServiceFault {
-    service: String,
-    /// true: stop it and keep it stopped; false: let its supervisor start it again.
-    stopped: bool,
-}
-
-/// Test-only: stops one of this node's services (or lets it run again), so that tests can
-/// create the incident's condition — a node silently lacking a service — in a real process.
-async fn set_service_fault(
-    State(ctx): State<Arc<Ctx>>,
-    Json(req): Json<ServiceFault>,
-) -> ApiResult<serde_json::Value> {
-    if !ctx.config.faults.enabled {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "fault injection is disabled on this node ([faults] enabled = true is for tests only)",
-        ));
-    }
-    if !ctx.services.hold(&req.service, req.stopped) {
-        let known: Vec<String> = ctx
-            .services
-            .snapshot()
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no supervised service {:?} on this node; services: {}",
-                req.service,
-                known.join(", ")
-            ),
-        ));
-    }
-    tracing::warn!(service = %req.service, stopped = req.stopped, "fault injection: service switch");
-    Ok(Json(
-        serde_json::json!({ "service": req.service, "stopped": req.stopped }),
-    ))
 }
