@@ -313,18 +313,18 @@ pub fn refresh_metrics(ctx: &Ctx, own: &ferry_proto::peer::HealthReport) {
     let m = &ctx.metrics;
     let view = gate_view(ctx);
     let policy = policy(ctx);
-    m.member_healthy.clear();
+    let mut members = Vec::new();
     for member in &view.members {
         let healthy = ferry_gate::problems(member, view.commit, &policy).is_empty();
-        m.member_healthy
-            .get_or_create(&crate::metrics::MemberLabel {
-                member: member.node_id.clone(),
-            })
-            .set(i64::from(healthy));
+        let label = crate::metrics::MemberLabel {
+            member: member.node_id.clone(),
+        };
+        members.push((label, i64::from(healthy)));
         if member.node_id == ctx.config.node_id {
             m.node_healthy.set(i64::from(healthy));
         }
     }
+    m.member_healthy.replace(members);
     m.failure_tolerance.set(view.failure_tolerance(&policy));
     m.memory_rss_bytes.set(own.memory_rss_bytes as i64);
     m.memory_limit_bytes
@@ -344,12 +344,15 @@ pub fn refresh_metrics(ctx: &Ctx, own: &ferry_proto::peer::HealthReport) {
     m.applied_index.set(own.applied as i64);
     m.hosts_attached.set(own.hosts as i64);
     let now_ms = crate::now_ms();
-    m.lease_seconds.clear();
-    for lease in lease_summaries(ctx, now_ms) {
-        m.lease_seconds
-            .get_or_create(&crate::metrics::LeaseLabel {
-                lease_node: lease.node.clone(),
-            })
-            .set(now_ms.saturating_sub(lease.since_ms) as i64 / 1000);
-    }
+    let leases = lease_summaries(ctx, now_ms)
+        .into_iter()
+        .map(|lease| {
+            let age_secs = now_ms.saturating_sub(lease.since_ms) as i64 / 1000;
+            let label = crate::metrics::LeaseLabel {
+                lease_node: lease.node,
+            };
+            (label, age_secs)
+        })
+        .collect();
+    m.lease_seconds.replace(leases);
 }

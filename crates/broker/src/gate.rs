@@ -313,7 +313,7 @@ pub async fn gate_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Se
         if !is_leader(&ctx) {
             // A future leadership starts from scratch: "steady" is measured by the leader.
             *lock(&ctx.gate.steadiness) = Steadiness::default();
-            ctx.metrics.restart_allowed.clear();
+            ctx.metrics.restart_allowed.replace(Vec::new());
             lock(&ctx.gate.healthy_since_ms).clear();
             continue;
         }
@@ -322,17 +322,24 @@ pub async fn gate_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Se
         let now_ms = crate::now_ms();
         {
             let mut steadiness = lock(&ctx.gate.steadiness);
-            ctx.metrics.restart_allowed.clear();
-            for member in &view.members {
-                let verdict =
-                    ferry_gate::evaluate(&view, &member.node_id, &policy, &mut steadiness, now_ms);
-                ctx.metrics
-                    .restart_allowed
-                    .get_or_create(&crate::metrics::MemberLabel {
+            let allowed = view
+                .members
+                .iter()
+                .map(|member| {
+                    let verdict = ferry_gate::evaluate(
+                        &view,
+                        &member.node_id,
+                        &policy,
+                        &mut steadiness,
+                        now_ms,
+                    );
+                    let label = crate::metrics::MemberLabel {
                         member: member.node_id.clone(),
-                    })
-                    .set(i64::from(verdict.is_some_and(|v| v.allowed)));
-            }
+                    };
+                    (label, i64::from(verdict.is_some_and(|v| v.allowed)))
+                })
+                .collect();
+            ctx.metrics.restart_allowed.replace(allowed);
         }
         for lease in &view.leases {
             let Some(member) = view.member(&lease.node) else {

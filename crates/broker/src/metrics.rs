@@ -27,6 +27,41 @@ pub struct Service {
     pub service: &'static str,
 }
 
+/// A gauge per label set whose sets come and go (members, leases): replacing the whole set
+/// removes only the labels that are gone, so a scrape never sees a series that persists
+/// briefly missing (which would reset an alert's `for:` clock).
+pub struct GaugeSet<L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug> {
+    family: Family<L, Gauge>,
+    /// The label sets currently exported.
+    current: std::sync::Mutex<Vec<L>>,
+}
+
+impl<L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug> GaugeSet<L> {
+    fn new(family: Family<L, Gauge>) -> Self {
+        Self {
+            family,
+            current: Default::default(),
+        }
+    }
+
+    /// Makes the exported series exactly `values`.
+    pub fn replace(&self, values: Vec<(L, i64)>) {
+        let mut current = self
+            .current
+            .lock()
+            .expect("never poisoned: no panics under the lock");
+        for old in current.iter() {
+            if !values.iter().any(|(l, _)| l == old) {
+                self.family.remove(old);
+            }
+        }
+        for (label, value) in &values {
+            self.family.get_or_create(label).set(*value);
+        }
+        *current = values.into_iter().map(|(l, _)| l).collect();
+    }
+}
+
 /// A member of the cluster by node id: bounded by the membership, not by input.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MemberLabel {
@@ -71,7 +106,7 @@ pub struct Metrics {
     /// Healthy voters minus the quorum, as this node sees the cluster.
     pub failure_tolerance: Gauge,
     /// Each member's health as this node sees it (a dead node exports nothing itself).
-    pub member_healthy: Family<MemberLabel, Gauge>,
+    pub member_healthy: GaugeSet<MemberLabel>,
     pub memory_rss_bytes: Gauge,
     pub memory_limit_bytes: Gauge,
     pub memory_headroom_floor_bytes: Gauge,
@@ -81,9 +116,9 @@ pub struct Metrics {
     pub apply_lag_entries: Gauge,
     pub draining: Gauge,
     /// Age of each maintenance lease held in the cluster.
-    pub lease_seconds: Family<LeaseLabel, Gauge>,
+    pub lease_seconds: GaugeSet<LeaseLabel>,
     /// On the leader: whether the restart gate allows each member's restart now.
-    pub restart_allowed: Family<MemberLabel, Gauge>,
+    pub restart_allowed: GaugeSet<MemberLabel>,
 }
 
 impl Metrics {
@@ -213,11 +248,11 @@ impl Metrics {
                 "Healthy voters minus the quorum, as this node sees the cluster (0: one more failure stops writes)",
                 Gauge::default()
             ),
-            member_healthy: register!(
+            member_healthy: GaugeSet::new(register!(
                 "cluster_member_healthy",
                 "1 when the member is healthy, as this node sees it",
                 Family::default()
-            ),
+            )),
             memory_rss_bytes: register!(
                 "memory_rss_bytes",
                 "Resident memory of this node's process",
@@ -258,16 +293,16 @@ impl Metrics {
                 "1 while this node hands its hosts and clients off",
                 Gauge::default()
             ),
-            lease_seconds: register!(
+            lease_seconds: GaugeSet::new(register!(
                 "maintenance_lease_seconds",
                 "Age of each maintenance lease held in the cluster, by the node under maintenance",
                 Family::default()
-            ),
-            restart_allowed: register!(
+            )),
+            restart_allowed: GaugeSet::new(register!(
                 "restart_allowed",
                 "On the leader: 1 when the restart gate allows the member's restart now",
                 Family::default()
-            ),
+            )),
             registry,
         }
     }
@@ -304,5 +339,38 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gauge_set_keeps_persisting_series_and_drops_only_the_gone() {
+        let metrics = Metrics::new("b1");
+        let member = |m: &str| MemberLabel { member: m.into() };
+        let series = |m: &Metrics| -> Vec<String> {
+            m.encode()
+                .lines()
+                .filter(|l| l.starts_with("ferry_cluster_member_healthy{"))
+                .map(str::to_owned)
+                .collect()
+        };
+        metrics
+            .member_healthy
+            .replace(vec![(member("b1"), 1), (member("b2"), 0)]);
+        assert_eq!(
+            series(&metrics),
+            [
+                "ferry_cluster_member_healthy{node=\"b1\",member=\"b1\"} 1",
+                "ferry_cluster_member_healthy{node=\"b1\",member=\"b2\"} 0"
+            ]
+        );
+        metrics.member_healthy.replace(vec![(member("b2"), 1)]);
+        assert_eq!(
+            series(&metrics),
+            ["ferry_cluster_member_healthy{node=\"b1\",member=\"b2\"} 1"]
+        );
     }
 }
