@@ -21,20 +21,8 @@ fn t13_drain_moves_50_live_sessions_without_loss() {
     let len: u64 = 3 << 20;
     let w = World::init_brokers(3);
     let _nodes: Vec<Proc> = (1..=3).map(|i| w.start_node(i)).collect();
-    w.add_user("alice", "staff", "correct horse battery");
-    let token = w.enroll("lab-pc", "lab");
-    w.admin(&["grant", "staff", "lab"]).ok();
-    let (service_addr, service, progress) = duplex_service(len, 2, Some(PACE_BYTES_PER_SEC));
-    let _host = w.start_host_via(
-        &w.client_config_for(1),
-        "lab-pc",
-        Some(&token),
-        &[("bulk", service_addr)],
-    );
-    let client_config = w.client_config_for(1);
-    w.login_via(&client_config, "alice", "correct horse battery")
-        .ok();
-    let (_forward, addr) = w.forward_via(&client_config, "lab-pc", "bulk");
+    let sessions = w.paced_sessions_via(1, "bulk", len, PACE_BYTES_PER_SEC);
+    let (addr, service, progress) = (sessions.addr, &sessions.service, &sessions.progress);
 
     let clients: Vec<_> = (0..SESSIONS)
         .map(|i| duplex_client(addr, len, 100 + i as u64, Some(PACE_BYTES_PER_SEC)))

@@ -38,20 +38,8 @@ fn t16_drain_moves_20_sessions_then_restart_rejoins_and_releases_the_lease() {
     w.restart_check_until("b1", 0, &["ALLOWED"]);
     w.restart_check_until("b2", 0, &["ALLOWED"]);
 
-    w.add_user("alice", "staff", "correct horse battery");
-    let token = w.enroll("lab-pc", "lab");
-    w.admin(&["grant", "staff", "lab"]).ok();
-    let (service_addr, service, progress) = duplex_service(len, 7, Some(PACE_BYTES_PER_SEC));
-    let _host = w.start_host_via(
-        &w.client_config_for(1),
-        "lab-pc",
-        Some(&token),
-        &[("desk", service_addr)],
-    );
-    let client_config = w.client_config_for(1);
-    w.login_via(&client_config, "alice", "correct horse battery")
-        .ok();
-    let (_forward, addr) = w.forward_via(&client_config, "lab-pc", "desk");
+    let sessions = w.paced_sessions_via(1, "desk", len, PACE_BYTES_PER_SEC);
+    let (addr, service, progress) = (sessions.addr, &sessions.service, &sessions.progress);
     let clients: Vec<_> = (0..SESSIONS)
         .map(|i| duplex_client(addr, len, 300 + i as u64, Some(PACE_BYTES_PER_SEC)))
         .collect();

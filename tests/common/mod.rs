@@ -828,3 +828,45 @@ impl World {
             .sum()
     }
 }
+
+/// A host agent exposing one paced duplex service and a client forwarding a local port to it,
+/// both attached to one broker: the set-up of the drain tests.
+pub struct PacedSessions {
+    /// The forwarded local port; each connection to it is one session.
+    pub addr: SocketAddr,
+    /// Each session's end as the service saw it.
+    pub service: std::sync::mpsc::Receiver<TransferEnd>,
+    /// Bytes the service has received so far, over all sessions.
+    pub progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The host agent and the forwarding client; killed on drop.
+    pub processes: [Proc; 2],
+}
+
+impl World {
+    /// User alice (group staff) granted host lab-pc, whose agent exposes service `service` that
+    /// moves `len` bytes each way per session at `pace` bytes/s; the agent and the client
+    /// attach to broker b<`broker`>.
+    pub fn paced_sessions_via(
+        &self,
+        broker: u8,
+        service: &str,
+        len: u64,
+        pace: u64,
+    ) -> PacedSessions {
+        self.add_user("alice", "staff", "correct horse battery");
+        let token = self.enroll("lab-pc", "lab");
+        self.admin(&["grant", "staff", "lab"]).ok();
+        let (service_addr, ends, progress) = duplex_service(len, 2, Some(pace));
+        let config = self.client_config_for(broker);
+        let host = self.start_host_via(&config, "lab-pc", Some(&token), &[(service, service_addr)]);
+        self.login_via(&config, "alice", "correct horse battery")
+            .ok();
+        let (forward, addr) = self.forward_via(&config, "lab-pc", service);
+        PacedSessions {
+            addr,
+            service: ends,
+            progress,
+            processes: [host, forward],
+        }
+    }
+}
