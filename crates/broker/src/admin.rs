@@ -85,7 +85,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .layer(middleware::from_fn_with_state(ctx.clone(), require_token));
     Router::new()
         .route("/", get(operations::status_page))
-        .route("/status.json", get(operations::cluster))
+        .route("/status.json", get(operations::open_status))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

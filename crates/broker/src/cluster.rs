@@ -83,6 +83,9 @@ use crate::node::Ctx;
 use ferry_gate::Policy;
 use std::sync::atomic::Ordering;
 
+/// How a voter or learner this node has no link to is named (`raft-id-7`).
+pub const UNNAMED_MEMBER_PREFIX: &str = "raft-id-";
+
 /// A node of the current configuration.
 struct MemberInfo {
     node_id: String,
@@ -126,6 +129,23 @@ fn members(ctx: &Ctx) -> Vec<MemberInfo> {
             })
         })
         .collect();
+    // Every id of the configuration counts, even one this node has no link to yet (a member
+    // just added, or a directory entry not applied here): leaving it out would shrink the
+    // quorum the gate computes. Unnamed, it has no report and so counts as unhealthy.
+    let unnamed: Vec<MemberInfo> = membership
+        .voters
+        .iter()
+        .map(|id| (*id, true))
+        .chain(membership.learners.iter().map(|id| (*id, false)))
+        .filter(|(id, _)| !members.iter().any(|m| m.raft_id == *id))
+        .map(|(raft_id, voter)| MemberInfo {
+            node_id: format!("{UNNAMED_MEMBER_PREFIX}{raft_id}"),
+            raft_id,
+            role: NodeRole::Broker,
+            voter,
+        })
+        .collect();
+    members.extend(unnamed);
     members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     members
 }
@@ -177,6 +197,7 @@ pub fn gate_view(ctx: &Ctx) -> ferry_gate::Cluster {
             holder: l.holder.clone(),
             since_ms: l.since_ms,
             forced: l.forced,
+            boot_id: l.boot_id,
         })
         .collect();
     ferry_gate::Cluster {
@@ -295,6 +316,23 @@ pub fn status(ctx: &Ctx) -> ClusterStatus {
         nodes,
         leases,
         generated_at_ms: now_ms,
+    }
+}
+
+impl ClusterStatus {
+    /// What the unauthenticated `/status.json` and status page show: health, roles, counts and
+    /// problems, without who holds a lease or the checks a forced drain overrode (the audit
+    /// log and `/v1/cluster` have those, behind the token).
+    pub fn redacted(mut self) -> Self {
+        for lease in self
+            .leases
+            .iter_mut()
+            .chain(self.nodes.iter_mut().filter_map(|n| n.maintenance.as_mut()))
+        {
+            lease.holder = "(an operator)".into();
+            lease.failed_checks.clear();
+        }
+        self
     }
 }
 

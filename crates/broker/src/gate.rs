@@ -23,8 +23,12 @@ use tokio::sync::watch;
 const EVALUATE_EVERY: Duration = Duration::from_millis(500);
 /// How long the leader waits to confirm its leadership (read index) before answering.
 const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a follower keeps trying to reach a leader for a gate answer.
-const ASK_LEADER_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a follower keeps trying to reach a leader for a gate answer (covers one full
+/// exchange, `peer::GATE_TIMEOUT`, plus a leader change).
+const ASK_LEADER_DEADLINE: Duration = Duration::from_secs(12);
+/// After a failed hand-off (no broker to send endpoints to), how long a leased node waits
+/// before trying again.
+const HANDOFF_RETRY: Duration = Duration::from_secs(5);
 
 /// The gate's memory on this node.
 #[derive(Default)]
@@ -182,10 +186,19 @@ async fn on_leader(ctx: &Ctx, request: &GateRequest) -> Result<GateAnswer, Leade
         tracing::warn!(node = %request.node, actor = %request.actor, failed = ?failed_checks,
             "maintenance lease FORCED past failing restart checks");
     }
+    // The node's process now: it drains while it is this process.
+    let boot_id = if request.node == ctx.config.node_id {
+        ctx.boot_id
+    } else {
+        ctx.reports
+            .get(&request.node)
+            .map_or(0, |(report, _)| report.boot_id)
+    };
     let lease = Kind::AcquireLease(AcquireLease {
         node: request.node.clone(),
         forced,
         failed_checks,
+        boot_id,
     });
     match ctx
         .propose(request.actor.clone(), "admin-api".into(), lease)
@@ -207,6 +220,12 @@ async fn on_leader(ctx: &Ctx, request: &GateRequest) -> Result<GateAnswer, Leade
             Ok(answer)
         }
         Err(ProposeError::NotLeader { .. }) => Err(LeaderError::NotLeader),
+        Err(e @ ProposeError::Timeout(_)) => {
+            Err(LeaderError::Gate(GateError::Unavailable(format!(
+                "the maintenance lease was proposed but not confirmed ({e}); it may still be \
+             recorded: check `ferry admin status` before trying again"
+            ))))
+        }
         Err(e) => Err(LeaderError::Gate(GateError::Unavailable(format!(
             "the maintenance lease could not be recorded: {e}"
         )))),
@@ -277,9 +296,11 @@ fn from_response(response: GateResponse) -> Result<GateAnswer, GateError> {
 /// Releases the lease on `node` (`ferry admin undrain`).
 /// `source` is where the request came from, for the audit log ("admin-api", or empty for the
 /// node's own decision).
+/// `since_ms`: release only the lease taken at that time (0: whatever lease is held).
 pub async fn release(
     ctx: &Ctx,
     node: &str,
+    since_ms: u64,
     actor: &str,
     source: &str,
     reason: String,
@@ -287,6 +308,7 @@ pub async fn release(
     let release = Kind::ReleaseLease(ReleaseLease {
         node: node.to_owned(),
         reason,
+        since_ms,
     });
     match ctx
         .propose(actor.to_owned(), source.to_owned(), release)
@@ -341,23 +363,35 @@ pub async fn gate_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Se
                 .collect();
             ctx.metrics.restart_allowed.replace(allowed);
         }
+        let all_named = view
+            .members
+            .iter()
+            .all(|m| !m.node_id.starts_with(crate::cluster::UNNAMED_MEMBER_PREFIX));
         for lease in &view.leases {
             let Some(member) = view.member(&lease.node) else {
+                if !all_named {
+                    continue; // it may be the member this node cannot name yet
+                }
                 // Removed from the cluster while under maintenance: nothing will come back
                 // to release it, and it would block every other drain.
                 let actor = format!("node:{}", ctx.config.node_id);
                 let reason = format!("{} is no longer a member of the cluster", lease.node);
-                if let Err(e) = release(&ctx, &lease.node, &actor, "", reason).await {
+                if let Err(e) = release(&ctx, &lease.node, lease.since_ms, &actor, "", reason).await
+                {
                     tracing::warn!(node = %lease.node, error = %e, "could not release a lease");
                 }
                 continue;
             };
-            // Back: its process started after the lease was taken, and healthy since.
-            let back = member
-                .report
-                .as_ref()
-                .is_some_and(|r| r.started_at_ms > lease.since_ms)
-                && ferry_gate::problems(member, view.commit, &policy).is_empty();
+            // Back: another process than the one the lease was taken on, and healthy since.
+            let restarted = member.report.as_ref().is_some_and(|r| {
+                if lease.boot_id != 0 {
+                    r.boot_id != lease.boot_id
+                } else {
+                    // Taken without knowing the node's process (no report yet): by the clock.
+                    r.started_at_ms > lease.since_ms
+                }
+            });
+            let back = restarted && ferry_gate::problems(member, view.commit, &policy).is_empty();
             let since = {
                 let mut healthy = lock(&ctx.gate.healthy_since_ms);
                 if !back {
@@ -374,7 +408,7 @@ pub async fn gate_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Se
                     held_ms / 1000
                 );
                 let actor = format!("node:{}", ctx.config.node_id);
-                match release(&ctx, &lease.node, &actor, "", reason).await {
+                match release(&ctx, &lease.node, lease.since_ms, &actor, "", reason).await {
                     Ok(()) => {
                         tracing::info!(node = %lease.node, "maintenance over: lease released")
                     }
@@ -388,27 +422,44 @@ pub async fn gate_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Se
     }
 }
 
+/// Whether a lease taken at `since_ms` on process `boot_id` was taken on this process (the
+/// node has not restarted since). Leases recorded without a boot id fall back to the clocks.
+fn taken_on_this_process(ctx: &Ctx, since_ms: u64, boot_id: u64) -> bool {
+    if boot_id != 0 {
+        boot_id == ctx.boot_id
+    } else {
+        since_ms >= ctx.started_at_ms
+    }
+}
+
 /// A lease on this node taken while it runs: drain (give up leadership, refuse new work,
 /// hand hosts and clients off). The lease gone: serve again. A lease older than this process
 /// means the node was restarted for the maintenance: it serves, and the leader releases the
 /// lease once it has been healthy for the stabilization time.
 fn follow_own_lease(ctx: &Arc<Ctx>) {
-    let lease_since = ctx
+    let lease = ctx
         .replica
         .read()
         .lease(&ctx.config.node_id)
-        .map(|l| l.since_ms);
+        .map(|l| (l.since_ms, l.boot_id));
     let draining = ctx.gate.draining_for_lease.load(Ordering::Acquire);
-    match lease_since {
-        Some(since) if !draining && since >= ctx.started_at_ms => {
+    match lease {
+        Some((since, boot_id)) if !draining && taken_on_this_process(ctx, since, boot_id) => {
             ctx.gate.draining_for_lease.store(true, Ordering::Release);
+            // New work is refused at once, whether or not the hand-off finds a target.
+            ctx.draining.store(true, Ordering::Release);
             ctx.replica.set_avoid_leadership(true);
             tracing::warn!("maintenance lease taken: draining this node");
             let ctx = ctx.clone();
             tokio::spawn(async move {
                 match crate::handoff::hand_off(&ctx, None, crate::handoff::HANDOFF_WAIT_MAX).await {
                     Ok(report) => tracing::info!(?report, "drain finished"),
-                    Err(e) => tracing::error!(error = %e, "drain could not hand off"),
+                    Err(e) => {
+                        tracing::error!(error = %e, retry_in = ?HANDOFF_RETRY, "drain could not hand off");
+                        // Try again (the lease still held) once a broker may have come back.
+                        tokio::time::sleep(HANDOFF_RETRY).await;
+                        ctx.gate.draining_for_lease.store(false, Ordering::Release);
+                    }
                 }
             });
         }

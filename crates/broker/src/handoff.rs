@@ -187,6 +187,7 @@ fn pick_target(ctx: &Ctx, candidates: Vec<BrokerInfo>) -> Option<BrokerInfo> {
         view.member(&b.node_id).is_some_and(|m| {
             ferry_gate::problems(m, view.commit, &policy).is_empty()
                 && !view.leases.iter().any(|l| l.node == b.node_id)
+                && m.report.as_ref().is_some_and(|r| !r.draining)
         })
     });
     if let Some(fit) = fit {

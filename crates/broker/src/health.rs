@@ -29,6 +29,9 @@ pub struct LocalHealth {
     pub storage_error: Mutex<Option<String>>,
     /// Why the store is quarantined (set at start-up when a corrupt store was moved aside).
     pub quarantine: Mutex<Option<String>>,
+    /// A probe write is still running (a hung disk): no second one is started beside it, so
+    /// a disk that never answers cannot pile up blocked threads.
+    pub probe_in_flight: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The latest report from each peer, by node id, and when it arrived. Bounded by the
@@ -112,6 +115,7 @@ pub fn local_report(ctx: &Ctx) -> HealthReport {
         raft_id: ctx.replica.raft_id(),
         role: role_name(ctx.config.role).to_owned(),
         started_at_ms: ctx.started_at_ms,
+        boot_id: ctx.boot_id,
         services,
         term: status.term.load(Ordering::Acquire),
         commit: status.commit.load(Ordering::Acquire),
@@ -157,6 +161,7 @@ pub fn to_gate(report: &HealthReport) -> ferry_gate::Report {
     let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     ferry_gate::Report {
         started_at_ms: report.started_at_ms,
+        boot_id: report.boot_id,
         services: report
             .services
             .iter()
@@ -201,6 +206,9 @@ pub async fn report_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> 
         crate::cluster::refresh_metrics(&ctx, &report);
         if let Some(peers) = &ctx.peers {
             peers.broadcast_health(&report);
+            // Reports of nodes that left the cluster are forgotten with their links.
+            let linked: Vec<String> = peers.all().into_iter().map(|p| p.node_id).collect();
+            ctx.reports.retain(|node| linked.iter().any(|l| l == node));
         }
     }
 }
@@ -230,11 +238,25 @@ pub async fn storage_probe(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -
             _ = every.tick() => {}
             _ = shutdown.changed() => return Ok(()),
         }
+        let in_flight = ctx.local_health.probe_in_flight.clone();
+        if in_flight.swap(true, Ordering::AcqRel) {
+            let error = format!(
+                "an earlier probe write to {} has not finished (the disk hangs)",
+                path.display()
+            );
+            ctx.metrics.storage_writable.set(0);
+            *lock(&ctx.local_health.storage_error) = Some(error.clone());
+            return Err(error);
+        }
         let probe_path = path.clone();
         let write = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&probe_path)?;
-            file.write_all(&crate::now_ms().to_le_bytes())?;
-            file.sync_data()
+            let result = (|| {
+                let mut file = std::fs::File::create(&probe_path)?;
+                file.write_all(&crate::now_ms().to_le_bytes())?;
+                file.sync_data()
+            })();
+            in_flight.store(false, Ordering::Release);
+            result
         });
         let error = match tokio::time::timeout(PROBE_TIMEOUT, write).await {
             Ok(Ok(Ok(()))) => None,

@@ -62,9 +62,11 @@ pub struct Ctx {
     pub local_health: crate::health::LocalHealth,
     /// The restart gate's memory (steadiness on the leader) and this node's lease state.
     pub gate: crate::gate::GateState,
-    /// Wall-clock start of this process (ms since the Unix epoch): a lease taken before it
-    /// means the node has been restarted since.
+    /// Wall-clock start of this process (ms since the Unix epoch), for status output.
     pub started_at_ms: u64,
+    /// Random, nonzero, chosen at start: which process of this node a maintenance lease was
+    /// taken on (a different one has restarted since).
+    pub boot_id: u64,
     /// One permit per QUIC connection (`limits.connections_max`), kept across restarts of
     /// the relay listener.
     pub connection_slots: Arc<Semaphore>,
@@ -210,6 +212,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         local_health: Default::default(),
         gate: Default::default(),
         started_at_ms: crate::now_ms(),
+        boot_id: rand::random::<u64>() | 1,
         connection_slots: Arc::new(Semaphore::new(config.limits.connections_max)),
         unauthenticated_slots: Arc::new(Semaphore::new(config.limits.unauthenticated_max)),
         throttle: Mutex::new(LoginThrottle::new(
@@ -352,13 +355,18 @@ async fn gate_queue(
     mut shutdown: watch::Receiver<bool>,
 ) -> crate::supervisor::ServiceResult {
     let mut gates = gates.lock().await;
+    // Requests answered at once; the queue holds the rest (and refuses beyond it).
+    let answering = Arc::new(Semaphore::new(crate::peer::GATE_QUEUE_MAX));
     loop {
         tokio::select! {
             request = gates.recv() => match request {
                 Some((request, reply)) => {
                     let ctx = ctx.clone();
+                    let permit = answering.clone().acquire_owned().await
+                        .expect("never closed: the semaphore lives in this function");
                     tokio::spawn(async move {
                         let _ = reply.send(crate::gate::answer_peer(&ctx, request).await);
+                        drop(permit);
                     });
                 }
                 None => return Err("the peer transport's gate queue closed".into()),

@@ -94,8 +94,10 @@ pub const RELAY_QUEUE_MAX: usize = 256;
 pub const GATE_QUEUE_MAX: usize = 16;
 /// Time a health report may take to reach a peer.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Time a gate request to the leader may take (it confirms a read index first).
-const GATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a gate request to the leader may take: a read index (2 s at most), a proposal
+/// (`raft.propose_timeout_ms`, 5 s by default) and room for both round trips. Giving up
+/// earlier would report a failure for a lease that is then recorded.
+const GATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A gate request from a peer and where its answer goes.
 pub type IncomingGate = (GateRequest, tokio::sync::oneshot::Sender<GateResponse>);

@@ -151,6 +151,10 @@ impl Services {
             if *shutdown.borrow() {
                 break;
             }
+            // Listening before looking, so that a release between the two is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             if self.is_held(name) {
                 self.set(
                     name,
@@ -158,7 +162,6 @@ impl Services {
                     "stopped by the test-only fault switch".into(),
                 );
                 tracing::warn!(service = name, "service held stopped by the fault switch");
-                let changed = self.changed.notified();
                 tokio::select! {
                     _ = changed => {}
                     _ = shutdown.changed() => {}
@@ -170,6 +173,13 @@ impl Services {
             let mut attempt = tokio::spawn(start());
             let outcome = loop {
                 let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if self.is_held(name) {
+                    attempt.abort();
+                    let _ = (&mut attempt).await;
+                    break None;
+                }
                 tokio::select! {
                     joined = &mut attempt => break Some(joined),
                     _ = changed => {

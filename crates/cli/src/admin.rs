@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Per-request deadline; admin calls are small and a hung node should not hang the operator.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longer than the slowest answer (a drain asked through a follower: the leader's read index,
+/// its proposal, and the forwarding, about 12 s at most).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct AdminClient {
     http: reqwest::Client,

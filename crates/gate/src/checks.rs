@@ -103,7 +103,7 @@ pub(crate) fn quorum(cluster: &Cluster, target: &Member, policy: &Policy) -> Che
 }
 
 /// Brokers other than `target` that could take its place: healthy (every service running,
-/// storage writable, caught up) and not under maintenance themselves.
+/// storage writable, caught up), not under maintenance and not handing off themselves.
 fn standby_brokers<'a>(cluster: &'a Cluster, target: &Member, policy: &Policy) -> Vec<&'a Member> {
     cluster
         .members
@@ -111,6 +111,7 @@ fn standby_brokers<'a>(cluster: &'a Cluster, target: &Member, policy: &Policy) -
         .filter(|m| m.role == Role::Broker && m.node_id != target.node_id)
         .filter(|m| healthy(cluster, m, policy))
         .filter(|m| !cluster.leases.iter().any(|l| l.node == m.node_id))
+        .filter(|m| m.report.as_ref().is_some_and(|r| !r.draining))
         .collect()
 }
 
@@ -147,6 +148,11 @@ pub(crate) fn coverage(cluster: &Cluster, target: &Member, policy: &Policy) -> C
                 parts.push(format!(
                     "{}: under maintenance (lease taken by {})",
                     m.node_id, lease.holder
+                ));
+            } else if m.report.as_ref().is_some_and(|r| r.draining) {
+                parts.push(format!(
+                    "{}: handing its endpoints off (draining)",
+                    m.node_id
                 ));
             }
         }
@@ -194,14 +200,15 @@ pub(crate) fn capacity(cluster: &Cluster, target: &Member, policy: &Policy) -> C
             counted.push((m, r));
         }
     }
-    let room_sessions: u64 = counted
+    // Saturating: limits are configuration, and huge ones must not wrap into "no room".
+    let room_sessions = counted
         .iter()
         .map(|(_, r)| r.sessions_max.saturating_sub(r.sessions))
-        .sum();
-    let room_connections: u64 = counted
+        .fold(0u64, u64::saturating_add);
+    let room_connections = counted
         .iter()
         .map(|(_, r)| r.connections_max.saturating_sub(r.connections))
-        .sum();
+        .fold(0u64, u64::saturating_add);
     let detail = counted
         .iter()
         .map(|(m, r)| {

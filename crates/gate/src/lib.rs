@@ -60,6 +60,8 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     pub started_at_ms: u64,
+    /// Random per process: a different one means the node restarted.
+    pub boot_id: u64,
     pub services: Vec<Service>,
     pub term: u64,
     pub commit: u64,
@@ -104,6 +106,8 @@ pub struct Lease {
     pub holder: String,
     pub since_ms: u64,
     pub forced: bool,
+    /// The node's process the lease was taken on (0: unknown).
+    pub boot_id: u64,
 }
 
 /// Everything the gate looks at.

@@ -14,6 +14,7 @@ fn policy() -> Policy {
 fn report() -> Report {
     Report {
         started_at_ms: 1,
+        boot_id: 1,
         services: ["relay", "peer-links", "raft", "storage"]
             .into_iter()
             .map(|name| Service {
@@ -190,6 +191,7 @@ fn the_gate_names_what_is_wrong() {
         holder: "admin:ann".into(),
         since_ms: 500,
         forced: false,
+        boot_id: 1,
     });
     check(
         "someone else's lease",
@@ -213,8 +215,24 @@ fn the_gate_names_what_is_wrong() {
         holder: "admin:ann".into(),
         since_ms: 500,
         forced: false,
+        boot_id: 1,
     });
     check("own lease", c, "b1", &[]);
+
+    let mut c = pair();
+    get(&mut c, "b2").report.as_mut().unwrap().draining = true;
+    check(
+        "other broker handing off",
+        c,
+        "b1",
+        &[
+            (
+                "service coverage",
+                "b2: handing its endpoints off (draining)",
+            ),
+            ("capacity", "no other healthy broker"),
+        ],
+    );
 
     let mut c = pair();
     c.change_pending = true;

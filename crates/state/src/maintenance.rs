@@ -17,16 +17,20 @@ impl StateMachine {
         now: u64,
     ) -> Result<Outcome, Refusal> {
         crate::validate_name(crate::NameKind::Node, &c.node)?;
-        if let Some(lease) = self.leases.get(&c.node) {
-            // Draining the same node again (a retried command, `--wait` run twice) is harmless.
-            return if lease.forced || !c.forced {
-                Ok(Outcome::Applied)
-            } else {
-                let lease = self.leases.get_mut(&c.node).expect("just looked up");
+        if let Some(lease) = self.leases.get_mut(&c.node) {
+            // Draining the same node again: a retried command changes nothing, but a node
+            // restarted since the lease was taken (another process) must drain again, so the
+            // lease is renewed for its new process.
+            if c.boot_id != lease.boot_id {
+                lease.boot_id = c.boot_id;
+                lease.since_ms = now;
+                holder.clone_into(&mut lease.holder);
+            }
+            if c.forced && !lease.forced {
                 lease.forced = true;
                 lease.failed_checks.clone_from(&c.failed_checks);
-                Ok(Outcome::Applied)
-            };
+            }
+            return Ok(Outcome::Applied);
         }
         let other = self.leases.values().find(|l| l.node != c.node);
         if let (Some(other), false) = (other, c.forced) {
@@ -47,18 +51,29 @@ impl StateMachine {
                 since_ms: now,
                 forced: c.forced,
                 failed_checks: c.failed_checks.clone(),
+                boot_id: c.boot_id,
             },
         );
         Ok(Outcome::Applied)
     }
 
     pub(crate) fn release_lease(&mut self, c: &pb::ReleaseLease) -> Result<Outcome, Refusal> {
-        self.leases.remove(&c.node).ok_or_else(|| {
+        let lease = self.leases.get(&c.node).ok_or_else(|| {
             Refusal::new(
                 RefusalKind::NotFound,
                 format!("node {} holds no maintenance lease", c.node),
             )
         })?;
+        if c.since_ms != 0 && c.since_ms != lease.since_ms {
+            return Err(Refusal::new(
+                RefusalKind::AlreadyUsed,
+                format!(
+                    "node {}'s maintenance lease was renewed since; it stays held",
+                    c.node
+                ),
+            ));
+        }
+        self.leases.remove(&c.node);
         Ok(Outcome::Applied)
     }
 

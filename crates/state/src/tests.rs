@@ -347,17 +347,27 @@ fn member_directory_follows_configuration_changes_only() {
 }
 
 fn acquire(node: &str, forced: bool, failed: &[&str]) -> Kind {
+    acquire_on(node, 7, forced, failed)
+}
+
+fn acquire_on(node: &str, boot_id: u64, forced: bool, failed: &[&str]) -> Kind {
     Kind::AcquireLease(pb::AcquireLease {
         node: node.into(),
         forced,
         failed_checks: failed.iter().map(|f| f.to_string()).collect(),
+        boot_id,
     })
 }
 
 fn release(node: &str) -> Kind {
+    release_taken_at(node, 0)
+}
+
+fn release_taken_at(node: &str, since_ms: u64) -> Kind {
     Kind::ReleaseLease(pb::ReleaseLease {
         node: node.into(),
         reason: "undrained".into(),
+        since_ms,
     })
 }
 
@@ -379,13 +389,26 @@ fn maintenance_leases_are_one_at_a_time_unless_forced() {
         (T0 + 6, acquire("b2", false, &[]), Ok(())),
         // Forced past the one-at-a-time rule: proceeds, and the audit says which checks failed.
         (T0 + 7, acquire("b3", true, &["quorum: w1 is down"]), Ok(())),
+        // b3 restarted (another process) and is drained again: the lease is renewed...
+        (T0 + 8, acquire_on("b3", 8, false, &[]), Ok(())),
+        // ...so a release decided about the old lease leaves it held.
+        (
+            T0 + 9,
+            release_taken_at("b3", T0 + 7),
+            Err("was renewed since"),
+        ),
     ]);
     let leases: Vec<_> = state
         .leases()
         .map(|l| (l.node.as_str(), l.since_ms, l.forced))
         .collect();
-    assert_eq!(leases, vec![("b2", T0 + 6, false), ("b3", T0 + 7, true)]);
-    let forced = state.audit_after(0, 100).last().expect("audited").clone();
+    assert_eq!(leases, vec![("b2", T0 + 6, false), ("b3", T0 + 8, true)]);
+    assert_eq!(state.lease("b3").unwrap().boot_id, 8);
+    let forced = state
+        .audit_after(0, 100)
+        .find(|r| r.action == "maintenance.acquire.forced")
+        .expect("audited")
+        .clone();
     assert_eq!(forced.action, "maintenance.acquire.forced");
     assert_eq!(forced.target, "b3");
     assert_eq!(

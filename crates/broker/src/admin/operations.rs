@@ -10,17 +10,25 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// `GET /v1/cluster` (and, without the token, `/status.json` for the status page and
-/// dashboards: counts and health only, no host or user names).
+/// `GET /v1/cluster`: the cluster as this node sees it.
 pub(super) async fn cluster(State(ctx): State<Arc<Ctx>>) -> Json<crate::cluster::ClusterStatus> {
     Json(crate::cluster::status(&ctx))
 }
 
-/// The status page: the cluster at a glance, refreshing itself.
+/// `GET /status.json`, without the token, for dashboards: the same, redacted (health, roles,
+/// counts and problems; no lease holders or overridden checks; never host, user or session
+/// names, which the cluster status does not carry).
+pub(super) async fn open_status(
+    State(ctx): State<Arc<Ctx>>,
+) -> Json<crate::cluster::ClusterStatus> {
+    Json(crate::cluster::status(&ctx).redacted())
+}
+
+/// The status page: the cluster at a glance, refreshing itself (redacted as `/status.json`).
 pub(super) async fn status_page(State(ctx): State<Arc<Ctx>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        page::render(&crate::cluster::status(&ctx)),
+        page::render(&crate::cluster::status(&ctx).redacted()),
     )
         .into_response()
 }
@@ -122,6 +130,7 @@ pub(super) async fn undrain(
     crate::gate::release(
         &ctx,
         &node,
+        0,
         &actor,
         "admin-api",
         format!("undrained by {actor}"),
