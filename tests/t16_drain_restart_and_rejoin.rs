@@ -47,7 +47,9 @@ fn t16_drain_moves_20_sessions_then_restart_rejoins_and_releases_the_lease() {
     wait_for("a quarter of the traffic", Duration::from_secs(120), || {
         (progress.load(Ordering::Relaxed) >= total / 4).then_some(())
     });
-    assert_eq!(w.metric(1, "ferry_sessions_open", ""), SESSIONS as f64);
+    wait_for("b1 to carry every session", Duration::from_secs(30), || {
+        (w.metric(1, "ferry_sessions_open", "") == SESSIONS as f64).then_some(())
+    });
 
     // The drain: the gate allows it, b1 hands everything to b2 and leads nothing.
     let started = Instant::now();

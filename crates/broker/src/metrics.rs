@@ -350,12 +350,16 @@ mod tests {
     fn a_gauge_set_keeps_persisting_series_and_drops_only_the_gone() {
         let metrics = Metrics::new("b1");
         let member = |m: &str| MemberLabel { member: m.into() };
+        // Sorted: a family encodes its series in hash order.
         let series = |m: &Metrics| -> Vec<String> {
-            m.encode()
+            let mut lines: Vec<String> = m
+                .encode()
                 .lines()
                 .filter(|l| l.starts_with("ferry_cluster_member_healthy{"))
                 .map(str::to_owned)
-                .collect()
+                .collect();
+            lines.sort();
+            lines
         };
         metrics
             .member_healthy
