@@ -6,7 +6,6 @@
 mod common;
 use common::*;
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const SESSIONS: usize = 50;
@@ -22,20 +21,8 @@ fn t13_drain_moves_50_live_sessions_without_loss() {
     let w = World::init_brokers(3);
     let _nodes: Vec<Proc> = (1..=3).map(|i| w.start_node(i)).collect();
     let sessions = w.paced_sessions_via(1, "bulk", len, PACE_BYTES_PER_SEC);
-    let (addr, service, progress) = (sessions.addr, &sessions.service, &sessions.progress);
-
-    let clients: Vec<_> = (0..SESSIONS)
-        .map(|i| duplex_client(addr, len, 100 + i as u64, Some(PACE_BYTES_PER_SEC)))
-        .collect();
-    let total = len * SESSIONS as u64;
-    wait_for("a quarter of the traffic", Duration::from_secs(120), || {
-        (progress.load(Ordering::Relaxed) >= total / 4).then_some(())
-    });
-    wait_for("b1 to carry every session", Duration::from_secs(30), || {
-        let open = w.metric(1, "ferry_sessions_open", "");
-        eprintln!("b1 carries {open} sessions");
-        (open == SESSIONS as f64).then_some(())
-    });
+    let service = &sessions.service;
+    let clients = sessions.start(&w, SESSIONS, 100);
     let started = Instant::now();
     let (code, report) = w
         .admin_post(1, "/v1/node/handoff", r#"{"to": "b2", "wait_secs": 60}"#)

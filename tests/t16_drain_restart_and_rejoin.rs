@@ -10,7 +10,6 @@
 mod common;
 use common::gate::GATE_TEST_CONFIG;
 use common::*;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const SESSIONS: usize = 20;
@@ -39,17 +38,8 @@ fn t16_drain_moves_20_sessions_then_restart_rejoins_and_releases_the_lease() {
     w.restart_check_until("b2", 0, &["ALLOWED"]);
 
     let sessions = w.paced_sessions_via(1, "desk", len, PACE_BYTES_PER_SEC);
-    let (addr, service, progress) = (sessions.addr, &sessions.service, &sessions.progress);
-    let clients: Vec<_> = (0..SESSIONS)
-        .map(|i| duplex_client(addr, len, 300 + i as u64, Some(PACE_BYTES_PER_SEC)))
-        .collect();
-    let total = len * SESSIONS as u64;
-    wait_for("a quarter of the traffic", Duration::from_secs(120), || {
-        (progress.load(Ordering::Relaxed) >= total / 4).then_some(())
-    });
-    wait_for("b1 to carry every session", Duration::from_secs(30), || {
-        (w.metric(1, "ferry_sessions_open", "") == SESSIONS as f64).then_some(())
-    });
+    let service = &sessions.service;
+    let clients = sessions.start(&w, SESSIONS, 300);
 
     // The drain: the gate allows it, b1 hands everything to b2 and leads nothing.
     let started = Instant::now();

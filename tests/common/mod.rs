@@ -840,6 +840,35 @@ pub struct PacedSessions {
     pub progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The host agent and the forwarding client; killed on drop.
     pub processes: [Proc; 2],
+    /// The broker both attach to (b<n>), bytes each way per session, and bytes/s.
+    broker: u8,
+    len: u64,
+    pace: u64,
+}
+
+impl PacedSessions {
+    /// Opens `count` sessions (client seeds from `first_seed`) and returns once a quarter of
+    /// their traffic has flowed and the broker carries every one of them.
+    pub fn start(
+        &self,
+        w: &World,
+        count: usize,
+        first_seed: u64,
+    ) -> Vec<std::thread::JoinHandle<TransferEnd>> {
+        let clients: Vec<_> = (0..count)
+            .map(|i| duplex_client(self.addr, self.len, first_seed + i as u64, Some(self.pace)))
+            .collect();
+        let total = self.len * count as u64;
+        wait_for("a quarter of the traffic", Duration::from_secs(120), || {
+            (self.progress.load(std::sync::atomic::Ordering::Relaxed) >= total / 4).then_some(())
+        });
+        wait_for(
+            &format!("b{} to carry every session", self.broker),
+            Duration::from_secs(30),
+            || (w.metric(self.broker, "ferry_sessions_open", "") == count as f64).then_some(()),
+        );
+        clients
+    }
 }
 
 impl World {
@@ -867,6 +896,9 @@ impl World {
             service: ends,
             progress,
             processes: [host, forward],
+            broker,
+            len,
+            pace,
         }
     }
 }

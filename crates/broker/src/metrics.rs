@@ -327,12 +327,6 @@ impl Metrics {
         self.sessions_lost.get_or_create(&Reason { reason }).inc();
     }
 
-    pub fn set_service_up(&self, service: &'static str, up: bool) {
-        self.service_up
-            .get_or_create(&Service { service })
-            .set(i64::from(up));
-    }
-
     /// Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
