@@ -20,6 +20,8 @@ use tokio::task::JoinSet;
 const OUTBOX_MAX: usize = 4096;
 /// How long a request waits for a read index before it is refused.
 const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a forwarded write waits for this node to apply it before answering anyway.
+const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Bytes of the files directly in `dir` (sled keeps its files flat).
 fn dir_bytes(dir: &std::path::Path) -> u64 {
@@ -559,6 +561,14 @@ impl Ctx {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(ProposeError::NotLeader { .. }) => return Err(ProposeError::Timeout(timeout)),
+                Ok(outcome) => {
+                    // The leader applied it; this node may not have yet. Whoever asked here
+                    // reads this node's state next (a host agent attaching right after its
+                    // enrollment), so wait until it reflects the write: read your writes.
+                    // Best effort: the write is done whatever this answers.
+                    let _ = self.replica.read_index(READ_YOUR_WRITES_TIMEOUT).await;
+                    return Ok(outcome);
+                }
                 other => return other,
             }
         }
