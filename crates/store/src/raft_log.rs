@@ -160,7 +160,10 @@ impl SledLog {
 /// the same process (a restarted node in `ferry dev`, tests) can briefly find it held.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-fn open_db(dir: &Path) -> raft::Result<sled::Db> {
+/// Opens the sled database in `dir` as `SledLog::open` does, waiting up to `LOCK_WAIT` for a
+/// lock a dropped database of this process still holds. Public for tests that inspect or
+/// damage a store between opens.
+pub fn open_db(dir: &Path) -> raft::Result<sled::Db> {
     let started = std::time::Instant::now();
     loop {
         match sled::Config::new().path(dir).flush_every_ms(None).open() {

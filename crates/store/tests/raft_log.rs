@@ -112,8 +112,9 @@ fn damaged_entries_are_reported_at_open() {
         log.sync().unwrap();
     }
     {
-        // Flip a byte inside entry 2's stored record, through sled itself.
-        let db = sled::open(dir.path()).unwrap();
+        // Flip a byte inside entry 2's stored record, through sled itself (opened as the log
+        // opens it: sled lets go of the lock a moment after the log above is dropped).
+        let db = ferry_store::raft_log::open_db(dir.path()).unwrap();
         let tree = db.open_tree("raft_log").unwrap();
         let mut value = tree.get(2u64.to_be_bytes()).unwrap().unwrap().to_vec();
         let last = value.len() - 1;
