@@ -16,8 +16,10 @@ pub mod hosts;
 pub mod metrics;
 pub mod node;
 pub mod peer;
+pub mod rejoin;
 mod relay;
 pub mod replication;
+pub mod startup;
 pub mod supervisor;
 
 pub use config::NodeConfig;

@@ -112,6 +112,13 @@ pub struct Metrics {
     pub memory_headroom_floor_bytes: Gauge,
     pub storage_writable: Gauge,
     pub quarantined: Gauge,
+    /// Stores found damaged at start-up and moved aside since this process started.
+    pub quarantines: Counter,
+    /// Damage repaired in place at start-up (e.g. leftovers of an interrupted compaction).
+    pub store_repairs: Counter,
+    /// The last start-up scan of the store: how long it took and how many records it verified.
+    pub store_scan_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub store_scan_records: Gauge,
     pub leader_contact_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub apply_lag_entries: Gauge,
     pub draining: Gauge,
@@ -276,6 +283,26 @@ impl Metrics {
             quarantined: register!(
                 "quarantined",
                 "1 when this node's store is in quarantine",
+                Gauge::default()
+            ),
+            quarantines: register!(
+                "store_quarantines",
+                "Stores found damaged at start-up and moved to <data-dir>/quarantine/",
+                Counter::default()
+            ),
+            store_repairs: register!(
+                "store_repairs",
+                "Damage in the store repaired in place at start-up",
+                Counter::default()
+            ),
+            store_scan_seconds: register!(
+                "store_scan_seconds",
+                "Duration of the last start-up scan of the store (every record verified)",
+                Gauge::default()
+            ),
+            store_scan_records: register!(
+                "store_scan_records",
+                "Records the last start-up scan of the store verified",
                 Gauge::default()
             ),
             leader_contact_seconds: register!(

@@ -41,6 +41,8 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 pub struct Ctx {
     pub config: NodeConfig,
     pub replica: Replica,
+    /// The consensus driver's settings and queues, for the "raft" service that (re)starts it.
+    pub consensus: crate::startup::Consensus,
     pub hosts: HostRegistry,
     pub metrics: Metrics,
     /// Failed-login bookkeeping; a std mutex because it is never held across an await.
@@ -84,25 +86,16 @@ pub struct RunningNode {
     pub ctx: Arc<Ctx>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    log_writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RunningNode {
-    /// Stops accepting, closes connections, waits for every task, and lets the log writer
-    /// finish what it holds.
+    /// Stops accepting, closes connections, and waits for every service, the consensus
+    /// driver included (the "raft" service stops it and waits for its thread).
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
-        // Peer connections (and anything else) may still hold replica handles; the driver
-        // stops regardless, within one tick.
+        // Whatever still holds a replica handle, no driver runs past this point.
         self.ctx.replica.stop();
-        let writer = self.log_writer.take();
-        drop(self.ctx);
-        if let Some(writer) = writer {
-            // The writer ends once the last Replica handle is dropped; connection tasks still
-            // finishing may hold one briefly, so do not block the runtime on it.
-            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-        }
     }
 
     /// Resolves when the node was asked to shut down by [`RunningNode::shutdown`] or failed.
@@ -116,7 +109,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let node_id = config.node_id.clone();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let raft_dir = config.data_dir.join("raft");
+    let raft_dir = crate::startup::raft_dir(&config.data_dir);
     let options = replication::RaftOptions {
         raft_id: config.raft.id,
         voters: config.raft.initial_voters.clone(),
@@ -135,8 +128,15 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             .collect(),
     };
     let (outbox, outbox_rx) = tokio::sync::mpsc::channel(OUTBOX_MAX);
-    let (replica, log_writer) = replication::start(&raft_dir, options, outbox)
-        .with_context(|| format!("cannot recover state from {}", raft_dir.display()))?;
+    // The store is opened, verified and recovered by the "raft" service, in the background:
+    // nothing below waits for it (SPEC lessons L3, L4).
+    let (replica, queue) = replication::replica(&options);
+    let consensus = crate::startup::Consensus {
+        options,
+        queue,
+        outbox,
+        recovered_once: Default::default(),
+    };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (relays, incoming_relays) = tokio::sync::mpsc::channel(crate::peer::RELAY_QUEUE_MAX);
     let (gates, incoming_gates) = tokio::sync::mpsc::channel(crate::peer::GATE_QUEUE_MAX);
@@ -166,6 +166,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             let endpoint = endpoint::peer(peer_addr, identity, &trust, &limits)?;
             Some(Peers::start(
                 endpoint,
+                &config.node_id,
                 &config.peers,
                 replica.clone(),
                 shutdown_rx.clone(),
@@ -225,16 +226,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         admin_token_hash: ferry_state::hash_secret(admin_token),
         hosts: HostRegistry::default(),
         replica,
+        consensus,
         config,
         started: std::time::Instant::now(),
         peers,
         notices: Default::default(),
         draining: Default::default(),
     });
-    // In the background: with no leader yet (peers still starting), this waits, and a node
-    // never waits for its peers before serving (SPEC lesson L4).
-    tokio::spawn(detach_orphaned_sessions(ctx.clone()));
-
     let tasks = supervise_services(
         &ctx,
         &shutdown_rx,
@@ -254,7 +252,6 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         ctx,
         shutdown,
         tasks,
-        log_writer: Some(log_writer),
     })
 }
 
@@ -326,9 +323,9 @@ fn supervise_services(
     supervise!("storage", |c, s| crate::health::storage_probe(c, s));
     supervise!("health", |c, s| crate::health::report_loop(c, s));
     supervise!("gate", |c, s| crate::gate::gate_loop(c, s));
-    // The consensus driver is a thread of its own: watched, not supervised.
-    ctx.services
-        .report("raft", ferry_gate::ServiceState::Running, String::new());
+    // Opens the store, settles the raft id, runs the consensus driver (a thread of its own)
+    // and starts over from the store after a storage failure.
+    supervise!("raft", |c, s| crate::startup::consensus_service(c, s));
     tasks
 }
 
@@ -380,7 +377,7 @@ async fn gate_queue(
 
 /// Sessions the state says this node carries lost their path when it restarted: mark them
 /// detached, so that they expire unless their endpoints resume them (here or elsewhere).
-async fn detach_orphaned_sessions(ctx: Arc<Ctx>) {
+pub(crate) async fn detach_orphaned_sessions(ctx: Arc<Ctx>) {
     let orphans: Vec<(u64, u32)> = ctx
         .replica
         .read()

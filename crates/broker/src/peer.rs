@@ -19,7 +19,8 @@ use ferry_consensus::Message;
 use ferry_proto::frame::FrameLimits;
 use ferry_proto::peer::{
     forward_response, peer_request, ForwardRequest, ForwardResponse, GateRequest, GateResponse,
-    HealthReport, PeerRequest, RaftMessage, Refusal, RelayRequest, RelayResponse,
+    HealthReport, PeerRequest, RaftMessage, Refusal, Rejoin, RejoinReply, RelayRequest,
+    RelayResponse, StoreProbe, StoreProbeReply,
 };
 use ferry_proto::state::Command;
 use ferry_proto::wire;
@@ -45,6 +46,11 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_DELAY: Duration = Duration::from_millis(300);
 /// How often the set of peers is compared with the replicated member directory.
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// Time a peer may take to say whether it has seen a raft id (an answer from local state).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time a rejoin may take: up to three membership changes, each a proposal of
+/// `raft.propose_timeout_ms` (5 s by default), forwarded once.
+const REJOIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn limits() -> FrameLimits {
     FrameLimits {
@@ -113,8 +119,8 @@ pub struct Inbox {
 /// This node's side of every peer link.
 pub struct Peers {
     endpoint: quinn::Endpoint,
-    /// This node's raft id: never a peer of itself.
-    raft_id: u64,
+    /// This node's id: never a peer of itself (its raft id can change when it rejoins).
+    node_id: String,
     /// The peers from this node's config file (the initial configuration, or whom to join).
     configured: Vec<PeerConfig>,
     /// Current links by raft id (configured and added members).
@@ -132,13 +138,14 @@ impl Peers {
     /// [`Peers::reconcile_loop`].
     pub fn start(
         endpoint: quinn::Endpoint,
+        node_id: &str,
         peers: &[PeerConfig],
         replica: Replica,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         let this = Arc::new(Self {
             endpoint,
-            raft_id: replica.raft_id(),
+            node_id: node_id.to_owned(),
             configured: peers.to_vec(),
             links: Default::default(),
             replica: replica.clone(),
@@ -219,7 +226,7 @@ impl Peers {
                 wanted.push(peer.clone());
             }
         }
-        wanted.retain(|p| p.raft_id != self.raft_id && !retired.contains(&p.raft_id));
+        wanted.retain(|p| p.node_id != self.node_id && !retired.contains(&p.raft_id));
         let mut links = self
             .links
             .write()
@@ -493,25 +500,99 @@ impl Peers {
     /// Asks the leader `leader` (raft id) for a gate answer. `None` when it cannot be reached.
     pub async fn ask_gate(&self, leader: u64, request: &GateRequest) -> Option<GateResponse> {
         let link = self.link(leader)?;
-        if self.is_blocked(leader) {
+        let request = peer_request::Request::Gate(request.clone());
+        self.exchange(&link, request, GATE_TIMEOUT).await
+    }
+
+    /// Sends one request on a new stream of the link and reads its one answer, within
+    /// `timeout`; `None` when the peer is unreachable, cut off, or does not answer.
+    async fn exchange<R: prost::Message + Default>(
+        &self,
+        link: &Link,
+        request: peer_request::Request,
+        timeout: Duration,
+    ) -> Option<R> {
+        if self.is_blocked(link.config.raft_id) {
             return None;
         }
         let exchange = async {
-            let conn = self.connection(&link).await?;
+            let conn = self.connection(link).await?;
             let (mut send, mut recv) = conn.open_bi().await.ok()?;
             let request = PeerRequest {
-                request: Some(peer_request::Request::Gate(request.clone())),
+                request: Some(request),
             };
             framed::write(&mut send, &request, limits()).await.ok()?;
             let _ = send.finish();
-            framed::read::<GateResponse, _>(&mut recv, limits())
-                .await
-                .ok()
+            framed::read::<R, _>(&mut recv, limits()).await.ok()
         };
-        tokio::time::timeout(GATE_TIMEOUT, exchange)
-            .await
-            .ok()
-            .flatten()
+        tokio::time::timeout(timeout, exchange).await.ok().flatten()
+    }
+
+    /// Asks every peer, at once, whether it has seen `raft_id` take part: each peer's node id
+    /// and its answer (`None`: no answer).
+    pub async fn probe(
+        self: &Arc<Self>,
+        raft_id: u64,
+    ) -> Vec<(PeerConfig, Option<StoreProbeReply>)> {
+        let links: Vec<Arc<Link>> = self
+            .links
+            .read()
+            .expect("never poisoned: no panics under the lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut asks = tokio::task::JoinSet::new();
+        for link in links {
+            let this = self.clone();
+            asks.spawn(async move {
+                let request = peer_request::Request::Probe(StoreProbe { raft_id });
+                let answer = this.exchange(&link, request, PROBE_TIMEOUT).await;
+                (link.config.clone(), answer)
+            });
+        }
+        let mut answers = Vec::new();
+        while let Some(answer) = asks.join_next().await {
+            answers.extend(answer.ok());
+        }
+        answers
+    }
+
+    /// Asks the peers in turn to have the leader give this node a new raft id; the first
+    /// answer with an id wins. The errors of those that refused, otherwise.
+    pub async fn rejoin(&self, request: &Rejoin) -> Result<u64, Vec<String>> {
+        let mut links: Vec<Arc<Link>> = self
+            .links
+            .read()
+            .expect("never poisoned: no panics under the lock")
+            .values()
+            .cloned()
+            .collect();
+        links.sort_by(|a, b| a.config.node_id.cmp(&b.config.node_id));
+        let mut errors = Vec::new();
+        for link in links {
+            let ask = peer_request::Request::Rejoin(request.clone());
+            match self
+                .exchange::<RejoinReply>(&link, ask, REJOIN_TIMEOUT)
+                .await
+            {
+                Some(reply) if reply.raft_id != 0 => return Ok(reply.raft_id),
+                Some(reply) => errors.push(format!("{}: {}", link.config.node_id, reply.error)),
+                None => errors.push(format!("{}: no answer", link.config.node_id)),
+            }
+        }
+        Err(errors)
+    }
+
+    /// Forwards a rejoin request to the leader `leader`.
+    pub async fn forward_rejoin(&self, leader: u64, request: &Rejoin) -> Option<RejoinReply> {
+        let link = self.link(leader)?;
+        let ask = peer_request::Request::Rejoin(request.clone());
+        self.exchange(&link, ask, REJOIN_TIMEOUT).await
+    }
+
+    /// The peers of this node's config file.
+    pub fn configured(&self) -> &[PeerConfig] {
+        &self.configured
     }
 
     /// The other brokers (not witnesses) this node links to, with their relay listeners
@@ -618,7 +699,7 @@ async fn serve_peer(
                 if this.is_blocked(peer.raft_id) {
                     continue; // dropped: the peer times out, as across a partition
                 }
-                let (replica, inbox, from) = (replica.clone(), inbox.clone(), peer.node_id.clone());
+                let (replica, inbox, from, this) = (replica.clone(), inbox.clone(), peer.node_id.clone(), this.clone());
                 tokio::spawn(async move {
                     let Ok(request) = framed::read::<PeerRequest, _>(&mut recv, limits()).await else { return };
                     match request.request {
@@ -640,6 +721,16 @@ async fn serve_peer(
                             }
                         }
                         Some(peer_request::Request::Health(report)) => inbox.reports.store(&from, report),
+                        Some(peer_request::Request::Probe(probe)) => {
+                            let reply = crate::rejoin::answer_probe(&replica, &probe);
+                            let _ = framed::write(&mut send, &reply, limits()).await;
+                            let _ = send.finish();
+                        }
+                        Some(peer_request::Request::Rejoin(request)) => {
+                            let reply = crate::rejoin::answer_rejoin(&this, &replica, request, &from).await;
+                            let _ = framed::write(&mut send, &reply, limits()).await;
+                            let _ = send.finish();
+                        }
                         Some(peer_request::Request::Gate(request)) => {
                             let (reply, answer) = tokio::sync::oneshot::channel();
                             let response = match inbox.gates.try_send((request, reply)) {

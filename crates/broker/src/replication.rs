@@ -14,7 +14,6 @@ use ferry_proto::state::{command::Kind, ChangeMembership, Command, Member, Membe
 use ferry_state::{Outcome, Refusal, RefusalKind, StateMachine};
 use ferry_store::SledLog;
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -76,7 +75,7 @@ pub struct RaftOptions {
     pub brokers: Vec<u64>,
 }
 
-enum Event {
+pub enum Event {
     Propose(Command, oneshot::Sender<Result<Outcome, ProposeError>>),
     Peer(Message),
     /// A linearizable read: answered once the state has applied a commit index confirmed by a
@@ -120,14 +119,31 @@ pub struct Status {
     avoid_leadership: AtomicBool,
 }
 
-/// A cheap, cloneable handle to the replicated state.
+/// A cheap, cloneable handle to the replicated state. It exists before the consensus driver
+/// runs (the node serves and reports while its store is checked and its raft id settled) and
+/// outlives each driver: a driver stopped by a storage failure is replaced behind it.
 #[derive(Clone)]
 pub struct Replica {
     events: SyncSender<Event>,
     state: SharedState,
     status: Arc<Status>,
-    raft_id: u64,
+    /// This node's raft id: 0 until its store is open and its identity settled (a node that
+    /// rejoins under a new id learns it from the leader).
+    raft_id: Arc<AtomicU64>,
     propose_timeout: Duration,
+}
+
+/// The receiving end of a [`Replica`]'s events: held by the running driver, handed back when
+/// it stops, so that the next driver takes the same queue.
+pub type EventQueue = Arc<std::sync::Mutex<Option<mpsc::Receiver<Event>>>>;
+
+/// How a driver ended.
+#[derive(Debug)]
+pub enum DriverExit {
+    /// Asked to stop ([`Replica::stop`]) or every handle dropped.
+    Stopped,
+    /// The store failed; nothing after the last durable Ready was acknowledged.
+    StorageFailed(String),
 }
 
 impl Replica {
@@ -209,8 +225,9 @@ impl Replica {
             .clone()
     }
 
+    /// This node's raft id; 0 while the consensus driver has not started yet.
     pub fn raft_id(&self) -> u64 {
-        self.raft_id
+        self.raft_id.load(Ordering::Acquire)
     }
 
     /// Stops the consensus driver (within one tick), whoever still holds handles.
@@ -240,20 +257,54 @@ pub fn membership_command(action: MembershipAction, member: Member, actor: Strin
             action: action as i32,
             member: Some(member),
             forced: false,
+            reason: String::new(),
         })),
     }
 }
 
-/// Opens the log in `dir`, recovers the state, and starts the consensus driver. Messages for
-/// peers go to `outbox`; the driver ends when every [`Replica`] handle is dropped.
-pub fn start(
-    dir: &Path,
-    options: RaftOptions,
+/// Creates the replica handle and its event queue; the driver starts later, once the store is
+/// open ([`start_driver`]). Until then proposals wait (and time out) and reads see an empty
+/// state, which nothing authorizes from: no leader contact has been recorded.
+pub fn replica(options: &RaftOptions) -> (Replica, EventQueue) {
+    let (events, rx) = mpsc::sync_channel(options.queue_max);
+    let status = Arc::new(Status::default());
+    let _ = status.epoch.set(Instant::now());
+    let replica = Replica {
+        events,
+        state: Arc::new(RwLock::new(StateMachine::new())),
+        status,
+        raft_id: Arc::new(AtomicU64::new(0)),
+        propose_timeout: options.propose_timeout,
+    };
+    (replica, Arc::new(std::sync::Mutex::new(Some(rx))))
+}
+
+/// Why a driver could not start on a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// What the store holds cannot be used: its snapshot does not restore, or its committed
+    /// log does not replay. The store must be quarantined.
+    #[error("the store's contents cannot be recovered: {0}")]
+    Damaged(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Recovers the state from `log` (an initialized store) and runs a consensus driver on it, on
+/// a thread of its own, until it is stopped or the store fails. Blocking: the replay reads the
+/// whole committed log.
+pub fn start_driver(
+    replica: &Replica,
+    queue: &EventQueue,
+    log: SledLog,
+    options: &RaftOptions,
     outbox: tokio::sync::mpsc::Sender<Message>,
-) -> anyhow::Result<(Replica, std::thread::JoinHandle<()>)> {
-    let log = SledLog::open(dir, &options.voters)?;
+) -> Result<std::thread::JoinHandle<DriverExit>, StartError> {
+    let raft_id = log
+        .raft_id()
+        .expect("the driver starts on an initialized store only");
     let config = CoreConfig {
-        id: options.raft_id,
+        id: raft_id,
         heartbeat_tick: options.heartbeat_ticks,
         min_election_tick: options.election_ticks,
         max_election_tick: options.election_ticks + options.election_jitter_ticks,
@@ -261,38 +312,58 @@ pub fn start(
         max_size_per_msg: 1024 * 1024,
         max_inflight_msgs: 256,
     };
-    let durable_commit = raft::Storage::initial_state(&log)?.hard_state.commit;
-    let mut core = Core::new(&config, log)?;
+    let damaged = |e: &dyn std::fmt::Display| {
+        let text = e.to_string();
+        if text.contains(ferry_store::raft_log::CORRUPT_PREFIX) || text.contains("snapshot") {
+            StartError::Damaged(text)
+        } else {
+            StartError::Other(text)
+        }
+    };
+    let durable_commit = raft::Storage::initial_state(&log)
+        .map_err(|e| damaged(&e))?
+        .hard_state
+        .commit;
+    let voters = raft::Storage::initial_state(&log)
+        .map_err(|e| damaged(&e))?
+        .conf_state
+        .voters;
+    let mut core = Core::new(&config, log).map_err(|e| damaged(&e))?;
     // Re-apply what this node already knows is committed before anyone reads the state: a
     // restarted node must never authorize from a state older than its own durable log.
     while core.applied() < durable_commit {
         let before = core.applied();
-        for message in core.handle_ready()?.messages {
+        for message in core.handle_ready().map_err(|e| damaged(&e))?.messages {
             let _ = outbox.try_send(message);
         }
-        anyhow::ensure!(
-            core.applied() > before,
-            "cannot replay the log: applied {before}, durable commit {durable_commit}"
-        );
+        if core.applied() <= before {
+            return Err(StartError::Damaged(format!(
+                "cannot replay the log: applied {before}, durable commit {durable_commit}"
+            )));
+        }
     }
-    tracing::info!(applied = core.applied(), "state recovered from the log");
-    if options.voters == [options.raft_id] && core.voters() == [options.raft_id] {
+    tracing::info!(
+        applied = core.applied(),
+        raft_id,
+        "state recovered from the log"
+    );
+    if voters == [raft_id] && core.voters() == [raft_id] {
         // A lone voter need not wait an election timeout to lead.
-        core.campaign()?;
+        core.campaign()
+            .map_err(|e| StartError::Other(e.to_string()))?;
     }
-    let (events, rx) = mpsc::sync_channel(options.queue_max);
-    let status = Arc::new(Status::default());
-    let _ = status.epoch.set(Instant::now());
-    status.running.store(true, Ordering::Release);
+    core.adopt_shared_state(&replica.state);
+    let status = replica.status.clone();
     status.applied.store(core.applied(), Ordering::Release);
     status.commit.store(core.commit(), Ordering::Release);
-    let replica = Replica {
-        events,
-        state: core.shared_state(),
-        status: status.clone(),
-        raft_id: options.raft_id,
-        propose_timeout: options.propose_timeout,
-    };
+    status.leader.store(0, Ordering::Release);
+    replica.raft_id.store(raft_id, Ordering::Release);
+    let rx = queue
+        .lock()
+        .expect("never poisoned: no panics under the lock")
+        .take()
+        .ok_or_else(|| StartError::Other("another consensus driver is running".into()))?;
+    status.running.store(true, Ordering::Release);
     let driver = Driver {
         role: options.role,
         brokers: options.brokers.clone(),
@@ -306,10 +377,17 @@ pub fn start(
         reads: HashMap::new(),
         reads_ready: Vec::new(),
     };
-    let handle = std::thread::Builder::new()
+    let queue = queue.clone();
+    std::thread::Builder::new()
         .name("ferry-raft".into())
-        .spawn(move || driver.run(rx))?;
-    Ok((replica, handle))
+        .spawn(move || {
+            let (rx, exit) = driver.run(rx);
+            *queue
+                .lock()
+                .expect("never poisoned: no panics under the lock") = Some(rx);
+            exit
+        })
+        .map_err(|e| StartError::Other(format!("cannot start the consensus thread: {e}")))
 }
 
 struct Driver {
@@ -338,7 +416,8 @@ struct PendingRead {
 }
 
 impl Driver {
-    fn run(mut self, rx: mpsc::Receiver<Event>) {
+    fn run(mut self, rx: mpsc::Receiver<Event>) -> (mpsc::Receiver<Event>, DriverExit) {
+        let mut exit = DriverExit::Stopped;
         self.publish_membership();
         let mut next_tick = Instant::now() + self.tick;
         loop {
@@ -365,6 +444,7 @@ impl Driver {
                 self.hand_off_if_witness();
                 if self.ticks.is_multiple_of(MEMBERSHIP_CHECK_TICKS) {
                     self.promote_caught_up_learners();
+                    self.record_seen_members();
                     self.publish_membership();
                 }
             }
@@ -374,6 +454,7 @@ impl Driver {
                 for (_, (_, reply)) in self.pending.drain() {
                     let _ = reply.send(Err(ProposeError::Storage(e.to_string())));
                 }
+                exit = DriverExit::StorageFailed(e.to_string());
                 break;
             }
         }
@@ -389,12 +470,20 @@ impl Driver {
         {
             let _ = read.reply.send(Err(ProposeError::ShuttingDown));
         }
+        self.status.is_leader.store(false, Ordering::Release);
+        self.status.leader.store(0, Ordering::Release);
         tracing::debug!("consensus driver stopped");
+        (rx, exit)
     }
 
     fn handle(&mut self, event: Event) {
         match event {
             Event::Peer(message) => {
+                if message.to != self.core.id() {
+                    // Meant for an identity this node no longer has (it rejoined under a new
+                    // raft id): answering would vote or acknowledge as the old one.
+                    return;
+                }
                 let from_leader =
                     message.from == self.core.leader() && message.term >= self.core.term();
                 if let Err(e) = self.core.step(message) {
@@ -498,6 +587,41 @@ impl Driver {
                 tracing::info!(node = %member.node_id, raft_id = member.raft_id, "learner caught up: promoting it to voter")
             }
             Err(e) => tracing::debug!(error = %e, "promotion not proposed"),
+        }
+    }
+
+    /// The leader records members it has seen take part (a matched index) that the state
+    /// does not know as seen yet: an empty store must never take one of their ids again.
+    fn record_seen_members(&mut self) {
+        if self.core.role() != StateRole::Leader {
+            return;
+        }
+        let own = self.core.id();
+        let unseen: Vec<u64> = {
+            let state = self.core.state();
+            self.core
+                .progress()
+                .iter()
+                .filter(|p| p.matched > 0)
+                .map(|p| p.id)
+                .chain(std::iter::once(own))
+                .filter(|id| !state.was_seen(*id))
+                .collect()
+        };
+        if unseen.is_empty() {
+            return;
+        }
+        let command = Command {
+            now_ms: crate::now_ms(),
+            actor: format!("node:raft-{own}"),
+            source: String::new(),
+            kind: Some(Kind::MembersSeen(ferry_proto::state::MembersSeen {
+                raft_ids: unseen,
+            })),
+        };
+        let token = self.next_token();
+        if let Err(e) = self.core.propose(&command, token) {
+            tracing::debug!(error = %e, "members seen not proposed");
         }
     }
 

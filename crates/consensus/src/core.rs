@@ -389,6 +389,17 @@ impl<L: LogStore> Core<L> {
         self.state.clone()
     }
 
+    /// Moves the applied state into `shared` and applies to it from now on: readers holding
+    /// `shared` from an earlier core (one that stopped on a storage error) see the recovered
+    /// state at once, never a partly replayed one.
+    pub fn adopt_shared_state(&mut self, shared: &SharedState) {
+        let state = std::mem::take(&mut *self.state_mut());
+        *shared
+            .write()
+            .expect("the state lock is never held across a panic") = state;
+        self.state = shared.clone();
+    }
+
     fn state_mut(&self) -> RwLockWriteGuard<'_, StateMachine> {
         self.state
             .write()

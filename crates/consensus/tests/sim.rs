@@ -306,6 +306,7 @@ impl Sim {
                     ..Default::default()
                 }),
                 forced: false,
+                reason: String::new(),
             })),
         };
         let token = (1 << 40) | self.next_write;

@@ -40,6 +40,10 @@ pub fn problems(member: &Member, commit: u64, policy: &Policy) -> Vec<String> {
                 "service {} is stopped ({})",
                 service.name, service.detail
             )),
+            ServiceState::Starting => problems.push(format!(
+                "service {} is starting: {}",
+                service.name, service.detail
+            )),
         }
     }
     if let Some(error) = &report.storage_error {

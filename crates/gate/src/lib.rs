@@ -22,6 +22,9 @@ pub enum ServiceState {
     Restarting,
     /// It is not running and will not be restarted (shut down, or stopped by a fault).
     Stopped,
+    /// It has not started yet: it waits for something outside the node (the detail says what,
+    /// e.g. consensus waiting for peers to settle the node's raft id).
+    Starting,
 }
 
 impl ServiceState {
@@ -30,13 +33,19 @@ impl ServiceState {
             ServiceState::Running => "running",
             ServiceState::Restarting => "restarting",
             ServiceState::Stopped => "stopped",
+            ServiceState::Starting => "starting",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Running, Self::Restarting, Self::Stopped]
-            .into_iter()
-            .find(|v| v.as_str() == s)
+        [
+            Self::Running,
+            Self::Restarting,
+            Self::Stopped,
+            Self::Starting,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
     }
 }
 

@@ -72,6 +72,7 @@ impl StateMachine {
             ),
             Kind::ReleaseLease(c) => ("maintenance.release", c.node.clone(), self.release_lease(c)),
             Kind::PurgeExpired(_) => ("purge", String::new(), Ok(self.purge_expired(now))),
+            Kind::MembersSeen(c) => ("member.seen", String::new(), Ok(self.members_seen(c))),
             Kind::ChangeMembership(c) => (
                 "member.refused",
                 c.member
@@ -88,7 +89,10 @@ impl StateMachine {
         // Housekeeping commands are frequent and say nothing an auditor needs.
         if !matches!(
             kind,
-            Kind::PurgeExpired(_) | Kind::AttachHost(_) | Kind::DetachHost(_)
+            Kind::PurgeExpired(_)
+                | Kind::AttachHost(_)
+                | Kind::DetachHost(_)
+                | Kind::MembersSeen(_)
         ) {
             self.record_audit(command, action, target, &outcome);
         }
@@ -115,6 +119,9 @@ impl StateMachine {
                 }
             ),
             (Outcome::Applied, Some(Kind::ReleaseLease(c))) => format!("ok: {}", c.reason),
+            (Outcome::Applied, Some(Kind::ChangeMembership(c))) if !c.reason.is_empty() => {
+                format!("ok: {}", c.reason)
+            }
             (Outcome::Applied, _) => "ok".to_owned(),
             (Outcome::SessionOpened { session_id }, _) => format!("ok session {session_id}"),
             (Outcome::Refused(r), _) => format!("refused: {}", r.message),

@@ -102,6 +102,9 @@ pub struct StateMachine {
     members: BTreeMap<u64, Member>,
     /// Raft ids of removed members, never to be reused.
     retired_raft_ids: BTreeSet<u64>,
+    /// Raft ids that have taken part (see `members.rs`): never to be taken again by an empty
+    /// store.
+    seen_raft_ids: BTreeSet<u64>,
     /// Nodes under maintenance, by node id (see `maintenance.rs`).
     leases: BTreeMap<String, MaintenanceLease>,
 }

@@ -6,7 +6,7 @@
 //! move together, in log order, on every node.
 
 use crate::{Command, Kind, Outcome, Refusal, RefusalKind, StateMachine};
-use ferry_proto::state::{Member, MembershipAction};
+use ferry_proto::state::{Member, MembersSeen, MembershipAction};
 
 impl StateMachine {
     /// Records a membership change whose Raft configuration change has just been applied.
@@ -65,5 +65,26 @@ impl StateMachine {
 
     pub fn retired_raft_ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.retired_raft_ids.iter().copied()
+    }
+
+    /// Records raft ids the leader saw take part.
+    pub(crate) fn members_seen(&mut self, command: &MembersSeen) -> Outcome {
+        self.seen_raft_ids.extend(command.raft_ids.iter().copied());
+        Outcome::Applied
+    }
+
+    /// Whether an empty store may not take `raft_id`: it took part in this cluster (or was
+    /// removed), so its old store may have voted or acknowledged entries.
+    pub fn was_seen(&self, raft_id: u64) -> bool {
+        self.seen_raft_ids.contains(&raft_id) || self.retired_raft_ids.contains(&raft_id)
+    }
+
+    /// Every raft id this state knows of: members, retired, seen. A new id is above them all.
+    pub fn known_raft_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.members
+            .keys()
+            .chain(&self.retired_raft_ids)
+            .chain(&self.seen_raft_ids)
+            .copied()
     }
 }

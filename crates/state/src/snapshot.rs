@@ -38,6 +38,7 @@ impl StateMachine {
             members: self.members.values().cloned().collect(),
             retired_raft_ids: self.retired_raft_ids.iter().copied().collect(),
             leases: self.leases.values().cloned().collect(),
+            seen_raft_ids: self.seen_raft_ids.iter().copied().collect(),
         }
     }
 
@@ -90,6 +91,7 @@ impl StateMachine {
         }
         state.audit = snapshot.audit.into();
         state.retired_raft_ids = snapshot.retired_raft_ids.into_iter().collect();
+        state.seen_raft_ids = snapshot.seen_raft_ids.into_iter().collect();
         for member in snapshot.members {
             if state.retired_raft_ids.contains(&member.raft_id) {
                 return inconsistent(format!("member {} is also retired", member.raft_id));

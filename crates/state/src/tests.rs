@@ -302,6 +302,7 @@ fn membership(action: MembershipAction, raft_id: u64, node_id: &str) -> Kind {
             relay_addr: String::new(),
         }),
         forced: false,
+        reason: String::new(),
     })
 }
 

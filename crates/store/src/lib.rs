@@ -7,7 +7,8 @@
 //! Architecture invariant: this is the only crate that names sled. It implements the consensus
 //! crate's storage seam and knows nothing of networking or of what the entries mean.
 
+pub mod mark;
 pub mod raft_log;
 pub mod record;
 
-pub use raft_log::SledLog;
+pub use raft_log::{OpenError, Scan, SledLog};

@@ -7,6 +7,7 @@
 //!
 //! Every read is verified; a damaged record is a storage error, never a plausible value.
 
+use crate::mark::{Mark, MarkFile};
 use crate::record;
 use ferry_consensus::{ConfState, Entry, HardState, LogStore, Snapshot};
 use protobuf::Message as _;
@@ -31,34 +32,135 @@ pub struct SledLog {
     data_file: std::fs::File,
     log: sled::Tree,
     meta: sled::Tree,
+    /// The raft id this store belongs to; 0 until [`SledLog::initialize`].
+    raft_id: u64,
     hard_state: HardState,
     conf_state: ConfState,
     /// Metadata of the latest snapshot (its data stays on disk until asked for).
     snapshot_index: u64,
     snapshot_term: u64,
-    /// Index of the last entry (or the snapshot index when the log is empty).
+    /// Index and term of the last entry (the snapshot's when the log is empty).
     last_index: u64,
+    last_term: u64,
+    /// What the store last made durable, written after every sync (see [`crate::mark`]).
+    mark: MarkFile,
+    /// What the start-up scan found and did.
+    scan: Scan,
+}
+
+/// What [`SledLog::open`] checked, how long it took, and what it repaired.
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    /// Records read and verified (entries and metadata).
+    pub records: u64,
+    /// Bytes of those records.
+    pub bytes: u64,
+    pub duration: std::time::Duration,
+    /// Repairs made in place, in words (empty when none was needed).
+    pub repairs: Vec<String>,
+}
+
+/// Why a store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The store's contents cannot be trusted (a checksum, a structural check or sled itself
+    /// failed): it must be moved aside, never used.
+    #[error("the store is damaged: {0}")]
+    Damaged(String),
+    /// The store could not be reached now (locked by another process, no space, no
+    /// permission); nothing says its contents are wrong.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 fn store_error(e: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(StorageError::Other(e.to_string().into()))
 }
 
+/// Prefix of every storage error that reports damage (the node reopens the store, which then
+/// fails its start-up scan and is quarantined).
+pub const CORRUPT_PREFIX: &str = "store is corrupt";
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> raft::Error {
-    store_error(format!("store is corrupt: {what}: {e}"))
+    store_error(format!("{CORRUPT_PREFIX}: {what}: {e}"))
 }
 
+/// Classifies a sled error met while opening: I/O that may pass (a lock, a full disk, a
+/// permission) leaves the store alone; anything else means its files cannot be trusted.
+fn sled_open_error(e: sled::Error) -> OpenError {
+    use std::io::ErrorKind as K;
+    match &e {
+        sled::Error::Io(io)
+            if matches!(
+                io.kind(),
+                K::WouldBlock
+                    | K::PermissionDenied
+                    | K::StorageFull
+                    | K::QuotaExceeded
+                    | K::OutOfMemory
+                    | K::Interrupted
+                    | K::ReadOnlyFilesystem
+            ) =>
+        {
+            OpenError::Unavailable(e.to_string())
+        }
+        _ => OpenError::Damaged(format!("sled cannot open it: {e}")),
+    }
+}
+
+/// Maps an error of our own checks during open: damage stays damage, the rest is I/O.
+fn open_error(e: raft::Error) -> OpenError {
+    let text = e.to_string();
+    if text.contains(CORRUPT_PREFIX) {
+        OpenError::Damaged(text)
+    } else {
+        OpenError::Unavailable(text)
+    }
+}
+
+const IDENTITY_KEY: &[u8] = b"identity";
+
 impl SledLog {
-    /// Opens the log in `dir`. A new log is bootstrapped with `voters` as its configuration;
-    /// an existing one keeps its own (which only committed conf changes alter).
-    pub fn open(dir: &Path, voters: &[u64]) -> raft::Result<Self> {
-        let db = open_db(dir)?;
-        let log = db.open_tree(LOG_TREE).map_err(store_error)?;
-        let meta = db.open_tree(META_TREE).map_err(store_error)?;
+    /// Opens (creating if need be) the store in `dir` and verifies all of it: every record's
+    /// checksum, the structure of the log, and that nothing durable was lost since the last
+    /// sync (the high-water mark). sled 0.34 can panic on damaged files: a panic while opening
+    /// is reported as damage too. A new store is empty until [`SledLog::initialize`].
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        let started = std::time::Instant::now();
+        let opened =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_inner(dir)));
+        let mut this = match opened {
+            Ok(result) => result?,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                return Err(OpenError::Damaged(format!(
+                    "sled panicked reading it: {what}"
+                )));
+            }
+        };
+        this.scan.duration = started.elapsed();
+        Ok(this)
+    }
+
+    fn open_inner(dir: &Path) -> Result<Self, OpenError> {
+        let db = open_db_classified(dir)?;
+        let log = db.open_tree(LOG_TREE).map_err(sled_open_error)?;
+        let meta = db.open_tree(META_TREE).map_err(sled_open_error)?;
         let data_file = std::fs::File::open(dir.join(SLED_DATA_FILE)).map_err(|e| {
-            store_error(format!(
+            OpenError::Unavailable(format!(
                 "cannot open {}: {e}",
                 dir.join(SLED_DATA_FILE).display()
+            ))
+        })?;
+        let mark = MarkFile::read(dir).map_err(OpenError::Damaged)?;
+        let mark_file = MarkFile::open(dir, mark.as_ref()).map_err(|e| {
+            OpenError::Unavailable(format!(
+                "cannot open the mark file in {}: {e}",
+                dir.display()
             ))
         })?;
         let mut this = Self {
@@ -66,44 +168,86 @@ impl SledLog {
             data_file,
             log,
             meta,
+            raft_id: 0,
             hard_state: HardState::default(),
             conf_state: ConfState::default(),
             snapshot_index: 0,
             snapshot_term: 0,
             last_index: 0,
+            last_term: 0,
+            mark: mark_file,
+            scan: Scan::default(),
         };
-        match this.read_meta::<ConfState>(CONF_STATE_KEY)? {
-            Some(conf_state) => {
-                this.conf_state = conf_state;
-                this.hard_state = this.read_meta(HARD_STATE_KEY)?.unwrap_or_default();
-                if let Some(snapshot) = this.read_meta::<Snapshot>(SNAPSHOT_KEY)? {
-                    this.snapshot_index = snapshot.get_metadata().index;
-                    this.snapshot_term = snapshot.get_metadata().term;
-                }
-            }
-            None => {
-                this.conf_state.voters = voters.to_vec();
-                this.write_meta(CONF_STATE_KEY, &this.conf_state.clone())?;
-                this.sync()?;
-            }
-        }
-        this.last_index = match this.log.last().map_err(store_error)? {
-            Some((key, _)) => decode_index(&key)?,
-            None => this.snapshot_index,
-        };
-        this.check_structure()?;
+        this.load(mark).map_err(open_error)?;
         Ok(this)
     }
 
-    /// Start-up structural checks: the log is contiguous after the snapshot, the commit index is
-    /// within the log, every entry's checksum holds.
-    fn check_structure(&self) -> raft::Result<()> {
+    /// Reads and verifies everything at open.
+    fn load(&mut self, mark: Option<Mark>) -> raft::Result<()> {
+        let identity = self.read_meta_raw(IDENTITY_KEY)?;
+        let hard_state = self.read_meta::<HardState>(HARD_STATE_KEY)?;
+        let conf_state = self.read_meta::<ConfState>(CONF_STATE_KEY)?;
+        let snapshot = self.read_meta::<Snapshot>(SNAPSHOT_KEY)?;
+        let has_entries = !self.log.is_empty();
+        let Some(identity) = identity else {
+            if hard_state.is_some() || snapshot.is_some() || has_entries || mark.is_some() {
+                return Err(corrupt(
+                    "identity",
+                    "the store holds Raft state but no record of whose it is",
+                ));
+            }
+            if conf_state.is_some() {
+                // An initialization interrupted before its identity was written: start over.
+                self.meta.clear().map_err(store_error)?;
+                self.scan
+                    .repairs
+                    .push("an interrupted initialization was discarded".into());
+            }
+            return Ok(());
+        };
+        self.raft_id = decode_identity(&identity)?;
+        self.conf_state =
+            conf_state.ok_or_else(|| corrupt("conf state", "missing from an initialized store"))?;
+        self.hard_state = hard_state.unwrap_or_default();
+        if let Some(snapshot) = snapshot {
+            self.snapshot_index = snapshot.get_metadata().index;
+            self.snapshot_term = snapshot.get_metadata().term;
+        }
+        self.last_index = match self.log.last().map_err(store_error)? {
+            Some((key, _)) => decode_index(&key)?.max(self.snapshot_index),
+            None => self.snapshot_index,
+        };
+        self.check_structure()?;
+        let now = self.current_mark();
+        match mark {
+            Some(mark) => {
+                if let Some(lost) = mark.regression(&now) {
+                    return Err(corrupt("store behind its high-water mark", lost));
+                }
+            }
+            // A store that never synced more than its initialization has no mark yet.
+            None if self.hard_state == HardState::default() && !has_entries => {}
+            None => return Err(corrupt("high-water mark", "missing")),
+        }
+        Ok(())
+    }
+
+    /// Start-up structural checks: the log is contiguous after the snapshot, terms never go
+    /// down along it, the commit index is within the log and not
+    /// below the snapshot, every entry's checksum holds. Leftovers of an interrupted
+    /// compaction (entries at or below the snapshot) are removed.
+    fn check_structure(&mut self) -> raft::Result<()> {
         let mut expected = self.snapshot_index + 1;
+        let mut term = self.snapshot_term;
+        let mut leftovers = Vec::new();
         for item in self.log.iter() {
             let (key, value) = item.map_err(store_error)?;
             let index = decode_index(&key)?;
+            self.scan.records += 1;
+            self.scan.bytes += value.len() as u64;
             if index <= self.snapshot_index {
-                continue; // compaction interrupted by a crash; harmless, removed next time
+                leftovers.push(key);
+                continue;
             }
             if index != expected {
                 return Err(corrupt(
@@ -118,8 +262,16 @@ impl SledLog {
                     format!("entry under key {index} says index {}", entry.index),
                 ));
             }
+            if entry.term < term {
+                return Err(corrupt(
+                    "raft log",
+                    format!("entry {index} has term {} after term {term}", entry.term),
+                ));
+            }
+            term = entry.term;
             expected += 1;
         }
+        self.last_term = term;
         if self.hard_state.commit > self.last_index {
             return Err(corrupt(
                 "hard state",
@@ -129,17 +281,84 @@ impl SledLog {
                 ),
             ));
         }
+        if self.hard_state.commit < self.snapshot_index {
+            return Err(corrupt(
+                "hard state",
+                format!(
+                    "commit {} below the snapshot at {}",
+                    self.hard_state.commit, self.snapshot_index
+                ),
+            ));
+        }
+        if !leftovers.is_empty() {
+            let mut batch = sled::Batch::default();
+            for key in &leftovers {
+                batch.remove(key);
+            }
+            self.log.apply_batch(batch).map_err(store_error)?;
+            self.scan.repairs.push(format!(
+                "{} entries left over from an interrupted compaction were removed",
+                leftovers.len()
+            ));
+        }
         Ok(())
+    }
+
+    /// Makes an empty store this node's: records `raft_id` as its owner and `voters` as its
+    /// configuration (empty for a node that waits to be added by a leader), durably.
+    pub fn initialize(&mut self, raft_id: u64, voters: &[u64]) -> raft::Result<()> {
+        assert_eq!(
+            self.raft_id, 0,
+            "initialize is called on an empty store only"
+        );
+        assert!(raft_id > 0, "raft id 0 is not valid");
+        self.conf_state.voters = voters.to_vec();
+        self.write_meta(CONF_STATE_KEY, &self.conf_state.clone())?;
+        // The identity goes last: a store with one is complete.
+        self.meta
+            .insert(IDENTITY_KEY, record::seal(&raft_id.to_be_bytes()))
+            .map_err(store_error)?;
+        self.raft_id = raft_id;
+        self.sync()
+    }
+
+    /// The raft id this store belongs to, once initialized.
+    pub fn raft_id(&self) -> Option<u64> {
+        (self.raft_id != 0).then_some(self.raft_id)
+    }
+
+    /// What the start-up scan checked and repaired.
+    pub fn scan(&self) -> &Scan {
+        &self.scan
+    }
+
+    fn current_mark(&self) -> Mark {
+        Mark {
+            sequence: 0,
+            raft_id: self.raft_id,
+            term: self.hard_state.term,
+            vote: self.hard_state.vote,
+            commit: self.hard_state.commit,
+            last_index: self.last_index,
+            last_term: self.last_term,
+            snapshot_index: self.snapshot_index,
+        }
+    }
+
+    fn read_meta_raw(&mut self, key: &[u8]) -> raft::Result<Option<sled::IVec>> {
+        let value = self.meta.get(key).map_err(store_error)?;
+        if let Some(value) = &value {
+            self.scan.records += 1;
+            self.scan.bytes += value.len() as u64;
+        }
+        Ok(value)
     }
 
     fn read_meta<M: protobuf::Message>(&self, key: &[u8]) -> raft::Result<Option<M>> {
         let Some(value) = self.meta.get(key).map_err(store_error)? else {
             return Ok(None);
         };
-        let what = String::from_utf8_lossy(key).into_owned();
-        let payload = record::open(&value).map_err(|e| corrupt(&what, e))?;
-        let message = M::parse_from_bytes(payload).map_err(|e| corrupt(&what, e))?;
-        Ok(Some(message))
+        decode_meta(key, &value).map(Some)
     }
 
     fn write_meta<M: protobuf::Message>(&self, key: &[u8], message: &M) -> raft::Result<()> {
@@ -164,13 +383,17 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// lock a dropped database of this process still holds. Public for tests that inspect or
 /// damage a store between opens.
 pub fn open_db(dir: &Path) -> raft::Result<sled::Db> {
+    open_db_classified(dir).map_err(store_error)
+}
+
+fn open_db_classified(dir: &Path) -> Result<sled::Db, OpenError> {
     let started = std::time::Instant::now();
     loop {
         match sled::Config::new().path(dir).flush_every_ms(None).open() {
             Ok(db) => return Ok(db),
             Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if started.elapsed() >= LOCK_WAIT {
-                    return Err(store_error(format!(
+                    return Err(OpenError::Unavailable(format!(
                         "the store in {} is locked by another process for {LOCK_WAIT:?}; \
                          is another ferry node using this data directory?",
                         dir.display()
@@ -178,19 +401,40 @@ pub fn open_db(dir: &Path) -> raft::Result<sled::Db> {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            Err(e) => return Err(store_error(e)),
+            Err(e) => return Err(sled_open_error(e)),
         }
     }
 }
 
-fn decode_index(key: &[u8]) -> raft::Result<u64> {
+/// Decodes a sealed metadata record (hard state, conf state, snapshot) under `key`.
+pub fn decode_meta<M: protobuf::Message>(key: &[u8], value: &[u8]) -> raft::Result<M> {
+    let what = String::from_utf8_lossy(key).into_owned();
+    let payload = record::open(value).map_err(|e| corrupt(&what, e))?;
+    M::parse_from_bytes(payload).map_err(|e| corrupt(&what, e))
+}
+
+/// Decodes the sealed identity record: the store owner's raft id.
+pub fn decode_identity(value: &[u8]) -> raft::Result<u64> {
+    let payload = record::open(value).map_err(|e| corrupt("identity", e))?;
+    let bytes: [u8; 8] = payload
+        .try_into()
+        .map_err(|_| corrupt("identity", format!("{} bytes, expected 8", payload.len())))?;
+    match u64::from_be_bytes(bytes) {
+        0 => Err(corrupt("identity", "raft id 0")),
+        id => Ok(id),
+    }
+}
+
+/// Decodes a log key: the entry's index, 8 bytes big-endian.
+pub fn decode_index(key: &[u8]) -> raft::Result<u64> {
     let bytes: [u8; 8] = key
         .try_into()
         .map_err(|_| corrupt("raft log key", format!("{} bytes, expected 8", key.len())))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
-fn decode_entry(index: u64, value: &[u8]) -> raft::Result<Entry> {
+/// Decodes the sealed log entry stored under `index`.
+pub fn decode_entry(index: u64, value: &[u8]) -> raft::Result<Entry> {
     let what = format!("raft log entry {index}");
     let payload = record::open(value).map_err(|e| corrupt(&what, e))?;
     Entry::parse_from_bytes(payload).map_err(|e| corrupt(&what, e))
@@ -298,6 +542,7 @@ impl LogStore for SledLog {
         }
         self.log.apply_batch(batch).map_err(store_error)?;
         self.last_index = last.index;
+        self.last_term = last.term;
         Ok(())
     }
 
@@ -335,6 +580,7 @@ impl LogStore for SledLog {
         // The snapshot replaces the whole log, as raft-rs's MemStorage does.
         self.log.clear().map_err(store_error)?;
         self.last_index = meta.index;
+        self.last_term = meta.term;
         Ok(())
     }
 
@@ -372,6 +618,8 @@ impl LogStore for SledLog {
     fn sync(&mut self) -> raft::Result<()> {
         self.db.flush().map_err(store_error)?;
         self.data_file.sync_data().map_err(store_error)?;
+        // Only now is this state durable: the mark may claim it.
+        self.mark.write(&self.current_mark()).map_err(store_error)?;
         Ok(())
     }
 }

@@ -270,6 +270,7 @@ async fn change(
         action: action as i32,
         member: Some(member),
         forced,
+        reason: String::new(),
     });
     propose(ctx, kind).await.map(drop).inspect_err(|e| {
         tracing::info!(actor = ADMIN_ACTOR, error = %e.message, "membership change refused");

@@ -47,6 +47,7 @@ border-radius:8px;padding:0.6rem 0.75rem}\
 .svc{display:inline-block;border-radius:4px;padding:0.1rem 0.45rem;font-weight:600}\
 .svc-running{background:#2e7d32;color:#fff}\
 .svc-restarting{background:#ef6c00;color:#fff}\
+.svc-starting{background:#ef6c00;color:#fff}\
 .svc-stopped{background:#c62828;color:#fff}\
 .svc-detail{display:block;color:#4a5560;font-size:0.85rem;overflow-wrap:anywhere}\
 dl{display:grid;grid-template-columns:auto 1fr;gap:0.1rem 0.7rem;margin:0.4rem 0 0}\

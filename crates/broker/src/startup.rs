@@ -1,0 +1,287 @@
+//! The "raft" service: open and verify the store, quarantine it if it is damaged, settle this
+//! node's raft id when the store is empty, run the consensus driver, and start over (from the
+//! store) when the driver stops on a storage failure. SPEC section 5, lessons L3 and L4.
+//!
+//! Nothing here blocks the rest of the node: the admin API, health reports, the relay
+//! listener and the peer links run from the start; until the driver runs, the node reports
+//! the "raft" service as starting, with what it waits for.
+
+use crate::node::Ctx;
+use crate::replication::{self, DriverExit, EventQueue, RaftOptions, StartError};
+use crate::supervisor::ServiceResult;
+use ferry_consensus::Message;
+use ferry_gate::ServiceState;
+use ferry_store::{OpenError, SledLog};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Where a quarantined store goes, inside the data directory.
+pub const QUARANTINE_DIR: &str = "quarantine";
+/// The note written beside a quarantined store.
+pub const QUARANTINE_NOTE: &str = "NOTE.txt";
+/// How often a node that rejoined checks whether it has caught up (its quarantine then ends).
+const REJOIN_CHECK_EVERY: Duration = Duration::from_millis(500);
+/// A rejoined node is caught up when its applied index is this close to the commit index.
+const CAUGHT_UP_ENTRIES: u64 = 64;
+
+/// What the consensus driver needs, kept by the node across the driver's restarts.
+pub struct Consensus {
+    pub options: RaftOptions,
+    /// Where the driver takes its events from (the replica's queue).
+    pub queue: EventQueue,
+    /// Toward the peer transport; held here so that it stays open between drivers.
+    pub outbox: tokio::sync::mpsc::Sender<Message>,
+    /// Set once the state has been recovered in this process: sessions the state says this
+    /// node carried before it restarted are detached then, and only then (a driver restarted
+    /// after a storage failure has not lost the sessions this process relays).
+    pub recovered_once: std::sync::atomic::AtomicBool,
+}
+
+/// The store's directory inside the data directory.
+pub fn raft_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("raft")
+}
+
+/// Service "raft". Returns an error (and is started again by its supervisor, with backoff)
+/// when the store cannot be opened now or the driver stopped on a storage failure.
+pub async fn consensus_service(
+    ctx: Arc<Ctx>,
+    mut shutdown: watch::Receiver<bool>,
+) -> ServiceResult {
+    let dir = raft_dir(&ctx.config.data_dir);
+    ctx.services.report(
+        "raft",
+        ServiceState::Starting,
+        "opening and verifying the store".into(),
+    );
+    let mut quarantined: Option<String> = None;
+    let mut log = match open(&dir).await {
+        Ok(log) => log,
+        Err(OpenError::Unavailable(why)) => return Err(why),
+        Err(OpenError::Damaged(why)) => {
+            quarantined = Some(quarantine(&ctx, &dir, &why)?);
+            open(&dir).await.map_err(|e| e.to_string())?
+        }
+    };
+    record_scan(&ctx, &log);
+    if log.raft_id().is_none() {
+        let Some(identity) =
+            crate::rejoin::settle(&ctx, quarantined.as_deref(), &mut shutdown).await
+        else {
+            return Ok(()); // shut down while waiting
+        };
+        log = blocking(move || {
+            log.initialize(identity.raft_id, &identity.voters)
+                .map(|()| log)
+                .map_err(|e| format!("cannot initialize the store: {e}"))
+        })
+        .await?;
+    }
+    let consensus = &ctx.consensus;
+    let (replica, queue, options, outbox) = (
+        ctx.replica.clone(),
+        consensus.queue.clone(),
+        consensus.options.clone(),
+        consensus.outbox.clone(),
+    );
+    let started = blocking(move || {
+        Ok(replication::start_driver(
+            &replica, &queue, log, &options, outbox,
+        ))
+    })
+    .await?;
+    let driver = match started {
+        Ok(driver) => driver,
+        Err(StartError::Damaged(why)) => {
+            // Found only when the state was rebuilt: quarantine now; the next attempt starts
+            // on an empty store and rejoins.
+            quarantine(&ctx, &dir, &why)?;
+            return Err(format!(
+                "the store could not be recovered ({why}); quarantined"
+            ));
+        }
+        Err(StartError::Other(why)) => return Err(why),
+    };
+    ctx.services
+        .report("raft", ServiceState::Running, String::new());
+    if !consensus.recovered_once.swap(true, Ordering::AcqRel) {
+        // In the background: with no leader yet (peers still starting), this waits.
+        tokio::spawn(crate::node::detach_orphaned_sessions(ctx.clone()));
+    }
+    let mut join = tokio::task::spawn_blocking(move || driver.join());
+    let mut every = tokio::time::interval(REJOIN_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            ended = &mut join => {
+                return match ended {
+                    Ok(Ok(DriverExit::Stopped)) if *shutdown.borrow() => Ok(()),
+                    Ok(Ok(DriverExit::Stopped)) => Err("the consensus driver stopped".into()),
+                    Ok(Ok(DriverExit::StorageFailed(e))) => Err(format!(
+                        "consensus stopped on a storage failure ({e}); the store is opened again"
+                    )),
+                    Ok(Err(_)) | Err(_) => Err("the consensus driver panicked".into()),
+                };
+            }
+            _ = shutdown.changed() => {
+                ctx.replica.stop();
+                let _ = join.await;
+                return Ok(());
+            }
+            _ = every.tick() => end_quarantine_once_caught_up(&ctx),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("the store task failed: {e}"))?
+}
+
+async fn open(dir: &Path) -> Result<SledLog, OpenError> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || SledLog::open(&dir))
+        .await
+        .unwrap_or_else(|e| {
+            Err(OpenError::Damaged(format!(
+                "opening the store panicked: {e}"
+            )))
+        })
+}
+
+fn record_scan(ctx: &Ctx, log: &SledLog) {
+    let scan = log.scan();
+    let m = &ctx.metrics;
+    m.store_scan_seconds.set(scan.duration.as_secs_f64());
+    m.store_scan_records.set(scan.records as i64);
+    for repair in &scan.repairs {
+        tracing::warn!(%repair, "store repaired in place");
+        m.store_repairs.inc();
+    }
+    tracing::info!(
+        records = scan.records,
+        bytes = scan.bytes,
+        duration_ms = scan.duration.as_millis() as u64,
+        "store verified"
+    );
+}
+
+/// Moves the damaged store in `dir` to `<data-dir>/quarantine/<UTC time>/` with a note of
+/// what was found, and raises the quarantine alarm. Returns the reason, for the rejoin.
+fn quarantine(ctx: &Ctx, dir: &Path, why: &str) -> Result<String, String> {
+    let now_ms = crate::now_ms();
+    let base = ctx.config.data_dir.join(QUARANTINE_DIR);
+    let stamp = utc_stamp(now_ms);
+    let mut target = base.join(&stamp);
+    let mut n = 1;
+    while target.exists() {
+        n += 1;
+        target = base.join(format!("{stamp}-{n}"));
+    }
+    let fail = |what: &str, e: std::io::Error| {
+        format!(
+            "the store in {} is damaged ({why}) and cannot be moved aside: {what}: {e}",
+            dir.display()
+        )
+    };
+    std::fs::create_dir_all(&target).map_err(|e| fail("create the quarantine directory", e))?;
+    std::fs::rename(dir, target.join("raft")).map_err(|e| fail("move the store", e))?;
+    let note = format!(
+        "Ferry moved this store aside at {stamp} (UTC).\n\
+         node: {node}\n\
+         configured raft id: {id}\n\
+         what was found: {why}\n\n\
+         The node started on an empty store and rejoins the cluster under a new raft id (its\n\
+         old id is removed from the configuration; it never votes under it again). It catches\n\
+         up from a snapshot of a healthy peer. Nothing here is used again: keep it to\n\
+         investigate, then delete it.\n",
+        node = ctx.config.node_id,
+        id = ctx.config.raft.id,
+    );
+    std::fs::write(target.join(QUARANTINE_NOTE), &note).map_err(|e| fail("write the note", e))?;
+    // The move must survive a crash, or the next start would find the damage again (safe,
+    // but a second quarantine).
+    if let Ok(d) = std::fs::File::open(&ctx.config.data_dir) {
+        let _ = d.sync_all();
+    }
+    let alarm = format!(
+        "the store was damaged ({why}); moved to {} and rejoining under a new raft id",
+        target.display()
+    );
+    tracing::error!(quarantine = %target.display(), %why, "store damaged: quarantined");
+    *ctx.local_health
+        .quarantine
+        .lock()
+        .expect("never poisoned: no panics under the lock") = Some(alarm);
+    ctx.metrics.quarantines.inc();
+    Ok(format!("its store was quarantined: {why}"))
+}
+
+/// The quarantine alarm ends when the node, under its new raft id, is back in the
+/// configuration in its place (a voter again if it is meant to be one) and caught up.
+fn end_quarantine_once_caught_up(ctx: &Ctx) {
+    let mut alarm = ctx
+        .local_health
+        .quarantine
+        .lock()
+        .expect("never poisoned: no panics under the lock");
+    if alarm.is_none() {
+        return;
+    }
+    let id = ctx.replica.raft_id();
+    let membership = ctx.replica.membership();
+    let voter_meant = ctx.replica.read().member(id).is_none_or(|m| m.voter);
+    let in_place = if voter_meant {
+        membership.voters.contains(&id)
+    } else {
+        membership.learners.contains(&id)
+    };
+    let status = ctx.replica.status();
+    let applied = status.applied.load(Ordering::Acquire);
+    let commit = status.commit.load(Ordering::Acquire);
+    if in_place
+        && applied + CAUGHT_UP_ENTRIES >= commit
+        && status.leader.load(Ordering::Acquire) != 0
+    {
+        tracing::info!(raft_id = id, "rejoined and caught up: quarantine ended");
+        *alarm = None;
+    }
+}
+
+/// `YYYYMMDDTHHMMSSZ` for a time in ms since the Unix epoch (UTC).
+fn utc_stamp(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_stamps() {
+        let check = |ms: u64, expect: &str| assert_eq!(super::utc_stamp(ms), expect);
+        check(0, "19700101T000000Z");
+        check(951_782_400_000, "20000229T000000Z");
+        check(1_795_569_302_000, "20261125T011502Z");
+    }
+}
