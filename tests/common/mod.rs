@@ -8,6 +8,7 @@
 pub mod chromium;
 pub mod gate;
 pub mod promtool;
+pub mod store;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -572,6 +573,32 @@ pub fn http_get(url: &str) -> Option<(u16, String)> {
     status_and_body(&response)
 }
 
+/// One authenticated request to an admin API at `url` (`http://host:port`); (status, body).
+pub fn admin_request(
+    url: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Option<(u16, String)> {
+    use std::io::Read;
+    let authority = url.strip_prefix("http://")?;
+    let mut stream = std::net::TcpStream::connect(authority).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    status_and_body(&response)
+}
+
 /// The status code and body of a raw HTTP/1.1 response.
 fn status_and_body(response: &str) -> Option<(u16, String)> {
     let code = response.split_whitespace().nth(1)?.parse().ok()?;
@@ -794,25 +821,14 @@ pub fn duplex_client(
 impl World {
     /// `POST` to node `i`'s admin API with the cluster's bearer token; (status, body).
     pub fn admin_post(&self, i: u8, path: &str, body: &str) -> Option<(u16, String)> {
-        use std::io::Read;
         let token = std::fs::read_to_string(self.cluster().join("admin.token")).unwrap();
-        let url = self.admin_url_of(i);
-        let authority = url.strip_prefix("http://")?;
-        let mut stream = std::net::TcpStream::connect(authority).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .ok()?;
-        write!(
-            stream,
-            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            token.trim(),
-            body.len()
-        )
-        .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        status_and_body(&response)
+        admin_request(&self.admin_url_of(i), token.trim(), "POST", path, body)
+    }
+
+    /// `GET` from node `i`'s admin API with the cluster's bearer token; (status, body).
+    pub fn admin_get(&self, i: u8, path: &str) -> Option<(u16, String)> {
+        let token = std::fs::read_to_string(self.cluster().join("admin.token")).unwrap();
+        admin_request(&self.admin_url_of(i), token.trim(), "GET", path, "")
     }
 
     /// A value of metric `name` (first series whose line contains `filter`) on node `i`.

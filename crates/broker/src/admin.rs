@@ -61,6 +61,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/grants", get(list_grants).post(add_grant))
         .route("/v1/sessions", get(list_sessions))
         .route("/v1/audit", get(audit))
+        .route("/v1/state/digest", get(state_digest))
         .route("/v1/members", get(members::list).post(members::add))
         .route("/v1/members/{node}", axum::routing::delete(members::remove))
         .route(
@@ -404,6 +405,18 @@ async fn enroll_host(
         name: req.name,
         token,
         expires_at_ms,
+    }))
+}
+
+/// The applied index and a digest of the whole applied state: two nodes at the same applied
+/// index must have the same digest (the corruption trials compare them).
+async fn state_digest(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
+    let state = ctx.replica.read();
+    Json(serde_json::json!({
+        "node_id": ctx.config.node_id,
+        "raft_id": ctx.replica.raft_id(),
+        "applied": ctx.replica.applied_index(),
+        "digest": hex::encode(state.digest()),
     }))
 }
 

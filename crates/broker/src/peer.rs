@@ -130,6 +130,9 @@ pub struct Peers {
     /// Raft ids of peers cut off by the test-only fault switch: nothing is sent to them and
     /// nothing from them is accepted, as in a network partition.
     blocked: std::sync::RwLock<std::collections::HashSet<u64>>,
+    /// Raft ids learned from authenticated Raft messages, by node id: a configured peer that
+    /// rejoined under a new id, before this node's state (empty, if it rejoins too) says so.
+    learned: std::sync::RwLock<HashMap<String, u64>>,
 }
 
 impl Peers {
@@ -151,6 +154,7 @@ impl Peers {
             replica: replica.clone(),
             shutdown: shutdown.clone(),
             blocked: Default::default(),
+            learned: Default::default(),
         });
         this.reconcile();
         this
@@ -221,9 +225,18 @@ impl Peers {
             let added: Vec<PeerConfig> = added.collect();
             (added, state.retired_raft_ids().collect())
         };
+        let learned = self
+            .learned
+            .read()
+            .expect("never poisoned: no panics under the lock")
+            .clone();
         for peer in &self.configured {
+            let mut peer = peer.clone();
+            if let Some(id) = learned.get(&peer.node_id) {
+                peer.raft_id = *id;
+            }
             if !wanted.iter().any(|w| w.raft_id == peer.raft_id) {
-                wanted.push(peer.clone());
+                wanted.push(peer);
             }
         }
         wanted.retain(|p| p.node_id != self.node_id && !retired.contains(&p.raft_id));
@@ -263,6 +276,36 @@ impl Peers {
             .expect("never poisoned: no panics under the lock")
             .get(&raft_id)
             .cloned()
+    }
+
+    /// A Raft message from peer `node_id` (authenticated by its certificate) says it is now
+    /// raft id `raft_id`: it rejoined under a new id. Adopted unless the id is retired or
+    /// belongs to another node; the links are then rebuilt around it.
+    fn learn_raft_id(self: &Arc<Self>, node_id: &str, raft_id: u64) -> bool {
+        {
+            let state = self.replica.read();
+            if state.is_retired(raft_id)
+                || state.member(raft_id).is_some_and(|m| m.node_id != node_id)
+            {
+                return false;
+            }
+        }
+        let taken = self
+            .links
+            .read()
+            .expect("never poisoned: no panics under the lock")
+            .values()
+            .any(|l| l.config.raft_id == raft_id && l.config.node_id != node_id);
+        if taken {
+            return false;
+        }
+        tracing::info!(peer = node_id, raft_id, "peer speaks under a new raft id");
+        self.learned
+            .write()
+            .expect("never poisoned: no panics under the lock")
+            .insert(node_id.to_owned(), raft_id);
+        self.reconcile();
+        true
     }
 
     fn link_named(&self, node_id: &str) -> Option<Arc<Link>> {
@@ -683,11 +726,13 @@ async fn serve_peer(
                 let (replica, peer, this) = (replica.clone(), peer.clone(), this.clone());
                 tokio::spawn(async move {
                     while let Ok(frame) = framed::read::<RaftMessage, _>(&mut recv, limits()).await {
-                        if this.is_blocked(peer.raft_id) {
+                        // The peer's raft id as of now: it changes when the peer rejoins.
+                        let raft_id = this.link_named(&peer.node_id).map_or(peer.raft_id, |l| l.config.raft_id);
+                        if this.is_blocked(raft_id) {
                             continue;
                         }
                         match Message::parse_from_bytes(&frame.message) {
-                            Ok(m) if m.from == peer.raft_id => replica.step(m),
+                            Ok(m) if m.from == raft_id || this.learn_raft_id(&peer.node_id, m.from) => replica.step(m),
                             Ok(m) => tracing::warn!(peer = %peer.node_id, from = m.from, "raft message with a forged sender dropped"),
                             Err(e) => tracing::warn!(peer = %peer.node_id, error = %e, "undecodable raft message dropped"),
                         }

@@ -712,6 +712,15 @@ impl Driver {
             }
         }
         let s = &self.status;
+        let leads = self.core.role() == StateRole::Leader;
+        if leads && !s.is_leader.load(Ordering::Acquire) {
+            // One line per term this node leads: tests check no term ever has two leaders.
+            tracing::info!(
+                term = self.core.term(),
+                raft_id = self.core.id(),
+                "this node leads"
+            );
+        }
         s.leader.store(self.core.leader(), Ordering::Release);
         s.term.store(self.core.term(), Ordering::Release);
         s.commit.store(self.core.commit(), Ordering::Release);

@@ -48,10 +48,27 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Measure Ferry against a baseline in the same run.
     Bench(BenchArgs),
+    /// Tools for testing and investigating a node's files.
+    #[command(subcommand)]
+    Debug(DebugCommand),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DebugCommand {
+    /// Damage a stopped node's data directory on purpose, reproducibly from a seed: flip
+    /// random bytes in, or truncate, one random file (the quarantine is left alone). Prints
+    /// what it did as JSON. For corruption trials; never on a node you care about.
+    Corrupt {
+        /// The node's data directory (its config's data_dir).
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        #[arg(long)]
+        seed: u64,
     },
 }
 

@@ -6,6 +6,7 @@
 
 mod admin;
 mod args;
+mod debug;
 mod dev;
 mod init;
 mod join;

@@ -1,6 +1,6 @@
 //! Dispatch of subcommands to their implementations.
 
-use crate::args::{BenchScenario, Cli, Command, ConnectArgs, HostArgs, LoginArgs};
+use crate::args::{BenchScenario, Cli, Command, ConnectArgs, DebugCommand, HostArgs, LoginArgs};
 use crate::{admin, dev, init, CliResult, Failure};
 use clap::CommandFactory;
 use ferry_agent::error::exit;
@@ -113,6 +113,11 @@ pub async fn dispatch(cli: Cli) -> CliResult {
             }
             .map_err(Failure::from)?;
             ferry_bench::report::emit(&report, args.json.as_deref()).map_err(Failure::from)
+        }
+        Command::Debug(DebugCommand::Corrupt { data_dir, seed }) => {
+            let damage = crate::debug::corrupt(&data_dir, seed).map_err(Failure::from)?;
+            println!("{damage}");
+            Ok(())
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());

@@ -17,6 +17,14 @@ pub enum RestoreError {
 }
 
 impl StateMachine {
+    /// SHA-256 of the encoded snapshot: equal on two nodes exactly when their states are
+    /// (every table is ordered, so the encoding is deterministic).
+    pub fn digest(&self) -> [u8; 32] {
+        use prost::Message as _;
+        use sha2::Digest as _;
+        sha2::Sha256::digest(self.snapshot().encode_to_vec()).into()
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             format_version: SNAPSHOT_FORMAT_VERSION,
