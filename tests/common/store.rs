@@ -63,6 +63,24 @@ impl World {
             .collect()
     }
 
+    /// Every audit record node `i` holds, page by page.
+    pub fn audit_records(&self, i: u8) -> Vec<serde_json::Value> {
+        let mut records = Vec::new();
+        let mut after = 0;
+        loop {
+            let (_, body) = self
+                .admin_get(i, &format!("/v1/audit?after={after}"))
+                .expect("the audit log");
+            let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let page = page["records"].as_array().unwrap().clone();
+            let Some(last) = page.last() else {
+                return records;
+            };
+            after = last["seq"].as_u64().unwrap();
+            records.extend(page);
+        }
+    }
+
     /// Node `i`'s `/readyz` answered 200.
     pub fn is_ready(&self, i: u8) -> bool {
         super::http_get(&format!("{}/readyz", self.admin_url_of(i)))

@@ -339,11 +339,26 @@ impl ClusterStatus {
 /// What is wrong with this node, in words (empty: healthy). `/readyz` and `ferry_node_healthy`.
 pub fn own_problems(ctx: &Ctx) -> Vec<String> {
     let view = gate_view(ctx);
-    view.member(&ctx.config.node_id)
-        .map(|m| ferry_gate::problems(m, view.commit, &policy(ctx)))
-        .unwrap_or_else(|| {
-            vec!["this node is not (yet) a member of the cluster's configuration".into()]
-        })
+    if let Some(member) = view.member(&ctx.config.node_id) {
+        return ferry_gate::problems(member, view.commit, &policy(ctx));
+    }
+    // Not in the configuration (yet): say so, and what else its own report shows (a node
+    // still settling its raft id says what it waits for).
+    let own = ferry_gate::Member {
+        node_id: ctx.config.node_id.clone(),
+        raft_id: ctx.replica.raft_id(),
+        role: match ctx.config.role {
+            NodeRole::Broker => ferry_gate::Role::Broker,
+            NodeRole::Witness => ferry_gate::Role::Witness,
+        },
+        voter: false,
+        report: Some(crate::health::to_gate(&crate::health::local_report(ctx))),
+        report_age_ms: 0,
+    };
+    let mut problems =
+        vec!["this node is not (yet) a member of the cluster's configuration".to_owned()];
+    problems.extend(ferry_gate::problems(&own, view.commit, &policy(ctx)));
+    problems
 }
 
 /// Refreshes the health gauges from this node's view.

@@ -172,6 +172,11 @@ fn list(names: &[&str]) -> String {
 
 async fn ask_rejoin(ctx: &Ctx, peers: &Peers, why: &str) -> Result<u64, String> {
     let config = &ctx.config;
+    ctx.services.report(
+        "raft",
+        ferry_gate::ServiceState::Starting,
+        format!("rejoining under a new raft id ({why}): asking the peers for the leader"),
+    );
     let request = Rejoin {
         node_id: config.node_id.clone(),
         peer_addr: config.peer_addr.map(|a| a.to_string()).unwrap_or_default(),

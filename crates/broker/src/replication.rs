@@ -117,6 +117,9 @@ pub struct Status {
     /// Set while the node is under maintenance: it hands leadership to a caught-up broker
     /// whenever it holds it, as a witness does.
     avoid_leadership: AtomicBool,
+    /// Why the store cannot take writes now (the last driver stopped on it, or the store
+    /// cannot be opened); cleared when a driver starts. Writes fail at once with it.
+    storage_error: std::sync::Mutex<Option<String>>,
 }
 
 /// A cheap, cloneable handle to the replicated state. It exists before the consensus driver
@@ -151,6 +154,9 @@ impl Replica {
     ///
     /// While no leader is known (start-up, election) it retries until the timeout.
     pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+        if let Some(error) = self.storage_error() {
+            return Err(ProposeError::Storage(error));
+        }
         let deadline = tokio::time::Instant::now() + self.propose_timeout;
         loop {
             let (reply, outcome) = oneshot::channel();
@@ -239,6 +245,24 @@ impl Replica {
     /// doing so.
     pub fn set_avoid_leadership(&self, avoid: bool) {
         self.status.avoid_leadership.store(avoid, Ordering::Release);
+    }
+
+    /// Why this node's store cannot take writes now, if it cannot.
+    pub fn storage_error(&self) -> Option<String> {
+        self.status
+            .storage_error
+            .lock()
+            .expect("never poisoned: no panics under the lock")
+            .clone()
+    }
+
+    /// Records why the store cannot take writes (`None`: it can again).
+    pub fn set_storage_error(&self, error: Option<String>) {
+        *self
+            .status
+            .storage_error
+            .lock()
+            .expect("never poisoned: no panics under the lock") = error;
     }
 
     /// Whether the consensus driver is alive to take proposals.
@@ -363,6 +387,7 @@ pub fn start_driver(
         .expect("never poisoned: no panics under the lock")
         .take()
         .ok_or_else(|| StartError::Other("another consensus driver is running".into()))?;
+    replica.set_storage_error(None);
     status.running.store(true, Ordering::Release);
     let driver = Driver {
         role: options.role,
@@ -454,6 +479,11 @@ impl Driver {
                 for (_, (_, reply)) in self.pending.drain() {
                     let _ = reply.send(Err(ProposeError::Storage(e.to_string())));
                 }
+                *self
+                    .status
+                    .storage_error
+                    .lock()
+                    .expect("never poisoned: no panics under the lock") = Some(e.to_string());
                 exit = DriverExit::StorageFailed(e.to_string());
                 break;
             }

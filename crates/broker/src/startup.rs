@@ -60,7 +60,10 @@ pub async fn consensus_service(
     let mut quarantined: Option<String> = None;
     let mut log = match open(&dir).await {
         Ok(log) => log,
-        Err(OpenError::Unavailable(why)) => return Err(why),
+        Err(OpenError::Unavailable(why)) => {
+            ctx.replica.set_storage_error(Some(why.clone()));
+            return Err(why);
+        }
         Err(OpenError::Damaged(why)) => {
             quarantined = Some(quarantine(&ctx, &dir, &why)?);
             open(&dir).await.map_err(|e| e.to_string())?
