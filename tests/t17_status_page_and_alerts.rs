@@ -335,6 +335,7 @@ ferry_memory_limit_bytes{node=\"b1\"} 1073741824
 ferry_memory_headroom_floor_bytes{node=\"b1\"} 268435456
 ferry_storage_writable{node=\"b1\"} 1
 ferry_quarantined{node=\"b1\"} 0
+ferry_store_quarantined_dirs{node=\"b1\"} 0
 ferry_leader_contact_seconds{node=\"b1\"} 0.2
 ferry_draining{node=\"b1\"} 0
 ";
@@ -371,6 +372,11 @@ fn t17_each_alert_fires_on_its_condition_alone() {
         "FerryQuarantined",
         "ferry_quarantined{node=\"b1\"} 1",
         &[&[("node", "b1"), ("severity", "warning")]],
+    );
+    check_rule(
+        "FerryQuarantinedStoreKept",
+        "ferry_store_quarantined_dirs{node=\"b1\"} 2",
+        &[&[("node", "b1"), ("severity", "info")]],
     );
     check_rule(
         "FerryStorageNotWritable",

@@ -86,7 +86,8 @@ fn t19_a_pair_and_its_witness_form_in_any_start_order_with_delays() {
                     },
                 );
                 assert_eq!(code, 503);
-                println!("  {name} alone: {}", body.lines().nth(1).unwrap_or(""));
+                let waiting = body.lines().find(|l| l.contains("waiting")).unwrap_or("");
+                println!("  {name} alone: {waiting}");
             }
         }
         let formed = Instant::now();

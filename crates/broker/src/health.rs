@@ -17,6 +17,8 @@ use tokio::sync::watch;
 pub const REPORT_EVERY: Duration = Duration::from_millis(500);
 /// How often the storage probe writes.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// Bytes each probe writes: one file-system block, which a full disk cannot give.
+const PROBE_BYTES: usize = 4096;
 /// A probe write that takes longer than this counts as a failure (a hung disk is not writable).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Page size of /proc/self/statm (x86-64 and aarch64 Linux with 4 KiB pages).
@@ -201,7 +203,6 @@ pub async fn report_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> 
             _ = every.tick() => {}
             _ = shutdown.changed() => return Ok(()),
         }
-        watch_raft(&ctx);
         let report = local_report(&ctx);
         crate::cluster::refresh_metrics(&ctx, &report);
         if let Some(peers) = &ctx.peers {
@@ -211,20 +212,6 @@ pub async fn report_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> 
             ctx.reports.retain(|node| linked.iter().any(|l| l == node));
         }
     }
-}
-
-/// The consensus driver runs on its own thread and cannot be restarted in place: its state is
-/// watched and reported like a service.
-fn watch_raft(ctx: &Ctx) {
-    let (state, detail) = if ctx.replica.is_running() {
-        (ServiceState::Running, String::new())
-    } else {
-        (
-            ServiceState::Stopped,
-            "the consensus driver stopped (see the log: a storage failure stops it); restart the node".into(),
-        )
-    };
-    ctx.services.report("raft", state, detail);
 }
 
 /// Service "storage": writes and syncs a probe file in the data directory every few seconds.
@@ -251,9 +238,15 @@ pub async fn storage_probe(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -
         let probe_path = path.clone();
         let write = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let result = (|| {
-                let mut file = std::fs::File::create(&probe_path)?;
-                file.write_all(&crate::now_ms().to_le_bytes())?;
-                file.sync_data()
+                // A new file each time, renamed over the last: rewriting the same small file
+                // in place can reuse its block and pass on a full disk.
+                let fresh = probe_path.with_extension("new");
+                let mut file = std::fs::File::create(&fresh)?;
+                let mut block = [0u8; PROBE_BYTES];
+                block[..8].copy_from_slice(&crate::now_ms().to_le_bytes());
+                file.write_all(&block)?;
+                file.sync_data()?;
+                std::fs::rename(&fresh, &probe_path)
             })();
             in_flight.store(false, Ordering::Release);
             result

@@ -114,6 +114,8 @@ pub struct Metrics {
     pub quarantined: Gauge,
     /// Stores found damaged at start-up and moved aside since this process started.
     pub quarantines: Counter,
+    /// Quarantined stores kept in `<data-dir>/quarantine/` (an operator deletes them).
+    pub quarantined_dirs: Gauge,
     /// Damage repaired in place at start-up (e.g. leftovers of an interrupted compaction).
     pub store_repairs: Counter,
     /// The last start-up scan of the store: how long it took and how many records it verified.
@@ -289,6 +291,11 @@ impl Metrics {
                 "store_quarantines",
                 "Stores found damaged at start-up and moved to <data-dir>/quarantine/",
                 Counter::default()
+            ),
+            quarantined_dirs: register!(
+                "store_quarantined_dirs",
+                "Quarantined stores kept in <data-dir>/quarantine/ until an operator deletes them",
+                Gauge::default()
             ),
             store_repairs: register!(
                 "store_repairs",

@@ -140,6 +140,16 @@ pub struct Replica {
 /// it stops, so that the next driver takes the same queue.
 pub type EventQueue = Arc<std::sync::Mutex<Option<mpsc::Receiver<Event>>>>;
 
+/// A storage error as the store said it, without raft-rs's "unknown error" wrapping.
+fn storage_text(e: &ferry_consensus::Error) -> String {
+    match e {
+        ferry_consensus::Error::Raft(raft::Error::Store(raft::StorageError::Other(inner))) => {
+            inner.to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
 /// How a driver ended.
 #[derive(Debug)]
 pub enum DriverExit {
@@ -473,7 +483,7 @@ impl Driver {
                     self.publish_membership();
                 }
             }
-            if let Err(e) = self.ready() {
+            if let Err(e) = self.ready().map_err(|e| storage_text(&e)) {
                 // Storage failed: raft-rs cannot continue safely on a store that may lie.
                 tracing::error!(error = %e, "consensus stopped: storage failure");
                 for (_, (_, reply)) in self.pending.drain() {

@@ -57,6 +57,7 @@ pub async fn consensus_service(
         ServiceState::Starting,
         "opening and verifying the store".into(),
     );
+    count_quarantined(&ctx);
     let mut quarantined: Option<String> = None;
     let mut log = match open(&dir).await {
         Ok(log) => log,
@@ -222,7 +223,16 @@ fn quarantine(ctx: &Ctx, dir: &Path, why: &str) -> Result<String, String> {
         .lock()
         .expect("never poisoned: no panics under the lock") = Some(alarm);
     ctx.metrics.quarantines.inc();
+    count_quarantined(ctx);
     Ok(format!("its store was quarantined: {why}"))
+}
+
+/// `ferry_store_quarantined_dirs`: the quarantined stores on disk, however old.
+fn count_quarantined(ctx: &Ctx) {
+    let kept = std::fs::read_dir(ctx.config.data_dir.join(QUARANTINE_DIR))
+        .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+        .unwrap_or(0);
+    ctx.metrics.quarantined_dirs.set(kept as i64);
 }
 
 /// The quarantine alarm ends when the node, under its new raft id, is back in the

@@ -77,6 +77,19 @@ fn store_error(e: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(StorageError::Other(e.to_string().into()))
 }
 
+/// A sled error in words: its I/O errors as the OS says them ("No space left on device"),
+/// not as a debug dump.
+fn sled_error(e: sled::Error) -> raft::Error {
+    match e {
+        // sled wraps some OS errors in a debug dump; the kind says the same in words.
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            store_error("no space left on device")
+        }
+        sled::Error::Io(io) => store_error(format!("I/O error: {io}")),
+        other => store_error(other),
+    }
+}
+
 /// Prefix of every storage error that reports damage (the node reopens the store, which then
 /// fails its start-up scan and is quarantined).
 pub const CORRUPT_PREFIX: &str = "store is corrupt";
@@ -198,7 +211,7 @@ impl SledLog {
             }
             if conf_state.is_some() {
                 // An initialization interrupted before its identity was written: start over.
-                self.meta.clear().map_err(store_error)?;
+                self.meta.clear().map_err(sled_error)?;
                 self.scan
                     .repairs
                     .push("an interrupted initialization was discarded".into());
@@ -213,7 +226,7 @@ impl SledLog {
             self.snapshot_index = snapshot.get_metadata().index;
             self.snapshot_term = snapshot.get_metadata().term;
         }
-        self.last_index = match self.log.last().map_err(store_error)? {
+        self.last_index = match self.log.last().map_err(sled_error)? {
             Some((key, _)) => decode_index(&key)?.max(self.snapshot_index),
             None => self.snapshot_index,
         };
@@ -241,7 +254,7 @@ impl SledLog {
         let mut term = self.snapshot_term;
         let mut leftovers = Vec::new();
         for item in self.log.iter() {
-            let (key, value) = item.map_err(store_error)?;
+            let (key, value) = item.map_err(sled_error)?;
             let index = decode_index(&key)?;
             self.scan.records += 1;
             self.scan.bytes += value.len() as u64;
@@ -295,7 +308,7 @@ impl SledLog {
             for key in &leftovers {
                 batch.remove(key);
             }
-            self.log.apply_batch(batch).map_err(store_error)?;
+            self.log.apply_batch(batch).map_err(sled_error)?;
             self.scan.repairs.push(format!(
                 "{} entries left over from an interrupted compaction were removed",
                 leftovers.len()
@@ -317,7 +330,7 @@ impl SledLog {
         // The identity goes last: a store with one is complete.
         self.meta
             .insert(IDENTITY_KEY, record::seal(&raft_id.to_be_bytes()))
-            .map_err(store_error)?;
+            .map_err(sled_error)?;
         self.raft_id = raft_id;
         self.sync()
     }
@@ -346,7 +359,7 @@ impl SledLog {
     }
 
     fn read_meta_raw(&mut self, key: &[u8]) -> raft::Result<Option<sled::IVec>> {
-        let value = self.meta.get(key).map_err(store_error)?;
+        let value = self.meta.get(key).map_err(sled_error)?;
         if let Some(value) = &value {
             self.scan.records += 1;
             self.scan.bytes += value.len() as u64;
@@ -355,7 +368,7 @@ impl SledLog {
     }
 
     fn read_meta<M: protobuf::Message>(&self, key: &[u8]) -> raft::Result<Option<M>> {
-        let Some(value) = self.meta.get(key).map_err(store_error)? else {
+        let Some(value) = self.meta.get(key).map_err(sled_error)? else {
             return Ok(None);
         };
         decode_meta(key, &value).map(Some)
@@ -365,7 +378,7 @@ impl SledLog {
         let bytes = message.write_to_bytes().map_err(store_error)?;
         self.meta
             .insert(key, record::seal(&bytes))
-            .map_err(store_error)?;
+            .map_err(sled_error)?;
         Ok(())
     }
 
@@ -465,7 +478,7 @@ impl raft::Storage for SledLog {
         let mut entries = Vec::with_capacity((high - low) as usize);
         let mut size = 0u64;
         for item in self.log.range(low.to_be_bytes()..high.to_be_bytes()) {
-            let (key, value) = item.map_err(store_error)?;
+            let (key, value) = item.map_err(sled_error)?;
             let index = decode_index(&key)?;
             let entry = decode_entry(index, &value)?;
             size += u64::from(entry.compute_size());
@@ -494,7 +507,7 @@ impl raft::Storage for SledLog {
         let value = self
             .log
             .get(index.to_be_bytes())
-            .map_err(store_error)?
+            .map_err(sled_error)?
             .ok_or_else(|| corrupt("raft log", format!("entry {index} is missing")))?;
         Ok(decode_entry(index, &value)?.term)
     }
@@ -540,7 +553,7 @@ impl LogStore for SledLog {
         for index in last.index + 1..=self.last_index {
             batch.remove(&index.to_be_bytes());
         }
-        self.log.apply_batch(batch).map_err(store_error)?;
+        self.log.apply_batch(batch).map_err(sled_error)?;
         self.last_index = last.index;
         self.last_term = last.term;
         Ok(())
@@ -578,7 +591,7 @@ impl LogStore for SledLog {
         self.snapshot_index = meta.index;
         self.snapshot_term = meta.term;
         // The snapshot replaces the whole log, as raft-rs's MemStorage does.
-        self.log.clear().map_err(store_error)?;
+        self.log.clear().map_err(sled_error)?;
         self.last_index = meta.index;
         self.last_term = meta.term;
         Ok(())
@@ -596,9 +609,9 @@ impl LogStore for SledLog {
         self.snapshot_term = term;
         let mut batch = sled::Batch::default();
         for key in self.log.range(..=index.to_be_bytes()).keys() {
-            batch.remove(key.map_err(store_error)?);
+            batch.remove(key.map_err(sled_error)?);
         }
-        self.log.apply_batch(batch).map_err(store_error)?;
+        self.log.apply_batch(batch).map_err(sled_error)?;
         Ok(())
     }
 
@@ -616,7 +629,7 @@ impl LogStore for SledLog {
     }
 
     fn sync(&mut self) -> raft::Result<()> {
-        self.db.flush().map_err(store_error)?;
+        self.db.flush().map_err(sled_error)?;
         self.data_file.sync_data().map_err(store_error)?;
         // Only now is this state durable: the mark may claim it.
         self.mark.write(&self.current_mark()).map_err(store_error)?;
