@@ -104,13 +104,9 @@ impl RunningNode {
     }
 }
 
-/// Starts a node and returns once its listeners are bound.
-pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
-    let node_id = config.node_id.clone();
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let raft_dir = crate::startup::raft_dir(&config.data_dir);
-    let options = replication::RaftOptions {
+/// The consensus settings of a node's config.
+pub fn raft_options(config: &NodeConfig) -> replication::RaftOptions {
+    replication::RaftOptions {
         raft_id: config.raft.id,
         voters: config.raft.initial_voters.clone(),
         tick: Duration::from_millis(config.raft.tick_ms),
@@ -126,7 +122,16 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             .filter(|(_, role)| *role == crate::config::NodeRole::Broker)
             .map(|(id, _)| id)
             .collect(),
-    };
+    }
+}
+
+/// Starts a node and returns once its listeners are bound.
+pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+    let node_id = config.node_id.clone();
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let raft_dir = crate::startup::raft_dir(&config.data_dir);
+    let options = raft_options(&config);
     let (outbox, outbox_rx) = tokio::sync::mpsc::channel(OUTBOX_MAX);
     // The store is opened, verified and recovered by the "raft" service, in the background:
     // nothing below waits for it (SPEC lessons L3, L4).

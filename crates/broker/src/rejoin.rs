@@ -6,12 +6,15 @@
 //! and amnesia can elect two leaders in one term. So (SPEC section 5):
 //!
 //! - a quarantined store always rejoins under a new raft id: the leader removes the node's old
-//!   id, adds the new one as a learner, which catches up from a snapshot and is promoted;
+//!   id, adds the new one as a learner, which catches up from a snapshot and is promoted; so
+//!   does an empty store in a data directory that held one before (`ferry-node` says so);
 //! - otherwise the node asks its peers whether its configured id has taken part (the leader
 //!   records every id it sees replicate, `MembersSeen`). If any peer has seen it, it rejoins
 //!   as above. If none has, it takes its configured id once enough peers answered: a majority
-//!   of the initial voters (itself included), or, for a node that joins a running cluster, one
-//!   peer. Nodes of a new cluster thus start in any order; a node started late keeps its id.
+//!   of the initial voters (itself included) that have a store or never had one, or, for a node
+//!   that joins a running cluster, one peer. Nodes of a new cluster thus start in any order; a
+//!   node started late keeps its id; two nodes that lost their stores never outvote the one
+//!   that kept it.
 //!
 //! Until then the node serves what it can without consensus and says what it waits for.
 
@@ -40,16 +43,17 @@ pub struct Identity {
 }
 
 /// Waits until this node may initialize its empty store, and returns under which raft id.
-/// `quarantined` says why its store was moved aside, if it was. `None` on shutdown.
+/// `lost` says why it must rejoin whatever its peers say (its store was quarantined, or its data
+/// directory held a store before). `None` on shutdown.
 pub async fn settle(
     ctx: &Arc<Ctx>,
-    quarantined: Option<&str>,
+    lost: Option<&str>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Identity> {
     let config = &ctx.config;
     let configured = config.raft.id;
     loop {
-        let waiting = match (&ctx.peers, quarantined) {
+        let waiting = match (&ctx.peers, lost) {
             (None, None) => {
                 return Some(Identity {
                     raft_id: configured,
@@ -143,9 +147,13 @@ async fn probe(ctx: &Ctx, peers: &Arc<Peers>) -> Probe {
         // Joining a running cluster: any peer that answers knows whether it saw this id.
         !answered.is_empty()
     } else {
+        // A peer that lost its store knows nothing: only one with a store, or one that never
+        // had one (a cluster still forming), speaks for the cluster.
         let initial_answered = answers
             .iter()
-            .filter(|(p, a)| a.is_some() && voters.contains(&p.raft_id))
+            .filter(|(p, a)| {
+                voters.contains(&p.raft_id) && a.as_ref().is_some_and(|a| a.initialized || a.fresh)
+            })
             .count();
         let own = usize::from(voters.contains(&id));
         (initial_answered + own) * 2 > voters.len()
@@ -203,6 +211,7 @@ pub fn answer_probe(replica: &Replica, probe: &StoreProbe) -> StoreProbeReply {
     StoreProbeReply {
         initialized,
         seen: initialized && replica.read().was_seen(probe.raft_id),
+        fresh: !initialized && replica.is_fresh(),
     }
 }
 

@@ -120,6 +120,8 @@ pub struct Status {
     /// Why the store cannot take writes now (the last driver stopped on it, or the store
     /// cannot be opened); cleared when a driver starts. Writes fail at once with it.
     storage_error: std::sync::Mutex<Option<String>>,
+    /// This node's store is empty and its data directory never held one (see `rejoin.rs`).
+    fresh: AtomicBool,
 }
 
 /// A cheap, cloneable handle to the replicated state. It exists before the consensus driver
@@ -275,6 +277,16 @@ impl Replica {
             .expect("never poisoned: no panics under the lock") = error;
     }
 
+    /// Whether this node has never had a store: its store is empty and its data directory
+    /// never held one. Set by the "raft" service.
+    pub fn is_fresh(&self) -> bool {
+        self.status.fresh.load(Ordering::Acquire)
+    }
+
+    pub fn set_fresh(&self, fresh: bool) {
+        self.status.fresh.store(fresh, Ordering::Release);
+    }
+
     /// Whether the consensus driver is alive to take proposals.
     pub fn is_running(&self) -> bool {
         self.status.running.load(Ordering::Acquire)
@@ -324,19 +336,17 @@ pub enum StartError {
     Other(String),
 }
 
-/// Recovers the state from `log` (an initialized store) and runs a consensus driver on it, on
-/// a thread of its own, until it is stopped or the store fails. Blocking: the replay reads the
-/// whole committed log.
-pub fn start_driver(
-    replica: &Replica,
-    queue: &EventQueue,
+/// Opens consensus on an initialized store and re-applies what this node already knows is
+/// committed, before anyone reads the state: a restarted node must never authorize from a state
+/// older than its own durable log. Messages the replay produces go to `outbox`, if any.
+pub fn recover(
     log: SledLog,
     options: &RaftOptions,
-    outbox: tokio::sync::mpsc::Sender<Message>,
-) -> Result<std::thread::JoinHandle<DriverExit>, StartError> {
+    outbox: Option<&tokio::sync::mpsc::Sender<Message>>,
+) -> Result<Core<SledLog>, StartError> {
     let raft_id = log
         .raft_id()
-        .expect("the driver starts on an initialized store only");
+        .expect("recovery runs on an initialized store only");
     let config = CoreConfig {
         id: raft_id,
         heartbeat_tick: options.heartbeat_ticks,
@@ -358,17 +368,13 @@ pub fn start_driver(
         .map_err(|e| damaged(&e))?
         .hard_state
         .commit;
-    let voters = raft::Storage::initial_state(&log)
-        .map_err(|e| damaged(&e))?
-        .conf_state
-        .voters;
     let mut core = Core::new(&config, log).map_err(|e| damaged(&e))?;
-    // Re-apply what this node already knows is committed before anyone reads the state: a
-    // restarted node must never authorize from a state older than its own durable log.
     while core.applied() < durable_commit {
         let before = core.applied();
         for message in core.handle_ready().map_err(|e| damaged(&e))?.messages {
-            let _ = outbox.try_send(message);
+            if let Some(outbox) = outbox {
+                let _ = outbox.try_send(message);
+            }
         }
         if core.applied() <= before {
             return Err(StartError::Damaged(format!(
@@ -376,6 +382,27 @@ pub fn start_driver(
             )));
         }
     }
+    Ok(core)
+}
+
+/// Recovers the state from `log` (an initialized store) and runs a consensus driver on it, on
+/// a thread of its own, until it is stopped or the store fails. Blocking: the replay reads the
+/// whole committed log.
+pub fn start_driver(
+    replica: &Replica,
+    queue: &EventQueue,
+    log: SledLog,
+    options: &RaftOptions,
+    outbox: tokio::sync::mpsc::Sender<Message>,
+) -> Result<std::thread::JoinHandle<DriverExit>, StartError> {
+    let raft_id = log
+        .raft_id()
+        .expect("the driver starts on an initialized store only");
+    let voters = raft::Storage::initial_state(&log)
+        .map_err(|e| StartError::Damaged(e.to_string()))?
+        .conf_state
+        .voters;
+    let mut core = recover(log, options, Some(&outbox))?;
     tracing::info!(
         applied = core.applied(),
         raft_id,

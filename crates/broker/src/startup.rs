@@ -22,6 +22,9 @@ use tokio::sync::watch;
 pub const QUARANTINE_DIR: &str = "quarantine";
 /// The note written beside a quarantined store.
 pub const QUARANTINE_NOTE: &str = "NOTE.txt";
+/// Written in the data directory once its store is initialized: an empty store found later
+/// beside it was wiped or lost, never new (`rejoin.rs`).
+pub const HOSTED_MARKER: &str = "ferry-node";
 /// How often a node that rejoined checks whether it has caught up (its quarantine then ends).
 const REJOIN_CHECK_EVERY: Duration = Duration::from_millis(500);
 /// A rejoined node is caught up when its applied index is this close to the commit index.
@@ -72,17 +75,47 @@ pub async fn consensus_service(
     };
     record_scan(&ctx, &log);
     if log.raft_id().is_none() {
-        let Some(identity) =
-            crate::rejoin::settle(&ctx, quarantined.as_deref(), &mut shutdown).await
+        let marker = ctx.config.data_dir.join(HOSTED_MARKER);
+        let lost = quarantined.or_else(|| {
+            marker.exists().then(|| {
+                format!(
+                    "its store was empty but its data directory held one before ({} says \
+                     so): wiped or lost",
+                    marker.display()
+                )
+            })
+        });
+        ctx.replica.set_fresh(lost.is_none());
+        let Some(identity) = crate::rejoin::settle(&ctx, lost.as_deref(), &mut shutdown).await
         else {
             return Ok(()); // shut down while waiting
         };
+        let node = ctx.config.node_id.clone();
         log = blocking(move || {
             log.initialize(identity.raft_id, &identity.voters)
-                .map(|()| log)
-                .map_err(|e| format!("cannot initialize the store: {e}"))
+                .map_err(|e| format!("cannot initialize the store: {e}"))?;
+            let text = format!(
+                "node {node}: this data directory holds its store (raft id {}, initialized at \
+                 {} UTC). An empty store found here later was lost, not new: the node then \
+                 rejoins under a new raft id.\n",
+                identity.raft_id,
+                utc_stamp(crate::now_ms())
+            );
+            write_durably(&marker, &text)
+                .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+            Ok(log)
         })
         .await?;
+        ctx.replica.set_fresh(false);
+    } else if !ctx.config.data_dir.join(HOSTED_MARKER).exists() {
+        // A store from before the marker existed: mark its directory now.
+        let marker = ctx.config.data_dir.join(HOSTED_MARKER);
+        let text = format!(
+            "node {}: this data directory holds its store.\n",
+            ctx.config.node_id
+        );
+        write_durably(&marker, &text)
+            .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
     }
     let consensus = &ctx.consensus;
     let (replica, queue, options, outbox) = (
@@ -178,26 +211,8 @@ fn record_scan(ctx: &Ctx, log: &SledLog) {
 /// Moves the damaged store in `dir` to `<data-dir>/quarantine/<UTC time>/` with a note of
 /// what was found, and raises the quarantine alarm. Returns the reason, for the rejoin.
 fn quarantine(ctx: &Ctx, dir: &Path, why: &str) -> Result<String, String> {
-    let now_ms = crate::now_ms();
-    let base = ctx.config.data_dir.join(QUARANTINE_DIR);
-    let stamp = utc_stamp(now_ms);
-    let mut target = base.join(&stamp);
-    let mut n = 1;
-    while target.exists() {
-        n += 1;
-        target = base.join(format!("{stamp}-{n}"));
-    }
-    let fail = |what: &str, e: std::io::Error| {
-        format!(
-            "the store in {} is damaged ({why}) and cannot be moved aside: {what}: {e}",
-            dir.display()
-        )
-    };
-    std::fs::create_dir_all(&target).map_err(|e| fail("create the quarantine directory", e))?;
-    std::fs::rename(dir, target.join("raft")).map_err(|e| fail("move the store", e))?;
     let note = format!(
-        "Ferry moved this store aside at {stamp} (UTC).\n\
-         node: {node}\n\
+        "node: {node}\n\
          configured raft id: {id}\n\
          what was found: {why}\n\n\
          The node started on an empty store and rejoins the cluster under a new raft id (its\n\
@@ -207,12 +222,12 @@ fn quarantine(ctx: &Ctx, dir: &Path, why: &str) -> Result<String, String> {
         node = ctx.config.node_id,
         id = ctx.config.raft.id,
     );
-    std::fs::write(target.join(QUARANTINE_NOTE), &note).map_err(|e| fail("write the note", e))?;
-    // The move must survive a crash, or the next start would find the damage again (safe,
-    // but a second quarantine).
-    if let Ok(d) = std::fs::File::open(&ctx.config.data_dir) {
-        let _ = d.sync_all();
-    }
+    let target = move_aside(&ctx.config.data_dir, dir, "", &note).map_err(|e| {
+        format!(
+            "the store in {} is damaged ({why}) and cannot be moved aside: {e}",
+            dir.display()
+        )
+    })?;
     let alarm = format!(
         "the store was damaged ({why}); moved to {} and rejoining under a new raft id",
         target.display()
@@ -225,6 +240,78 @@ fn quarantine(ctx: &Ctx, dir: &Path, why: &str) -> Result<String, String> {
     ctx.metrics.quarantines.inc();
     count_quarantined(ctx);
     Ok(format!("its store was quarantined: {why}"))
+}
+
+/// Moves the store in `dir` to a new `<data-dir>/quarantine/<UTC time><suffix>/raft`, with
+/// `note` in a `NOTE.txt` beside it, durably. Returns the new directory.
+fn move_aside(data_dir: &Path, dir: &Path, suffix: &str, note: &str) -> std::io::Result<PathBuf> {
+    let base = data_dir.join(QUARANTINE_DIR);
+    let stamp = utc_stamp(crate::now_ms());
+    let mut target = base.join(format!("{stamp}{suffix}"));
+    let mut n = 1;
+    while target.exists() {
+        n += 1;
+        target = base.join(format!("{stamp}{suffix}-{n}"));
+    }
+    std::fs::create_dir_all(&target)?;
+    std::fs::rename(dir, target.join("raft"))?;
+    let note = format!("Ferry moved this store aside at {stamp} (UTC).\n{note}");
+    std::fs::write(target.join(QUARANTINE_NOTE), note)?;
+    // The move must survive a crash, or the next start would find the store again.
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok(target)
+}
+
+/// `ferry debug force-new-cluster`: on a stopped node, replaces its store with one whose
+/// configuration is this node alone, holding the state its store had committed. The way back
+/// when a majority of the voters lost their stores (docs/OPERATIONS.md, "Lost stores"); the
+/// old store is kept in the quarantine directory. Returns what it did, in words.
+pub fn force_new_cluster(config: &crate::NodeConfig) -> anyhow::Result<String> {
+    let dir = raft_dir(&config.data_dir);
+    let log = SledLog::open(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    anyhow::ensure!(
+        log.raft_id().is_some(),
+        "the store in {} is empty: there is nothing to force a cluster from",
+        dir.display()
+    );
+    let options = crate::node::raft_options(config);
+    let core = replication::recover(log, &options, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snapshot = core
+        .single_voter_snapshot()
+        .map_err(|e| anyhow::anyhow!("cannot snapshot the state: {e}"))?;
+    let (raft_id, index) = (core.id(), core.applied());
+    drop(core);
+    let note = format!(
+        "node: {node}, raft id {raft_id}\n\
+         `ferry debug force-new-cluster` replaced this store with one whose only voter is this\n\
+         node, holding the state at index {index}. This is the store as it was before.\n",
+        node = config.node_id
+    );
+    // sled lets go of its lock a moment after the store is dropped; the move does not need it.
+    let kept = move_aside(&config.data_dir, &dir, "-before-force-new-cluster", &note)?;
+    let mut log = SledLog::open(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    log.initialize(raft_id, &[raft_id])?;
+    ferry_consensus::LogStore::apply_snapshot(&mut log, &snapshot)?;
+    ferry_consensus::LogStore::sync(&mut log)?;
+    Ok(format!(
+        "{node} (raft id {raft_id}) is now the only voter of its cluster, with the state at \
+         index {index}; the previous store is in {kept}. Start it, then start the other nodes \
+         with their data_dir/raft moved aside: they rejoin under new raft ids.",
+        node = config.node_id,
+        kept = kept.display()
+    ))
+}
+
+/// Writes `text` to `path` and makes the file and its directory entry durable.
+fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// `ferry_store_quarantined_dirs`: the quarantined stores on disk, however old.

@@ -70,6 +70,17 @@ pub enum DebugCommand {
         #[arg(long)]
         seed: u64,
     },
+    /// On a stopped node, replace its store with one whose only voter is this node, holding
+    /// the state its store committed: the way back when a majority of the voters lost their
+    /// stores (docs/OPERATIONS.md, "Lost stores"). The old store is kept in the quarantine.
+    ForceNewCluster {
+        /// The node's config file.
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Confirms that the other voters are to be forgotten (they rejoin under new raft ids).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Args, Debug)]

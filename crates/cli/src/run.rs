@@ -119,6 +119,28 @@ pub async fn dispatch(cli: Cli) -> CliResult {
             println!("{damage}");
             Ok(())
         }
+        Command::Debug(DebugCommand::ForceNewCluster { config, yes }) => {
+            let config = ferry_broker::NodeConfig::load(&config)
+                .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+            if !yes {
+                return Err(Failure::new(
+                    exit::REFUSED,
+                    format!(
+                        "this makes {} the only voter of its cluster and forgets the others \
+                         (they rejoin under new raft ids); stop every node first, then run it \
+                         again with --yes",
+                        config.node_id
+                    ),
+                ));
+            }
+            let done = tokio::task::spawn_blocking(move || {
+                ferry_broker::startup::force_new_cluster(&config)
+            })
+            .await
+            .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))??;
+            println!("{done}");
+            Ok(())
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
             Ok(())

@@ -352,6 +352,24 @@ impl<L: LogStore> Core<L> {
         Ok(())
     }
 
+    /// A snapshot of the applied state whose configuration is this node alone: how an operator
+    /// brings a cluster back from this node's store after a majority of the voters lost theirs
+    /// (`ferry debug force-new-cluster`). It forgets every other voter, which is why nothing
+    /// but an operator's explicit command builds one.
+    pub fn single_voter_snapshot(&self) -> Result<Snapshot, Error> {
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(self.state().snapshot().encode_to_vec().into());
+        let meta = snapshot.mut_metadata();
+        meta.index = self.applied;
+        meta.term = self.raw.raft.raft_log.term(self.applied)?;
+        let conf_state = raft::eraftpb::ConfState {
+            voters: vec![self.id()],
+            ..Default::default()
+        };
+        meta.set_conf_state(conf_state);
+        Ok(snapshot)
+    }
+
     pub fn id(&self) -> u64 {
         self.raw.raft.id
     }
