@@ -144,8 +144,11 @@ async fn probe(ctx: &Ctx, peers: &Arc<Peers>) -> Probe {
         .collect();
     let voters = &config.raft.initial_voters;
     let enough = if voters.is_empty() {
-        // Joining a running cluster: any peer that answers knows whether it saw this id.
-        !answered.is_empty()
+        // Joining a running cluster: a peer with a store knows whether it saw this id (one
+        // still opening its own store knows nothing).
+        answers
+            .iter()
+            .any(|(_, a)| a.as_ref().is_some_and(|a| a.initialized))
     } else {
         // A peer that lost its store knows nothing: only one with a store, or one that never
         // had one (a cluster still forming), speaks for the cluster.
@@ -298,17 +301,37 @@ async fn replace(peers: &Peers, replica: &Replica, request: &Rejoin) -> Result<u
     if next > RAFT_ID_MAX {
         return Err(format!("no raft id is left below {RAFT_ID_MAX}"));
     }
+    // Where the node is reached: its configured address where this leader has one (a node
+    // may listen on a wildcard address, which nobody can dial), else what it says.
+    let configured = peers.configured().iter().find(|p| &p.node_id == node);
+    let peer_addr = match configured {
+        Some(p) => p.peer_addr.to_string(),
+        None => request.peer_addr.clone(),
+    };
+    let relay_addr = match configured.and_then(|p| p.relay_addr) {
+        Some(addr) => addr.to_string(),
+        None => request.relay_addr.clone(),
+    };
+    match peer_addr.parse::<std::net::SocketAddr>() {
+        Ok(addr) if !addr.ip().is_unspecified() => {}
+        _ => {
+            return Err(format!(
+                "{node}'s peer address {peer_addr:?} cannot be dialled; list it in the peers \
+                 of this node's config, or give {node} a specific peer_addr"
+            ))
+        }
+    }
     let member = |raft_id: u64| Member {
         raft_id,
         node_id: node.clone(),
-        peer_addr: request.peer_addr.clone(),
+        peer_addr: peer_addr.clone(),
         role: if request.witness {
             MemberRole::Witness
         } else {
             MemberRole::Broker
         } as i32,
         voter,
-        relay_addr: request.relay_addr.clone(),
+        relay_addr: relay_addr.clone(),
     };
     let reason = format!("{node} rejoins under raft id {next}: {}", request.reason);
     for id in &old {

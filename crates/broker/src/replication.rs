@@ -418,6 +418,9 @@ pub fn start_driver(
     status.applied.store(core.applied(), Ordering::Release);
     status.commit.store(core.commit(), Ordering::Release);
     status.leader.store(0, Ordering::Release);
+    // Contact with a leader is earned again by this driver: until then, authorization confirms
+    // the recovered state with a read index (it may be older than what was applied before).
+    status.leader_contact_ms.store(0, Ordering::Release);
     replica.raft_id.store(raft_id, Ordering::Release);
     let rx = queue
         .lock()
@@ -440,13 +443,40 @@ pub fn start_driver(
         reads_ready: Vec::new(),
     };
     let queue = queue.clone();
+    let status = replica.status.clone();
     std::thread::Builder::new()
         .name("ferry-raft".into())
         .spawn(move || {
-            let (rx, exit) = driver.run(rx);
-            *queue
-                .lock()
-                .expect("never poisoned: no panics under the lock") = Some(rx);
+            // raft-rs panics on some storage read errors (a damaged record met at run time):
+            // that ends this driver like a storage failure, and the queue survives it.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.run(&rx)));
+            let exit = run.unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                let error = format!("the consensus driver panicked: {what}");
+                status.running.store(false, Ordering::Release);
+                *status
+                    .storage_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
+                DriverExit::StorageFailed(error)
+            });
+            // Events that arrived for this driver are answered, not left for the next one.
+            for event in rx.try_iter() {
+                match event {
+                    Event::Propose(_, reply) => {
+                        let _ = reply.send(Err(ProposeError::ShuttingDown));
+                    }
+                    Event::ReadIndex(_, reply) => {
+                        let _ = reply.send(Err(ProposeError::ShuttingDown));
+                    }
+                    Event::Peer(_) => {}
+                }
+            }
+            *queue.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
             exit
         })
         .map_err(|e| StartError::Other(format!("cannot start the consensus thread: {e}")))
@@ -478,7 +508,7 @@ struct PendingRead {
 }
 
 impl Driver {
-    fn run(mut self, rx: mpsc::Receiver<Event>) -> (mpsc::Receiver<Event>, DriverExit) {
+    fn run(mut self, rx: &mpsc::Receiver<Event>) -> DriverExit {
         let mut exit = DriverExit::Stopped;
         self.publish_membership();
         let mut next_tick = Instant::now() + self.tick;
@@ -540,7 +570,7 @@ impl Driver {
         self.status.is_leader.store(false, Ordering::Release);
         self.status.leader.store(0, Ordering::Release);
         tracing::debug!("consensus driver stopped");
-        (rx, exit)
+        exit
     }
 
     fn handle(&mut self, event: Event) {

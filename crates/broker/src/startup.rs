@@ -279,7 +279,9 @@ pub fn force_new_cluster(config: &crate::NodeConfig) -> anyhow::Result<String> {
     let snapshot = core
         .single_voter_snapshot()
         .map_err(|e| anyhow::anyhow!("cannot snapshot the state: {e}"))?;
-    let (raft_id, index) = (core.id(), core.applied());
+    // The new store keeps the highest term this id has seen (with no vote in it): it must
+    // never vote again in a term it may have voted in already.
+    let (raft_id, index, term) = (core.id(), core.applied(), core.term());
     drop(core);
     let note = format!(
         "node: {node}, raft id {raft_id}\n\
@@ -292,6 +294,10 @@ pub fn force_new_cluster(config: &crate::NodeConfig) -> anyhow::Result<String> {
     let mut log = SledLog::open(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     log.initialize(raft_id, &[raft_id])?;
     ferry_consensus::LogStore::apply_snapshot(&mut log, &snapshot)?;
+    let mut hard_state = raft::Storage::initial_state(&log)?.hard_state;
+    hard_state.term = hard_state.term.max(term);
+    hard_state.vote = 0;
+    ferry_consensus::LogStore::set_hard_state(&mut log, &hard_state)?;
     ferry_consensus::LogStore::sync(&mut log)?;
     Ok(format!(
         "{node} (raft id {raft_id}) is now the only voter of its cluster, with the state at \

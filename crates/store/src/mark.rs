@@ -169,16 +169,25 @@ impl Mark {
     }
 }
 
+/// Why the mark could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// The file could not be read (permissions, I/O): says nothing about the store.
+    Io(String),
+    /// The file holds no valid mark.
+    Damaged(String),
+}
+
 /// The mark file, open for writing.
 pub struct MarkFile {
     file: File,
-    /// Sequence of the last mark written.
-    sequence: u64,
+    /// The last mark written (its sequence included).
+    last: Mark,
 }
 
 impl MarkFile {
     /// Reads the mark in `dir`: `Ok(None)` when there is no file yet.
-    pub fn read(dir: &Path) -> Result<Option<Mark>, String> {
+    pub fn read(dir: &Path) -> Result<Option<Mark>, ReadError> {
         let path = dir.join(MARK_FILE);
         let mut bytes = Vec::with_capacity(2 * SLOT_BYTES);
         match File::open(&path) {
@@ -186,21 +195,30 @@ impl MarkFile {
                 // Bounded: a larger file is damage, reported by `decode_file`.
                 file.take(4 * SLOT_BYTES as u64)
                     .read_to_end(&mut bytes)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    .map_err(|e| ReadError::Io(format!("cannot read {}: {e}", path.display())))?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
+            Err(e) => {
+                return Err(ReadError::Io(format!(
+                    "cannot open {}: {e}",
+                    path.display()
+                )))
+            }
         }
-        if bytes.len() == 2 * SLOT_BYTES && bytes.iter().all(|b| *b == 0) {
-            return Ok(None); // created, never written
+        // Created (or being sized) but never written: no mark yet.
+        if bytes.len() <= 2 * SLOT_BYTES && bytes.iter().all(|b| *b == 0) {
+            return Ok(None);
         }
-        Mark::decode_file(&bytes).map(Some)
+        Mark::decode_file(&bytes)
+            .map(Some)
+            .map_err(ReadError::Damaged)
     }
 
     /// Opens (creating) the mark file in `dir` for writing after `last` (the mark read at
     /// open, if any).
     pub fn open(dir: &Path, last: Option<&Mark>) -> std::io::Result<Self> {
         let path = dir.join(MARK_FILE);
+        let existed = path.exists();
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -209,24 +227,46 @@ impl MarkFile {
             .open(&path)?;
         if file.metadata()?.len() != 2 * SLOT_BYTES as u64 {
             file.set_len(2 * SLOT_BYTES as u64)?;
+            file.sync_all()?;
+        }
+        if !existed {
+            // The new file's directory entry must survive a crash as the marks in it do.
+            File::open(dir)?.sync_all()?;
         }
         Ok(Self {
             file,
-            sequence: last.map_or(0, |m| m.sequence),
+            last: last.copied().unwrap_or_default(),
         })
+    }
+
+    /// Before the log is shortened (a conflicting suffix replaced, a snapshot installed), the
+    /// mark must stop claiming the entries about to go, or a crash before the next sync would
+    /// make the store look as if it lost them. Writes a mark with the new end of the log and
+    /// the durable rest of the last mark, if the new end is below the marked one.
+    pub fn lower_last(&mut self, last_term: u64, last_index: u64) -> std::io::Result<()> {
+        if (last_term, last_index) >= (self.last.last_term, self.last.last_index) {
+            return Ok(());
+        }
+        let lowered = Mark {
+            last_term,
+            last_index,
+            ..self.last
+        };
+        self.write(&lowered)
     }
 
     /// Writes `mark` (its sequence is assigned here) to the older slot and makes it durable.
     pub fn write(&mut self, mark: &Mark) -> std::io::Result<()> {
-        self.sequence += 1;
         let mark = Mark {
-            sequence: self.sequence,
+            sequence: self.last.sequence + 1,
             ..*mark
         };
-        let slot = self.sequence % 2;
+        let slot = mark.sequence % 2;
         self.file.seek(SeekFrom::Start(slot * SLOT_BYTES as u64))?;
         self.file.write_all(&mark.encode())?;
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.last = mark;
+        Ok(())
     }
 }
 
@@ -335,6 +375,12 @@ mod tests {
     fn the_file_alternates_slots_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(MarkFile::read(dir.path()), Ok(None));
+        std::fs::write(dir.path().join(MARK_FILE), b"").unwrap();
+        assert_eq!(
+            MarkFile::read(dir.path()),
+            Ok(None),
+            "created, not sized yet"
+        );
         let mut file = MarkFile::open(dir.path(), None).unwrap();
         for commit in 1..=3 {
             file.write(&Mark { commit, ..mark() }).unwrap();
@@ -349,5 +395,15 @@ mod tests {
         .unwrap();
         let read = MarkFile::read(dir.path()).unwrap().unwrap();
         assert_eq!((read.sequence, read.commit), (4, 4));
+        // Lowering the end of the log keeps the rest of the mark.
+        file.lower_last(5, 40).unwrap();
+        let read = MarkFile::read(dir.path()).unwrap().unwrap();
+        assert_eq!((read.last_index, read.commit, read.sequence), (40, 4, 5));
+        file.lower_last(5, 41).unwrap();
+        assert_eq!(
+            MarkFile::read(dir.path()).unwrap().unwrap().sequence,
+            5,
+            "not lower: no write"
+        );
     }
 }

@@ -86,6 +86,8 @@ fn sled_error(e: sled::Error) -> raft::Error {
             store_error("no space left on device")
         }
         sled::Error::Io(io) => store_error(format!("I/O error: {io}")),
+        // sled's own verdicts on its files: damage, whatever operation met it.
+        e @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)) => corrupt("sled", e),
         other => store_error(other),
     }
 }
@@ -169,7 +171,12 @@ impl SledLog {
                 dir.join(SLED_DATA_FILE).display()
             ))
         })?;
-        let mark = MarkFile::read(dir).map_err(OpenError::Damaged)?;
+        let mark = MarkFile::read(dir).map_err(|e| match e {
+            crate::mark::ReadError::Io(e) => OpenError::Unavailable(e),
+            crate::mark::ReadError::Damaged(e) => {
+                OpenError::Damaged(format!("the high-water mark: {e}"))
+            }
+        })?;
         let mark_file = MarkFile::open(dir, mark.as_ref()).map_err(|e| {
             OpenError::Unavailable(format!(
                 "cannot open the mark file in {}: {e}",
@@ -553,6 +560,9 @@ impl LogStore for SledLog {
         for index in last.index + 1..=self.last_index {
             batch.remove(&index.to_be_bytes());
         }
+        self.mark
+            .lower_last(last.term, last.index)
+            .map_err(store_error)?;
         self.log.apply_batch(batch).map_err(sled_error)?;
         self.last_index = last.index;
         self.last_term = last.term;
@@ -582,6 +592,18 @@ impl LogStore for SledLog {
         if meta.index <= self.snapshot_index {
             return Err(raft::Error::Store(StorageError::SnapshotOutOfDate));
         }
+        // The snapshot replaces the whole log, as raft-rs's MemStorage does. The log goes
+        // first, in one atomic batch: a crash before the metadata below is written then fails
+        // the start-up checks (commit beyond the log) instead of leaving the new snapshot
+        // followed by entries of another history.
+        self.mark
+            .lower_last(meta.term, meta.index)
+            .map_err(store_error)?;
+        let mut batch = sled::Batch::default();
+        for key in self.log.iter().keys() {
+            batch.remove(key.map_err(sled_error)?);
+        }
+        self.log.apply_batch(batch).map_err(sled_error)?;
         self.write_meta(SNAPSHOT_KEY, snapshot)?;
         let mut hard_state = self.hard_state.clone();
         hard_state.commit = meta.index;
@@ -590,8 +612,6 @@ impl LogStore for SledLog {
         self.set_conf_state(meta.get_conf_state())?;
         self.snapshot_index = meta.index;
         self.snapshot_term = meta.term;
-        // The snapshot replaces the whole log, as raft-rs's MemStorage does.
-        self.log.clear().map_err(sled_error)?;
         self.last_index = meta.index;
         self.last_term = meta.term;
         Ok(())
