@@ -652,7 +652,9 @@ impl LogStore for SledLog {
         self.db.flush().map_err(sled_error)?;
         self.data_file.sync_data().map_err(store_error)?;
         // Only now is this state durable: the mark may claim it.
-        self.mark.write(&self.current_mark()).map_err(store_error)?;
+        self.mark
+            .record(&self.current_mark())
+            .map_err(store_error)?;
         Ok(())
     }
 }
