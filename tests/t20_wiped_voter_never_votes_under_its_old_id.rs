@@ -77,16 +77,15 @@ fn t20_a_wiped_voter_never_votes_under_its_old_raft_id() {
     w.wait_healthy(3);
     let (b2_id, _, _) = w.state_digest(2).unwrap();
     assert_ne!(b2_id, b2_old_id, "b2 came back under its old raft id");
-    let voters: Vec<u64> = raft(&w, 1).unwrap()["voters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
-    assert!(
-        voters.contains(&b2_id) && !voters.contains(&b2_old_id),
-        "voters {voters:?}"
-    );
+    // It catches up as a learner, then the leader promotes it.
+    let voters = wait_for("b2's new id to be a voter", Duration::from_secs(15), || {
+        let voters: Vec<u64> = raft(&w, 1)?["voters"]
+            .as_array()?
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .collect();
+        (voters.contains(&b2_id) && !voters.contains(&b2_old_id)).then_some(voters)
+    });
     println!("b2 rejoined as raft id {b2_id}; voters {voters:?}");
     let audit = w.audit_records(1);
     let removal = audit

@@ -31,6 +31,10 @@ use tokio::sync::watch;
 
 /// Pause between rounds of asking peers.
 const ASK_EVERY: Duration = Duration::from_secs(1);
+/// Attempts at removing a rejoining node's old id while the survivors look unreachable.
+const REMOVE_ATTEMPTS_MAX: u32 = 10;
+/// Pause between them: about a heartbeat round trip.
+const REMOVE_RETRY: Duration = Duration::from_millis(300);
 /// Raft ids are at most this: proposal tokens keep the proposer's id in 16 bits.
 const RAFT_ID_MAX: u64 = u16::MAX as u64;
 
@@ -52,6 +56,8 @@ pub async fn settle(
 ) -> Option<Identity> {
     let config = &ctx.config;
     let configured = config.raft.id;
+    // What the node last logged it waits for: said once, not every round.
+    let mut last_said: Option<String> = None;
     loop {
         let waiting = match (&ctx.peers, lost) {
             (None, None) => {
@@ -84,7 +90,6 @@ pub async fn settle(
                         "its store was empty while raft id {configured} had taken part in the \
                          cluster ({by} says so): wiped or lost"
                     );
-                    tracing::warn!("{why}; rejoining under a new raft id");
                     match ask_rejoin(ctx, peers, &why).await {
                         Ok(raft_id) => return Some(rejoined(raft_id, configured)),
                         Err(waiting) => waiting,
@@ -93,6 +98,10 @@ pub async fn settle(
                 Probe::Wait(waiting) => waiting,
             },
         };
+        if last_said.as_deref() != Some(waiting.as_str()) {
+            tracing::warn!(%waiting, "consensus cannot start yet");
+            last_said = Some(waiting.clone());
+        }
         ctx.services
             .report("raft", ferry_gate::ServiceState::Starting, waiting);
         tokio::select! {
@@ -253,7 +262,10 @@ pub async fn answer_rejoin(
             raft_id,
             error: String::new(),
         },
-        Err(e) => refuse(e),
+        Err(e) => {
+            tracing::warn!(node = %request.node_id, error = %e, "cannot replace a member that asks to rejoin yet");
+            refuse(e)
+        }
     }
 }
 
@@ -335,7 +347,19 @@ async fn replace(peers: &Peers, replica: &Replica, request: &Rejoin) -> Result<u
     };
     let reason = format!("{node} rejoins under raft id {next}: {}", request.reason);
     for id in &old {
-        propose(replica, MembershipAction::Remove, member(*id), &reason).await?;
+        // The leader counts a voter reachable once it has answered since the last
+        // check_quorum round, which clears every mark each election timeout: right after a
+        // round the survivors can look unreachable for a heartbeat. Ask again a few times.
+        let mut attempts = 0;
+        loop {
+            match propose(replica, MembershipAction::Remove, member(*id), &reason).await {
+                Err(e) if e.contains("reachable") && attempts < REMOVE_ATTEMPTS_MAX => {
+                    attempts += 1;
+                    tokio::time::sleep(REMOVE_RETRY).await;
+                }
+                result => break result?,
+            }
+        }
     }
     propose(replica, MembershipAction::AddLearner, member(next), &reason).await?;
     tracing::warn!(node = %node, old = ?old, raft_id = next, "member replaced: the new id catches up as a learner, then is promoted");
