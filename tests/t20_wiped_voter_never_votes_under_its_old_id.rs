@@ -78,7 +78,13 @@ fn t20_a_wiped_voter_never_votes_under_its_old_raft_id() {
     let (b2_id, _, _) = w.state_digest(2).unwrap();
     assert_ne!(b2_id, b2_old_id, "b2 came back under its old raft id");
     // It catches up as a learner, then the leader promotes it.
-    let voters = wait_for("b2's new id to be a voter", Duration::from_secs(15), || {
+    let mut polls = 0u32;
+    let voters = wait_for("b2's new id to be a voter", Duration::from_secs(30), || {
+        polls += 1;
+        if polls.is_multiple_of(200) {
+            // Still a learner after 5 s: show how the leader sees it.
+            println!("members: {:?}", w.admin_get(1, "/v1/members").map(|r| r.1));
+        }
         let voters: Vec<u64> = raft(&w, 1)?["voters"]
             .as_array()?
             .iter()

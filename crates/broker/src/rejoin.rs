@@ -347,9 +347,9 @@ async fn replace(peers: &Peers, replica: &Replica, request: &Rejoin) -> Result<u
     };
     let reason = format!("{node} rejoins under raft id {next}: {}", request.reason);
     for id in &old {
-        // The leader counts a voter reachable once it has answered since the last
-        // check_quorum round, which clears every mark each election timeout: right after a
-        // round the survivors can look unreachable for a heartbeat. Ask again a few times.
+        // The leader counts a voter reachable when it heard from it within an election
+        // timeout: right after a leader change the survivors may not have answered yet. Ask
+        // again a few times.
         let mut attempts = 0;
         loop {
             match propose(replica, MembershipAction::Remove, member(*id), &reason).await {

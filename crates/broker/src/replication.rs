@@ -28,6 +28,9 @@ const BATCH_MAX: usize = 512;
 const READ_INDEX_RETRY: Duration = Duration::from_millis(200);
 /// Linearizable reads waiting at once; beyond it readers are told to retry.
 const READS_PENDING_MAX: usize = 4096;
+/// A snapshot sent to a peer and not answered within this long is sent again (see
+/// `Driver::retry_stalled_snapshots`). Far above the time a whole-state snapshot takes on a LAN.
+const SNAPSHOT_ANSWER_MAX: Duration = Duration::from_secs(5);
 /// Ticks between the leader's checks for learners to promote and membership facts to publish.
 const MEMBERSHIP_CHECK_TICKS: u64 = 5;
 
@@ -441,6 +444,7 @@ pub fn start_driver(
         ticks: 0,
         reads: HashMap::new(),
         reads_ready: Vec::new(),
+        snapshots_sent: HashMap::new(),
     };
     let queue = queue.clone();
     let status = replica.status.clone();
@@ -497,6 +501,8 @@ struct Driver {
     /// Linearizable reads waiting for their read index, by request id: when they were last
     /// asked for, their deadline, and who waits.
     reads: HashMap<u64, PendingRead>,
+    /// On the leader: since when each peer has been sent a snapshot without answering it.
+    snapshots_sent: HashMap<u64, Instant>,
     /// Reads that have their read index and wait for it to be applied.
     reads_ready: Vec<(u64, PendingRead)>,
 }
@@ -537,6 +543,7 @@ impl Driver {
                 if self.ticks.is_multiple_of(MEMBERSHIP_CHECK_TICKS) {
                     self.promote_caught_up_learners();
                     self.record_seen_members();
+                    self.retry_stalled_snapshots();
                     self.publish_membership();
                 }
             }
@@ -684,6 +691,36 @@ impl Driver {
                 tracing::info!(node = %member.node_id, raft_id = member.raft_id, "learner caught up: promoting it to voter")
             }
             Err(e) => tracing::debug!(error = %e, "promotion not proposed"),
+        }
+    }
+
+    /// raft-rs holds a peer in "snapshot" state, sending it nothing else, until the peer
+    /// answers the snapshot or the application reports how its delivery went. Our transport
+    /// does not report it, and an answer lost with a dropped connection (a peer that just
+    /// rejoined or restarted) would leave the peer stuck for good: a snapshot unanswered for
+    /// `SNAPSHOT_ANSWER_MAX` is reported failed, and raft-rs probes the peer again.
+    fn retry_stalled_snapshots(&mut self) {
+        if self.core.role() != StateRole::Leader {
+            self.snapshots_sent.clear();
+            return;
+        }
+        let now = Instant::now();
+        let sending: Vec<u64> = self
+            .core
+            .progress()
+            .iter()
+            .filter(|p| p.snapshotting)
+            .map(|p| p.id)
+            .collect();
+        self.snapshots_sent.retain(|id, _| sending.contains(id));
+        for id in sending {
+            let since = *self.snapshots_sent.entry(id).or_insert(now);
+            if now.duration_since(since) >= SNAPSHOT_ANSWER_MAX {
+                tracing::info!(peer = id, "snapshot not answered; sending again");
+                self.core
+                    .report_snapshot(id, ferry_consensus::SnapshotStatus::Failure);
+                self.snapshots_sent.remove(&id);
+            }
         }
     }
 

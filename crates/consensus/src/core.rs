@@ -131,6 +131,14 @@ pub struct Core<L: LogStore> {
     /// Committed entries held back from a leader that must step down before applying them
     /// (see [`Core::apply`]); applied first thing in the next [`Core::handle_ready`].
     deferred: Vec<Entry>,
+    /// Ticks since the core started, and the tick at which each peer was last heard from.
+    /// raft-rs's own "recently active" mark is cleared at every check_quorum round (each
+    /// election timeout), so sampling it at a fixed tick can find every peer inactive every
+    /// time; this is what "reachable" means instead (see [`Core::progress`]).
+    ticks: u64,
+    heard: std::collections::HashMap<u64, u64>,
+    /// A peer heard from within this many ticks is reachable: one election timeout.
+    reachable_ticks: u64,
 }
 
 impl<L: LogStore> Core<L> {
@@ -149,7 +157,17 @@ impl<L: LogStore> Core<L> {
             snapshot_every_entries: config.snapshot_every_entries,
             snapshot_due: false,
             deferred: Vec::new(),
+            ticks: 0,
+            heard: std::collections::HashMap::new(),
+            reachable_ticks: config.min_election_tick as u64,
         })
+    }
+
+    /// Whether `peer` was heard from within the last election timeout.
+    pub(crate) fn reachable(&self, peer: u64) -> bool {
+        self.heard
+            .get(&peer)
+            .is_some_and(|at| self.ticks - at <= self.reachable_ticks)
     }
 
     /// Starts an election now instead of waiting for the election timeout (a lone voter at
@@ -160,11 +178,15 @@ impl<L: LogStore> Core<L> {
 
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         self.raw.tick();
     }
 
     /// Feeds a message from a peer.
     pub fn step(&mut self, message: Message) -> Result<(), Error> {
+        if message.from != 0 {
+            self.heard.insert(message.from, self.ticks);
+        }
         Ok(self.raw.step(message)?)
     }
 

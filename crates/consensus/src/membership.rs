@@ -213,7 +213,7 @@ impl<L: LogStore> Core<L> {
                 id,
                 voter: voters.contains(&id),
                 matched: p.matched,
-                recent_active: p.recent_active,
+                recent_active: self.reachable(id),
                 snapshotting: p.state == ProgressState::Snapshot,
             })
             .collect();
