@@ -308,6 +308,16 @@ impl Peers {
         true
     }
 
+    /// Every current link, cloned out of the lock.
+    fn all_links(&self) -> Vec<Arc<Link>> {
+        self.links
+            .read()
+            .expect("never poisoned: no panics under the lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     fn link_named(&self, node_id: &str) -> Option<Arc<Link>> {
         self.links
             .read()
@@ -509,13 +519,7 @@ impl Peers {
     /// receiving the previous one skips this one: reports are snapshots, the next replaces it.
     pub fn broadcast_health(self: &Arc<Self>, report: &HealthReport) {
         use std::sync::atomic::Ordering;
-        let links: Vec<Arc<Link>> = self
-            .links
-            .read()
-            .expect("never poisoned: no panics under the lock")
-            .values()
-            .cloned()
-            .collect();
+        let links = self.all_links();
         for link in links {
             if link.is_retired()
                 || self.is_blocked(link.config.raft_id)
@@ -577,13 +581,7 @@ impl Peers {
         self: &Arc<Self>,
         raft_id: u64,
     ) -> Vec<(PeerConfig, Option<StoreProbeReply>)> {
-        let links: Vec<Arc<Link>> = self
-            .links
-            .read()
-            .expect("never poisoned: no panics under the lock")
-            .values()
-            .cloned()
-            .collect();
+        let links = self.all_links();
         let mut asks = tokio::task::JoinSet::new();
         for link in links {
             let this = self.clone();
@@ -603,13 +601,7 @@ impl Peers {
     /// Asks the peers in turn to have the leader give this node a new raft id; the first
     /// answer with an id wins. The errors of those that refused, otherwise.
     pub async fn rejoin(&self, request: &Rejoin) -> Result<u64, Vec<String>> {
-        let mut links: Vec<Arc<Link>> = self
-            .links
-            .read()
-            .expect("never poisoned: no panics under the lock")
-            .values()
-            .cloned()
-            .collect();
+        let mut links = self.all_links();
         links.sort_by(|a, b| a.config.node_id.cmp(&b.config.node_id));
         let mut errors = Vec::new();
         for link in links {
