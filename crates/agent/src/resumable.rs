@@ -408,7 +408,14 @@ async fn local_writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut local: W) 
                 let _ = tokio::time::timeout(ACK_INTERVAL, shared.local_writer.notified()).await;
             }
             Some(Delivery::Bytes(bytes)) => {
-                if let Err(e) = local.write_all(&bytes).await {
+                // Flushed after every delivery: a local writer may buffer, and tokio's stdout
+                // does (it wraps std's line-buffered stdout, which holds every byte after the
+                // last newline until a flush: binary protocols such as SSH then hang).
+                let written = match local.write_all(&bytes).await {
+                    Ok(()) => local.flush().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = written {
                     let mut core = lock(&shared);
                     core.stream
                         .abort(format!("far side's local connection failed: {e}"));
