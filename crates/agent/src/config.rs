@@ -36,7 +36,8 @@ pub struct WitnessEntry {
 
 impl ClientConfig {
     /// Transport limits of this endpoint. Keep-alives are frequent and the idle timeout short,
-    /// so that a dead broker is noticed within the stall budget of a resumed session (SPEC P7).
+    /// so that a dead broker is noticed within the stall budget of a resumed session
+    /// (docs/DESIGN.md, P7).
     pub fn transport_limits(&self) -> ferry_transport::endpoint::Limits {
         let mut limits = ferry_transport::endpoint::Limits {
             idle_timeout: ENDPOINT_IDLE_TIMEOUT,

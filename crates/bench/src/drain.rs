@@ -1,4 +1,4 @@
-//! `ferry bench drain` (SPEC P8): hand b1's host agent and client off to b2
+//! `ferry bench drain` (docs/DESIGN.md, P8): hand b1's host agent and client off to b2
 //! (`POST /v1/node/handoff`) while b1 carries N live sessions moving data both ways, and
 //! measure what the sessions lived through: sessions dropped, the longest stall of each
 //! (against steady traffic just before the hand-off), bytes lost. Goal: nothing dropped,

@@ -1,6 +1,6 @@
 //! `ferry bench failover`: kill -9 the leader of a 3-broker cluster N times under write load and
 //! measure the time from each kill to the first committed write, against the configured
-//! election timeout (SPEC P6: <= 2x).
+//! election timeout (docs/DESIGN.md, P6; this scenario checks its first goal, <= 2x).
 //!
 //! Real `ferry broker` processes on loopback; writes go through the admin API of the nodes
 //! that survive, as an operator's or a client's would.

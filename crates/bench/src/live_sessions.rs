@@ -1,5 +1,5 @@
-//! The fixture of the session scenarios (SPEC P7, P8): a 3-broker cluster of real `ferry
-//! broker` processes; a host agent and a client in this process, both attached to b1 (their
+//! The fixture of the session scenarios (docs/DESIGN.md, P7, P8): a 3-broker cluster of real
+//! `ferry broker` processes; a host agent and a client in this process, both attached to b1 (their
 //! client.toml names only b1, and they learn the other brokers from it); N sessions carrying
 //! seeded traffic both ways (see [`crate::traffic`]). Then what the sessions lived through:
 //! which were lost, how many bytes, and the stalls each fault caused next to steady traffic.
@@ -325,14 +325,14 @@ pub(crate) struct Outcome {
     pub broker_metrics: Vec<serde_json::Value>,
 }
 
-/// A SPEC target of a session scenario.
+/// A target of a session scenario (docs/DESIGN.md section 8).
 pub(crate) struct Target {
-    /// SPEC id (P7, P8).
+    /// Target id in docs/DESIGN.md (P7, P8).
     pub id: &'static str,
-    /// The bound on the longest stall, and as the SPEC writes it.
+    /// The bound on the longest stall, and as docs/DESIGN.md writes it.
     pub stall_max_s: f64,
     pub stall_goal: &'static str,
-    /// What the SPEC calls a session that did not survive: "lost" or "dropped".
+    /// What docs/DESIGN.md calls a session that did not survive: "lost" or "dropped".
     pub lost: &'static str,
 }
 
@@ -389,8 +389,9 @@ impl Outcome {
         }
     }
 
-    /// The SPEC figures of a session scenario: stall p50/p99/max across sessions and faults
-    /// against the steady-state baseline, sessions lost, bytes lost; and the details as JSON.
+    /// The figures of a session scenario (docs/DESIGN.md section 8): stall p50/p99/max across
+    /// sessions and faults against the steady-state baseline, sessions lost, bytes lost; and the
+    /// details as JSON.
     pub fn figures(
         &self,
         target: &Target,

@@ -1,5 +1,5 @@
 //! `ferry bench relay`: one session's goodput and the broker's CPU per GB, against direct quinn
-//! between the same kind of endpoints, in the same run (SPEC P1, P2).
+//! between the same kind of endpoints, in the same run (docs/DESIGN.md, P1, P2).
 //!
 //! The broker runs as a real `ferry broker` child process so its CPU time can be read from
 //! /proc on its own. This process plays the client and the host agent (the real agent code,

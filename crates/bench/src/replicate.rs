@@ -1,6 +1,6 @@
 //! `ferry bench replicate`: replicated writes/s and write latency of a 3-broker cluster under
 //! N concurrent proposers, against a 3-member etcd cluster on the same machine in the same run
-//! (SPEC P4: >= 1.0x etcd at 256 proposers, fsync on).
+//! (docs/DESIGN.md, P4; this scenario checks >= 1.0x etcd at 256 proposers, fsync on).
 //!
 //! Both systems run as real processes on loopback and get the identical workload: N proposers,
 //! each doing one write after another for a fixed time, write k of proposer p going to node
@@ -30,7 +30,7 @@ const WARMUP: Duration = Duration::from_secs(1);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The host group of every grant, and the value of every etcd key.
 const VALUE: &str = "bench";
-/// The SPEC's P4 concurrency.
+/// The concurrency at which P4 is checked (docs/DESIGN.md section 8).
 const P4_PROPOSERS: usize = 256;
 
 /// A child process that is killed when dropped.

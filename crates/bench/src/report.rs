@@ -6,7 +6,7 @@ use std::path::Path;
 /// One measured figure with its baseline from the same run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Figure {
-    /// SPEC id (P1, P2, ...).
+    /// Target id in docs/DESIGN.md section 8 (P1, P2, ...).
     pub id: &'static str,
     pub metric: String,
     pub unit: &'static str,
@@ -14,7 +14,7 @@ pub struct Figure {
     pub baseline: f64,
     /// `ferry / baseline`.
     pub ratio: f64,
-    /// The goal as written in the SPEC, e.g. "ratio <= 1.1".
+    /// The goal as written in docs/DESIGN.md section 8, e.g. "ratio <= 1.1".
     pub goal: &'static str,
     pub met: bool,
 }

@@ -1,7 +1,7 @@
-//! `ferry bench failover --sessions N` (SPEC P7): SIGKILL the broker that carries N live
-//! sessions moving data both ways, and measure what the sessions lived through: the longest
-//! stall of each (against steady traffic just before the kill), sessions lost, bytes lost.
-//! Goal: stall <= 3 s, nothing lost.
+//! `ferry bench failover --sessions N` (docs/DESIGN.md, P7): SIGKILL the broker that carries
+//! N live sessions moving data both ways, and measure what the sessions lived through: the
+//! longest stall of each (against steady traffic just before the kill), sessions lost, bytes
+//! lost. Goal: stall <= 3 s, nothing lost.
 //!
 //! The first kill hits b1, which the host agent and the client are attached to. With
 //! `--kills K`, the killed broker is restarted, the cluster left to settle, and the next kill

@@ -142,8 +142,8 @@ impl Default for RaftConfig {
     }
 }
 
-/// Health thresholds and the planned-restart gate (SPEC section 6). Every node of a cluster
-/// should use the same values: the leader's are the ones applied.
+/// Health thresholds and the planned-restart gate (docs/DESIGN.md section 6). Every node of a
+/// cluster should use the same values: the leader's are the ones applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GateConfig {

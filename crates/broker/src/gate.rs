@@ -1,6 +1,7 @@
-//! The planned-restart gate as a node runs it (SPEC section 6): evaluated on the leader after
-//! a read index, with the steadiness the leader accumulates; maintenance leases taken through
-//! Raft; and what a node does when it holds one (hand off, give up leadership) or is back.
+//! The planned-restart gate as a node runs it (docs/DESIGN.md section 6): evaluated on the
+//! leader after a read index, with the steadiness the leader accumulates; maintenance leases
+//! taken through Raft; and what a node does when it holds one (hand off, give up leadership)
+//! or is back.
 //!
 //! The decisions themselves are `ferry-gate`'s (pure); this module gathers the inputs, asks
 //! the leader, and proposes the lease commands.

@@ -134,7 +134,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let options = raft_options(&config);
     let (outbox, outbox_rx) = tokio::sync::mpsc::channel(OUTBOX_MAX);
     // The store is opened, verified and recovered by the "raft" service, in the background:
-    // nothing below waits for it (SPEC lessons L3, L4).
+    // nothing below waits for it (docs/DESIGN.md, lessons L3, L4).
     let (replica, queue) = replication::replica(&options);
     let consensus = crate::startup::Consensus {
         options,
@@ -163,7 +163,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
                 uni_streams_per_connection_max: 16,
                 // A dead peer must be noticed well within an election timeout, so that
                 // forwarded writes move on to the new leader quickly, and sessions relayed
-                // through it are resumed within the stall budget (SPEC P7, 3 s).
+                // through it are resumed within the stall budget (docs/DESIGN.md, P7; its first
+                // goal was 3 s).
                 idle_timeout: Duration::from_millis(1500),
                 keep_alive: Duration::from_millis(300),
                 ..Default::default()
@@ -263,7 +264,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
 /// A queue's receiving end, shared by the attempts of the service that drains it.
 type SharedReceiver<T> = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<T>>>;
 
-/// Starts every long-running part of the node under its supervisor (SPEC lesson L2).
+/// Starts every long-running part of the node under its supervisor (docs/DESIGN.md, lesson L2).
 #[allow(clippy::too_many_arguments)]
 fn supervise_services(
     ctx: &Arc<Ctx>,
@@ -522,7 +523,8 @@ async fn housekeeping(
 }
 
 impl Ctx {
-    /// Makes sure the local state is fresh enough to authorize a request (SPEC section 3).
+    /// Makes sure the local state is fresh enough to authorize a request (docs/DESIGN.md
+    /// section 3.1).
     ///
     /// A node that heard from a leader within `raft.read_staleness_ms` reads its applied state
     /// as is: it can be behind by at most what the leader committed in that window (a token

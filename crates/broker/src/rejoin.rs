@@ -3,7 +3,7 @@
 //! An empty store is either a node's first start or a node that lost its store (quarantined
 //! at start-up, wiped, a new disk). The second must never vote or acknowledge under its old
 //! raft id: it may have voted in the current term or acknowledged entries it no longer has,
-//! and amnesia can elect two leaders in one term. So (SPEC section 5):
+//! and amnesia can elect two leaders in one term. So (docs/DESIGN.md section 5):
 //!
 //! - a quarantined store always rejoins under a new raft id: the leader removes the node's old
 //!   id, adds the new one as a learner, which catches up from a snapshot and is promoted; so

@@ -1,6 +1,7 @@
 //! The "raft" service: open and verify the store, quarantine it if it is damaged, settle this
 //! node's raft id when the store is empty, run the consensus driver, and start over (from the
-//! store) when the driver stops on a storage failure. SPEC section 5, lessons L3 and L4.
+//! store) when the driver stops on a storage failure. docs/DESIGN.md section 5, lessons L3 and
+//! L4.
 //!
 //! Nothing here blocks the rest of the node: the admin API, health reports, the relay
 //! listener and the peer links run from the start; until the driver runs, the node reports

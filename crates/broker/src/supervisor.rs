@@ -1,7 +1,7 @@
-//! Supervision of a node's long-running parts (SPEC lesson L2: the surviving node silently
-//! lacked its service). Each service runs under a supervisor that restarts it with backoff when
-//! it fails or panics and reports its state — running, restarting (with the last error), or
-//! stopped — for `/readyz`, the health reports the restart gate reads, and metrics.
+//! Supervision of a node's long-running parts (docs/DESIGN.md, lesson L2: the surviving node
+//! silently lacked its service). Each service runs under a supervisor that restarts it with
+//! backoff when it fails or panics and reports its state — running, restarting (with the last
+//! error), or stopped — for `/readyz`, the health reports the restart gate reads, and metrics.
 //!
 //! Parts that cannot be restarted in place (the consensus driver thread: storage errors are
 //! fatal to it by raft-rs's contract) are *watched*: their state is reported the same way.

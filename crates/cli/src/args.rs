@@ -1,4 +1,5 @@
-//! Command-line syntax (clap derive). Exact command names are a contract (SPEC section 7).
+//! Command-line syntax (clap derive). Exact command names are a contract (docs/DESIGN.md
+//! section 7).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::{IpAddr, SocketAddr};
@@ -366,15 +367,16 @@ pub struct BenchArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchScenario {
-    /// Leader SIGKILL to first committed write, N times under load (SPEC P6); with
-    /// --sessions, SIGKILL of the broker carrying live sessions: their stalls and losses (P7).
+    /// Leader SIGKILL to first committed write, N times under load (docs/DESIGN.md, P6);
+    /// with --sessions, SIGKILL of the broker carrying live sessions: their stalls and losses
+    /// (P7).
     Failover {
         /// How many times to kill: the leader [default: 10], or with --sessions the broker
         /// carrying the sessions [default: 1; each killed broker is restarted before the next].
         #[arg(long)]
         kills: Option<u32>,
-        /// Run SPEC P7 instead: this many sessions moving data both ways through b1, which
-        /// is SIGKILLed mid-transfer.
+        /// Run P7 (docs/DESIGN.md) instead: this many sessions moving data both ways through
+        /// b1, which is SIGKILLed mid-transfer.
         #[arg(long)]
         sessions: Option<usize>,
         /// With --sessions: KiB/s each direction of each session sends (0: as fast as flow
@@ -390,7 +392,7 @@ pub enum BenchScenario {
         after_secs: u64,
     },
     /// Planned drain: b1 hands its host agent and client off to b2 while they carry live
-    /// sessions moving data both ways; sessions dropped and stalls (SPEC P8).
+    /// sessions moving data both ways; sessions dropped and stalls (docs/DESIGN.md, P8).
     Drain {
         /// Sessions open through b1 during the hand-off.
         #[arg(long, default_value_t = 50)]
@@ -405,7 +407,7 @@ pub enum BenchScenario {
         #[arg(long, default_value_t = ferry_bench::live_sessions::Load::AFTER_SECS_DEFAULT)]
         after_secs: u64,
     },
-    /// Relayed vs direct goodput and CPU per GB (SPEC P1, P2).
+    /// Relayed vs direct goodput and CPU per GB (docs/DESIGN.md, P1, P2).
     Relay {
         /// Bytes to move in each run.
         #[arg(long, default_value_t = 1 << 30)]
@@ -418,7 +420,7 @@ pub enum BenchScenario {
         #[arg(long, default_value_t = ferry_transport::endpoint::UDP_PAYLOAD_BYTES_DEFAULT)]
         udp_payload_bytes: u16,
     },
-    /// Replicated writes/s and latency under concurrent proposers vs etcd (SPEC P4).
+    /// Replicated writes/s and latency under concurrent proposers vs etcd (docs/DESIGN.md, P4).
     Replicate {
         /// Concurrency levels (concurrent proposers), run one after the other.
         #[arg(long, value_delimiter = ',', default_value = "1,64,256")]

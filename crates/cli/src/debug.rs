@@ -1,7 +1,8 @@
 //! `ferry debug corrupt`: damage a stopped node's data directory on purpose, from a seed.
 //!
-//! The corruption trials (SPEC section 9: "flipped bytes and truncation anywhere in a node's
-//! store: the node starts, quarantines, rejoins") use it between a node's stop and its start.
+//! The corruption trials (docs/DESIGN.md section 9: "flipped bytes and truncation anywhere in
+//! a node's store: the node starts, quarantines, rejoins") use it between a node's stop and
+//! its start.
 
 use rand::{Rng as _, SeedableRng as _};
 use std::path::{Path, PathBuf};

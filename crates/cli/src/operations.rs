@@ -1,5 +1,6 @@
 //! `ferry admin status`, `restart-check`, `drain`: the operator's view of the cluster and of
-//! the restart gate (SPEC section 6). Results go to stdout, progress and guidance to stderr.
+//! the restart gate (docs/DESIGN.md section 6). Results go to stdout, progress and guidance
+//! to stderr.
 
 use crate::admin::{cell, print_json, AdminClient};
 use crate::{CliResult, Failure};

@@ -1,5 +1,5 @@
-//! What makes a node healthy (SPEC section 6): in contact with the leader, caught up, every
-//! service running, storage writable, not quarantined, memory under its limit.
+//! What makes a node healthy (docs/DESIGN.md section 6.2): in contact with the leader, caught
+//! up, every service running, storage writable, not quarantined, memory under its limit.
 
 use crate::{Member, Policy, ServiceState};
 

@@ -1,4 +1,4 @@
-//! Node health and the planned-restart gate (SPEC section 6).
+//! Node health and the planned-restart gate (docs/DESIGN.md section 6).
 //!
 //! Architecture invariant: this crate is pure. It never reads a clock, a socket or a file:
 //! what each node reported about itself, how old that report is, and the time (`now_ms`)

@@ -1,4 +1,5 @@
-//! Maintenance leases: which node an operator has taken out of service (SPEC section 6).
+//! Maintenance leases: which node an operator has taken out of service (docs/DESIGN.md
+//! section 6.4).
 //!
 //! The restart gate itself needs facts no state machine may read (health, memory, clocks), so
 //! the leader evaluates it just before proposing `AcquireLease`. The one part of the gate that

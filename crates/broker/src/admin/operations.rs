@@ -1,5 +1,6 @@
-//! The operator's side of the admin API (SPEC section 6): the cluster's status and status
-//! page, the restart gate, maintenance (drain and undrain), and the test-only service switch.
+//! The operator's side of the admin API (docs/DESIGN.md section 6): the cluster's status and
+//! status page, the restart gate, maintenance (drain and undrain), and the test-only service
+//! switch.
 
 use super::{page, ApiError, ApiResult, ADMIN_ACTOR};
 use crate::node::Ctx;
