@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod chromium;
+pub mod echo;
 pub mod gate;
 pub mod promtool;
 pub mod store;
@@ -168,10 +169,15 @@ impl World {
 
     /// As `init_cluster`, with free ports for `spare` nodes added later (`ferry init --join`).
     pub fn init_with_room(brokers: u8, witnesses: u8, spare: u8) -> Self {
-        let dir = tempfile::Builder::new()
+        let mut dir = tempfile::Builder::new()
             .prefix("ferry-e2e-")
             .tempdir()
             .expect("temp dir");
+        // For investigations: keep the directory (configs, stores, every process's log).
+        if std::env::var_os("FERRY_E2E_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping {}", dir.path().display());
+        }
         let base_port = free_port_block(brokers + witnesses + spare);
         let world = Self { dir, base_port };
         world
@@ -513,18 +519,28 @@ impl World {
     }
 
     pub fn forward_via(&self, config: &str, host: &str, service: &str) -> (Proc, SocketAddr) {
+        self.forward_with(config, host, service, &[])
+    }
+
+    /// Like [`World::forward_via`], with more arguments for `ferry connect`.
+    pub fn forward_with(
+        &self,
+        config: &str,
+        host: &str,
+        service: &str,
+        extra: &[&str],
+    ) -> (Proc, SocketAddr) {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let listen = format!("127.0.0.1:{port}");
-        let mut proc = self.spawn(
-            &format!("connect-{host}-{service}-{port}"),
-            &[
-                "connect", host, service, "--listen", &listen, "--config", config,
-            ],
-        );
+        let mut args = vec![
+            "connect", host, service, "--listen", &listen, "--config", config,
+        ];
+        args.extend_from_slice(extra);
+        let mut proc = self.spawn(&format!("connect-{host}-{service}-{port}"), &args);
         let addr: SocketAddr = listen.parse().unwrap();
         wait_for(
             "the forwarded port to listen",

@@ -1,6 +1,7 @@
 //! The client side: log in, open sessions, and carry them over a local TCP port or stdio.
 
 use crate::dial::{closed, closed_now, Dialer};
+use crate::pool::{Notice, Opened, Pool};
 use crate::resumable::{self, Ending, Link, Phase};
 use crate::{ClientConfig, Error};
 use ferry_proto::frame::FrameLimits;
@@ -12,12 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 
-/// Sends one request on a new stream and reads its response. The stream stays open so that a
-/// session's bytes can follow the response.
+/// Sends one request on `opened`'s stream and reads its response. The stream stays open so
+/// that a session's bytes can follow the response.
 async fn request(
-    conn: &quinn::Connection,
+    opened: Opened,
     request: client_request::Request,
 ) -> Result<
     (
@@ -27,21 +28,35 @@ async fn request(
     ),
     Error,
 > {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| closed(conn, &e))?;
+    let Opened {
+        mut send,
+        mut recv,
+        conn,
+    } = opened;
     let request = ClientRequest {
         request: Some(request),
     };
     framed::write(&mut send, &request, FrameLimits::default())
         .await
-        .map_err(|_| closed_now(conn))?;
+        .map_err(|_| closed_now(&conn))?;
     let response: wire::ClientResponse = framed::read(&mut recv, FrameLimits::default())
         .await
-        .map_err(|_| closed_now(conn))?;
+        .map_err(|_| closed_now(&conn))?;
     match response.response {
         Some(client_response::Response::Error(e)) => Err(Error::refused(e)),
         Some(r) => Ok((send, recv, r)),
         None => Err(Error::Protocol("broker sent an empty response".into())),
     }
+}
+
+/// Opens a stream on `conn`, for the one-shot requests of `login`.
+async fn open_on(conn: &quinn::Connection) -> Result<Opened, Error> {
+    let (send, recv) = conn.open_bi().await.map_err(|e| closed(conn, &e))?;
+    Ok(Opened {
+        send,
+        recv,
+        conn: conn.clone(),
+    })
 }
 
 /// Logs `user` in and returns the token and its expiry.
@@ -56,7 +71,7 @@ pub async fn login(
         user: user.to_owned(),
         password: password.to_owned(),
     });
-    let (_, _, response) = request(&connected.conn, login).await?;
+    let (_, _, response) = request(open_on(&connected.conn).await?, login).await?;
     connected.conn.close(0u32.into(), b"done");
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(1),
@@ -72,17 +87,11 @@ pub async fn login(
 }
 
 /// A session the broker opened: its id, its resume secret, and the stream carrying its frames.
-pub struct Opened {
+pub struct OpenedSession {
     pub id: u64,
     resume_secret: String,
     resume_window: Duration,
     link: Link,
-}
-
-/// The connection sessions are opened and resumed on.
-struct Current {
-    conn: quinn::Connection,
-    node_id: String,
 }
 
 /// Why a resume attempt failed.
@@ -93,90 +102,82 @@ enum ResumeFailure {
     Retry(String),
 }
 
-/// Opens sessions over one shared connection, reconnecting when it is lost, and keeps every
-/// session alive across broker failures and drains by resuming it on another broker.
+/// Opens sessions over a pool of connections to the brokers, and keeps every session alive
+/// across broker failures and drains by resuming it on another broker.
 pub struct SessionOpener {
-    dialer: Dialer,
+    pool: Pool,
     token: String,
     stream_config: ferry_session::Config,
-    conn: Mutex<Option<Current>>,
-    /// The broker whose connection was lost last: tried last when reconnecting.
-    lost_broker: std::sync::Mutex<Option<String>>,
     /// Live sessions, for moving them when their broker drains.
     sessions: std::sync::Mutex<HashMap<u64, resumable::Session>>,
 }
 
+/// Limits of one [`SessionOpener`].
+#[derive(Debug, Clone, Copy)]
+pub struct OpenerLimits {
+    /// Most QUIC connections to the brokers at once. Each carries as many sessions as a broker
+    /// grants streams per connection (256 by default, one of them the control stream).
+    pub connections_max: usize,
+}
+
+impl Default for OpenerLimits {
+    fn default() -> Self {
+        Self {
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Default of [`OpenerLimits::connections_max`]: with brokers' default 255 sessions per
+/// connection, room for about 8,000 streams: the default `--max-sessions` (4,000) binds first,
+/// with room left for streams that are closing and for resumes.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 32;
+
 impl SessionOpener {
-    pub fn new(config: &ClientConfig, token: String) -> Result<Arc<Self>, Error> {
-        Ok(Arc::new(Self {
-            dialer: Dialer::new(config, Role::Client)?,
+    pub fn new(
+        config: &ClientConfig,
+        token: String,
+        limits: OpenerLimits,
+    ) -> Result<Arc<Self>, Error> {
+        let (pool, notices) = Pool::new(Dialer::new(config, Role::Client)?, limits.connections_max);
+        let opener = Arc::new(Self {
+            pool,
             token,
             stream_config: config.session_stream_config(),
-            conn: Mutex::new(None),
-            lost_broker: Default::default(),
             sessions: Default::default(),
-        }))
-    }
-
-    async fn connection(self: &Arc<Self>) -> Result<quinn::Connection, Error> {
-        let mut current = self.conn.lock().await;
-        if let Some(c) = current.as_ref() {
-            if c.conn.close_reason().is_none() {
-                return Ok(c.conn.clone());
-            }
-            *self
-                .lost_broker
-                .lock()
-                .expect("never poisoned: no panics under the lock") = Some(c.node_id.clone());
-        }
-        let avoid = self
-            .lost_broker
-            .lock()
-            .expect("never poisoned: no panics under the lock")
-            .clone();
-        let connected = self.dialer.connect_avoiding(avoid.as_deref()).await?;
-        tracing::debug!(broker = %connected.node_id, "connected");
-        let conn = connected.conn.clone();
-        tokio::spawn(
-            self.clone()
-                .watch_notices(conn.clone(), connected.control.1),
-        );
-        *current = Some(Current {
-            conn: conn.clone(),
-            node_id: connected.node_id,
         });
-        Ok(conn)
+        tokio::spawn(Self::move_on_notices(Arc::downgrade(&opener), notices));
+        Ok(opener)
     }
 
     /// Connects now if not connected, so that configuration and trust errors surface at once.
     pub async fn ensure_connected(self: &Arc<Self>) -> Result<(), Error> {
-        self.connection().await.map(drop)
+        self.pool.ensure_connected().await
     }
 
-    /// Closes the connection and waits (briefly) until the broker has been told, so it ends
-    /// this client's sessions at once instead of after the idle timeout.
+    /// Closes the connections and waits (briefly) until the brokers have been told, so they
+    /// end this client's sessions at once instead of after the idle timeout.
     pub async fn close(&self) {
-        if let Some(current) = self.conn.lock().await.take() {
-            current.conn.close(0u32.into(), b"client done");
-        }
+        self.pool.close_all("client done").await;
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(1),
-            self.dialer.endpoint().wait_idle(),
+            self.pool.dialer().endpoint().wait_idle(),
         )
         .await;
     }
 
     /// Opens a session to `service` on `host`; [`SessionOpener::carry`] then moves its bytes.
-    pub async fn open(self: &Arc<Self>, host: &str, service: &str) -> Result<Opened, Error> {
-        let conn = self.connection().await?;
+    pub async fn open(self: &Arc<Self>, host: &str, service: &str) -> Result<OpenedSession, Error> {
+        let opened = self.pool.open().await?;
+        let conn_id = opened.conn.stable_id();
         let open = client_request::Request::OpenSession(wire::OpenSession {
             token: self.token.clone(),
             host: host.to_owned(),
             service: service.to_owned(),
         });
-        let (send, recv, response) = request(&conn, open).await?;
+        let (send, recv, response) = request(opened, open).await?;
         match response {
-            client_response::Response::SessionOpened(s) => Ok(Opened {
+            client_response::Response::SessionOpened(s) => Ok(OpenedSession {
                 id: s.session_id,
                 resume_secret: s.resume_secret,
                 resume_window: Duration::from_millis(s.resume_window_ms),
@@ -184,7 +185,7 @@ impl SessionOpener {
                     send,
                     recv,
                     peer_received: 0,
-                    conn_id: conn.stable_id(),
+                    conn_id,
                 },
             }),
             _ => Err(Error::Protocol(
@@ -197,7 +198,7 @@ impl SessionOpener {
     /// ends, resuming it through another broker whenever its path breaks or its broker drains.
     pub fn carry<R, W>(
         self: &Arc<Self>,
-        opened: Opened,
+        opened: OpenedSession,
         local_read: R,
         local_write: W,
     ) -> resumable::Session
@@ -224,6 +225,15 @@ impl SessionOpener {
         session
     }
 
+    /// Whether a live session uses connection `conn_id`.
+    fn in_use(&self, conn_id: usize) -> bool {
+        self.sessions
+            .lock()
+            .expect("never poisoned: no panics under the lock")
+            .values()
+            .any(|s| s.conn_id() == Some(conn_id))
+    }
+
     /// Resumes `session` whenever it has no link, until the resume window runs out.
     async fn supervise(
         self: Arc<Self>,
@@ -248,6 +258,7 @@ impl SessionOpener {
             .lock()
             .expect("never poisoned: no panics under the lock")
             .remove(&session.id());
+        self.pool.close_idle(|id| self.in_use(id)).await;
     }
 
     async fn relink(
@@ -301,17 +312,19 @@ impl SessionOpener {
         secret: &str,
         detached: resumable::Detached,
     ) -> Result<Link, ResumeFailure> {
-        let conn = self
-            .connection()
+        let opened = self
+            .pool
+            .open()
             .await
             .map_err(|e| ResumeFailure::Retry(e.to_string()))?;
+        let conn_id = opened.conn.stable_id();
         let resume = client_request::Request::ResumeSession(wire::ResumeSession {
             session_id: id,
             resume_secret: secret.to_owned(),
             received: detached.received,
             written: detached.written,
         });
-        let answer = tokio::time::timeout(RESUME_REQUEST_TIMEOUT, request(&conn, resume))
+        let answer = tokio::time::timeout(RESUME_REQUEST_TIMEOUT, request(opened, resume))
             .await
             .map_err(|_| ResumeFailure::Retry("the broker did not answer in time".into()))?;
         match answer {
@@ -319,7 +332,7 @@ impl SessionOpener {
                 send,
                 recv,
                 peer_received: r.received,
-                conn_id: conn.stable_id(),
+                conn_id,
             }),
             Ok(_) => Err(ResumeFailure::Retry(
                 "broker answered ResumeSession with something else".into(),
@@ -332,56 +345,37 @@ impl SessionOpener {
         }
     }
 
-    /// Reads a broker's notices on the connection's control stream: when it drains, move.
-    /// (Boxed: a move watches the new connection's notices in turn.)
-    fn watch_notices(
-        self: Arc<Self>,
-        conn: quinn::Connection,
-        mut control: quinn::RecvStream,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(async move {
-            while let Ok(notice) =
-                framed::read::<wire::BrokerNotice, _>(&mut control, FrameLimits::default()).await
-            {
-                if let Some(target) = notice.move_to {
-                    tracing::info!(to = %target.node_id, reason = %notice.reason, "broker asks us to move");
-                    self.clone().move_to(conn.clone(), target).await;
-                }
-            }
-        })
+    /// Carries out brokers' notices (a drain names where to move) for as long as the opener
+    /// lives.
+    async fn move_on_notices(this: std::sync::Weak<Self>, mut notices: mpsc::Receiver<Notice>) {
+        while let Some(notice) = notices.recv().await {
+            let Some(opener) = this.upgrade() else { return };
+            tracing::info!(from = %notice.node_id, to = %notice.to.node_id, reason = %notice.reason, "broker asks us to move");
+            opener.move_to(notice).await;
+        }
     }
 
-    /// Make before break: connect to `target`, make it the connection for new sessions and
-    /// resumes, move every session off `old`, then close `old`.
-    async fn move_to(self: Arc<Self>, old: quinn::Connection, target: wire::BrokerInfo) {
-        let connected = match self.dialer.connect_to(&target).await {
-            Ok(c) => c,
+    /// Make before break: connect to the broker named, make it the connection for new
+    /// sessions and resumes, move every session off the draining broker's connections, then
+    /// close them.
+    async fn move_to(self: Arc<Self>, notice: Notice) {
+        let moving_off = self.pool.retire(&notice.node_id).await;
+        if moving_off.is_empty() {
+            return; // Another connection's notice moved us already.
+        }
+        let connected = match self.pool.dialer().connect_to(&notice.to).await {
+            Ok(c) => Some(c),
             Err(e) => {
-                tracing::warn!(to = %target.node_id, error = %e, "cannot reach the broker named; trying the others");
-                match self.dialer.connect_avoiding(None).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "no broker to move to; staying");
-                        return;
-                    }
-                }
+                tracing::warn!(to = %notice.to.node_id, error = %e, "cannot reach the broker named; the pool dials another");
+                None
             }
         };
-        let conn = connected.conn.clone();
-        tokio::spawn(
-            self.clone()
-                .watch_notices(conn.clone(), connected.control.1),
-        );
-        {
-            let mut current = self.conn.lock().await;
-            *current = Some(Current {
-                conn,
-                node_id: connected.node_id,
-            });
+        if let Some(connected) = connected {
+            self.pool.add_first(connected).await;
         }
-        // Detaching hands each session to its supervisor, which resumes it on the new
-        // connection at once.
-        let on_old = |s: &resumable::Session| s.conn_id() == Some(old.stable_id());
+        // Detaching hands each session to its supervisor, which resumes it at once through
+        // the pool (on the new connection, or a new one to another broker).
+        let on_old = |s: &resumable::Session| s.conn_id().is_some_and(|c| moving_off.contains(&c));
         let moving: Vec<resumable::Session> = self
             .sessions
             .lock()
@@ -397,7 +391,9 @@ impl SessionOpener {
         while Instant::now() < deadline && moving.iter().any(on_old) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        old.close(0u32.into(), b"moved to another broker");
+        for id in moving_off {
+            self.pool.close(id, "moved to another broker").await;
+        }
     }
 }
 
@@ -412,25 +408,27 @@ const STDIO_CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long a move waits for its sessions to leave the old connection before closing it.
 const MOVE_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Local connections forwarded at once by `ferry connect --listen`; matches the broker's
-/// default per-connection stream limit.
-const FORWARDED_CONNECTIONS_MAX: usize = 256;
+/// Default of `ferry connect --listen`'s limit on local connections forwarded at once.
+pub const FORWARDED_SESSIONS_MAX_DEFAULT: usize = 4_000;
 
-/// Accepts local TCP connections and carries each over its own session, until `listener` fails.
+/// Accepts local TCP connections and carries each over its own session, until `listener`
+/// fails. Past `sessions_max` local connections at once, a new one is closed at once with a
+/// log line saying why; no local connection ever waits without an answer.
 pub async fn forward(
     listener: TcpListener,
     opener: Arc<SessionOpener>,
     host: String,
     service: String,
+    sessions_max: usize,
 ) -> Result<(), Error> {
-    let slots = Arc::new(Semaphore::new(FORWARDED_CONNECTIONS_MAX));
+    let slots = Arc::new(Semaphore::new(sessions_max));
     loop {
         let (tcp, peer) = listener
             .accept()
             .await
             .map_err(|e| Error::Local(format!("accepting local connections failed: {e}")))?;
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "refusing local connection: {FORWARDED_CONNECTIONS_MAX} already forwarded");
+            tracing::warn!(%peer, "refusing local connection: {sessions_max} already forwarded (--max-sessions)");
             continue;
         };
         let (opener, host, service) = (opener.clone(), host.clone(), service.clone());

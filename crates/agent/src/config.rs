@@ -54,7 +54,8 @@ impl ClientConfig {
     pub fn session_stream_config(&self) -> ferry_session::Config {
         let mut config = ferry_session::Config::default();
         if let Some(bytes) = self.session_buffer_bytes_max {
-            config.buffer_bytes_max = bytes.max(MIN_SESSION_BUFFER_BYTES);
+            config.buffer_bytes_max =
+                bytes.clamp(MIN_SESSION_BUFFER_BYTES, ferry_session::BUFFER_BYTES_LIMIT);
         }
         config
     }
@@ -89,6 +90,15 @@ impl ClientConfig {
                 .parent()
                 .unwrap_or(Path::new("."))
                 .join(&config.ca_cert);
+        }
+        if let Some(bytes) = config.session_buffer_bytes_max {
+            let (min, max) = (MIN_SESSION_BUFFER_BYTES, ferry_session::BUFFER_BYTES_LIMIT);
+            if !(min..=max).contains(&bytes) {
+                return Err(crate::Error::Config(format!(
+                    "{}: session_buffer_bytes_max = {bytes} is outside {min}..={max}",
+                    path.display()
+                )));
+            }
         }
         if config.brokers.is_empty() {
             return Err(crate::Error::Config(format!(

@@ -39,8 +39,17 @@ pub struct Dialer {
 impl Dialer {
     pub fn new(config: &ClientConfig, role: Role) -> Result<Self, Error> {
         let trust = tls::Trust::load(&config.ca_cert).map_err(|e| Error::Config(e.to_string()))?;
-        let endpoint = endpoint::client(&trust, &config.transport_limits())
-            .map_err(|e| Error::Local(e.to_string()))?;
+        let mut limits = config.transport_limits();
+        if role == Role::Host {
+            // The broker opens one stream per session on a host's connection: grant at least
+            // as many as the agent takes sessions (its own limit refuses with a reason), or the
+            // broker's next open would wait for a free one. quinn announces freed streams only
+            // once an eighth of the limit is free, hence the margin.
+            let sessions = crate::host::SESSIONS_MAX as u32;
+            limits.streams_per_connection_max = sessions + sessions / 8 + 1;
+        }
+        let endpoint =
+            endpoint::client(&trust, &limits).map_err(|e| Error::Local(e.to_string()))?;
         Ok(Self {
             endpoint,
             brokers: std::sync::Mutex::new(config.brokers.clone()),

@@ -21,10 +21,13 @@ use tokio::time::timeout;
 
 /// Time allowed to connect to a local service.
 const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Reconnection backoff: first delay, cap, and how long an attachment must last to reset it.
+/// Reconnection backoff: first delay, cap, and how long an attachment must have lasted for
+/// its loss to start the backoff afresh. Only failed attempts (and attachments that end at
+/// once, a flapping broker) grow the delay: a host that loses a broker it was attached to
+/// comes back within the first delay, however recently it lost the previous one.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
+const BACKOFF_RESET_ATTACHED: Duration = Duration::from_secs(1);
 
 pub struct HostOptions {
     pub config: ClientConfig,
@@ -123,7 +126,6 @@ pub async fn run(
     let mut target: Option<wire::BrokerInfo> = None;
     let mut avoid: Option<String> = None;
     loop {
-        let started = tokio::time::Instant::now();
         let attempt = attach_once(
             &dialer,
             &opts,
@@ -149,9 +151,16 @@ pub async fn run(
                 | Error::Local(_)),
             ) => return Err(e),
             Err(e) => tracing::warn!(error = %e, "connection to the broker lost"),
-            Ok(AttachEnd::Lost { broker, why }) => {
+            Ok(AttachEnd::Lost {
+                broker,
+                why,
+                attached_for,
+            }) => {
                 tracing::warn!(%broker, %why, "connection to the broker lost");
                 avoid = Some(broker);
+                if attached_for >= BACKOFF_RESET_ATTACHED {
+                    backoff = BACKOFF_FIRST;
+                }
             }
             Ok(AttachEnd::Moved { to, old }) => {
                 // Make before break: attach to the broker named while the old connection
@@ -162,9 +171,6 @@ pub async fn run(
                 backoff = BACKOFF_FIRST;
                 continue;
             }
-        }
-        if started.elapsed() >= BACKOFF_RESET_AFTER {
-            backoff = BACKOFF_FIRST;
         }
         // Full jitter on the upper half: spreads a herd of agents across the interval.
         let delay = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
@@ -196,6 +202,8 @@ enum AttachEnd {
     Lost {
         broker: String,
         why: String,
+        /// How long the host was attached before the connection ended.
+        attached_for: Duration,
     },
     /// The broker drains and named another; `old` still carries sessions.
     Moved {
@@ -205,7 +213,7 @@ enum AttachEnd {
 }
 
 /// Sessions one host holds at once; a session beyond it is refused.
-const SESSIONS_MAX: usize = 4096;
+pub(crate) const SESSIONS_MAX: usize = 4096;
 /// How long a retired connection may keep carrying sessions before it is closed anyway.
 const RETIRE_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -297,6 +305,7 @@ async fn attach_once(
         }
     }
     tracing::info!(broker = %node_id, host = %opts.name, "attached");
+    let attached_at = tokio::time::Instant::now();
     eprintln!("ferry: host {:?} attached to broker {node_id}", opts.name);
     let _ = send; // kept open: closing it would tell the broker we left
     let notices = async {
@@ -321,6 +330,7 @@ async fn attach_once(
                     return Ok(AttachEnd::Lost {
                         broker: node_id,
                         why: close::describe(&e),
+                        attached_for: attached_at.elapsed(),
                     })
                 }
             },
@@ -332,6 +342,7 @@ async fn attach_once(
                     return Ok(AttachEnd::Lost {
                         broker: node_id,
                         why: close::describe(&e),
+                        attached_for: attached_at.elapsed(),
                     });
                 }
             },

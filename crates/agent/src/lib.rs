@@ -10,6 +10,7 @@ pub mod config;
 pub mod dial;
 pub mod error;
 pub mod host;
+pub mod pool;
 pub mod resumable;
 pub mod token_cache;
 

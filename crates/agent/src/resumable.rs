@@ -10,18 +10,18 @@
 //!
 //! Tasks per session: a local reader, a local writer, and per link a link reader and a link
 //! writer. They share [`Shared`] under one `std` mutex that is never held across an await.
+//!
+//! The link reader never waits for the local side: acknowledgements are the session's flow
+//! control (see `ferry_session::Stream`), and they arrive behind the peer's data on the same
+//! link, so a reader that stopped reading could keep its own replay buffer full for ever.
 
 use bytes::{Bytes, BytesMut};
 use ferry_session::{Decoder, Delivery, Frame, Stream};
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 
-/// Received bytes waiting for the local writer; beyond this the link reader stops reading,
-/// and QUIC flow control holds the sender back.
-const DELIVERY_BYTES_MAX: usize = 1024 * 1024;
 /// How often a link acknowledges a trickle of received bytes that never reaches
 /// `ack_every_bytes` (keystrokes), and re-checks for missed wake-ups.
 const ACK_INTERVAL: Duration = Duration::from_millis(20);
@@ -76,9 +76,10 @@ struct Core {
     /// Generation of the current (or next) link. Link tasks of other generations stop.
     generation: u64,
     phase: Phase,
-    /// Received bytes (and the end or abort) for the local writer, in order.
-    deliveries: VecDeque<Delivery>,
-    delivery_bytes: usize,
+    /// The local writer has written (and shut down after) the far side's end: the last
+    /// condition of a complete session, so that nothing ends it while bytes are on their way
+    /// to the local connection.
+    local_done: bool,
     /// Wakes the current link's writer.
     link_writer: Option<Arc<Notify>>,
     /// Connection of the current link.
@@ -93,7 +94,7 @@ struct Shared {
     id: u64,
     core: Mutex<Core>,
     /// Wakes the local reader (capacity freed), the local writer (deliveries) and the link
-    /// reader (deliveries drained).
+    /// reader (the session left its link).
     local_reader: Notify,
     local_writer: Notify,
     link_reader: Notify,
@@ -133,8 +134,7 @@ impl Session {
                 stream: Stream::new(config),
                 generation: 0,
                 phase: Phase::Unlinked(Instant::now()),
-                deliveries: VecDeque::new(),
-                delivery_bytes: 0,
+                local_done: false,
                 link_writer: None,
                 conn_id: None,
                 ending: None,
@@ -171,6 +171,7 @@ impl Session {
     pub fn detach(&self) -> Detached {
         let mut core = self.core();
         core.generation += 1;
+        core.stream.detach();
         if let Some(w) = core.link_writer.take() {
             w.notify_one();
         }
@@ -319,9 +320,10 @@ fn finish(shared: &Shared, core: &mut Core, ending: Ending) {
     shared.link_reader.notify_waiters();
 }
 
-/// Once both ends are acknowledged and delivered, the session is complete.
+/// Once both ends are acknowledged and delivered, and the local writer is done, the session
+/// is complete.
 fn check_complete(shared: &Shared, core: &mut Core) {
-    if core.stream.is_complete() && core.deliveries.is_empty() && core.ending.is_none() {
+    if core.stream.is_complete() && core.local_done && core.ending.is_none() {
         finish(shared, core, Ending::Complete);
     }
 }
@@ -391,10 +393,11 @@ async fn local_writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut local: W) 
     loop {
         let next = {
             let mut core = lock(&shared);
-            match core.deliveries.pop_front() {
+            match core.stream.poll_deliver() {
                 Some(d) => {
-                    if let Delivery::Bytes(b) = &d {
-                        core.delivery_bytes -= b.len();
+                    // Taking bytes may make an acknowledgement due: it frees the peer's buffer.
+                    if core.stream.ack_due() {
+                        wake_link(&core);
                     }
                     Some(d)
                 }
@@ -402,7 +405,6 @@ async fn local_writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut local: W) 
                 None => None,
             }
         };
-        shared.link_reader.notify_waiters();
         match next {
             None => {
                 let _ = tokio::time::timeout(ACK_INTERVAL, shared.local_writer.notified()).await;
@@ -435,6 +437,7 @@ async fn local_writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut local: W) 
                 let _ = local.shutdown().await;
                 shared.remote_ended.send_replace(true);
                 let mut core = lock(&shared);
+                core.local_done = true;
                 check_complete(&shared, &mut core);
             }
             Some(Delivery::Aborted(reason)) => {
@@ -548,27 +551,18 @@ async fn write_frame(
     }
 }
 
-/// Reads the session's frames from one link.
+/// Reads the session's frames from one link, whatever the local side is doing (see the
+/// module's notes: waiting for it here can deadlock the session).
 async fn link_reader(shared: Arc<Shared>, generation: u64, mut recv: quinn::RecvStream) {
     let mut decoder = Decoder::new();
     loop {
-        // Wait while the local writer is behind (flow control does the rest).
-        loop {
-            let (current, room) = {
-                let core = lock(&shared);
-                (
-                    core.generation == generation && core.phase != Phase::Ended,
-                    core.delivery_bytes < DELIVERY_BYTES_MAX,
-                )
-            };
-            if !current {
-                let _ = recv.stop(RESET_MOVED);
-                return;
-            }
-            if room {
-                break;
-            }
-            let _ = tokio::time::timeout(ACK_INTERVAL, shared.link_reader.notified()).await;
+        let current = {
+            let core = lock(&shared);
+            core.generation == generation && core.phase != Phase::Ended
+        };
+        if !current {
+            let _ = recv.stop(RESET_MOVED);
+            return;
         }
         let chunk = tokio::select! {
             chunk = recv.read_chunk(LOCAL_READ_BYTES_MAX, true) => chunk,
@@ -618,13 +612,7 @@ fn handle_chunk(shared: &Shared, generation: u64, decoder: &mut Decoder) -> bool
                 }
             };
             match core.stream.handle_frame(frame) {
-                Ok(Some(delivery)) => {
-                    if let Delivery::Bytes(b) = &delivery {
-                        core.delivery_bytes += b.len();
-                    }
-                    core.deliveries.push_back(delivery);
-                }
-                Ok(None) => {}
+                Ok(()) => {}
                 Err(e) => {
                     // Our own invariant broke: continuing could corrupt the stream.
                     tracing::error!(session_id = shared.id, error = %e, "session protocol violated");

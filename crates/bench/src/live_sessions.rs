@@ -131,7 +131,7 @@ impl LiveSessions {
             .wait_host_attached(0, HOST, Duration::from_secs(20))
             .await?;
         let login = client::login(&config, cluster::USER, cluster::PASSWORD).await?;
-        let opener = SessionOpener::new(&config, login.token)?;
+        let opener = SessionOpener::new(&config, login.token, Default::default())?;
         eprintln!("opening {} sessions through b1", load.sessions);
         let opening = Instant::now();
         let mut sessions = Vec::with_capacity(load.sessions);

@@ -72,7 +72,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         .wait_host_attached(0, HOST, Duration::from_secs(20))
         .await?;
     let login = client::login(&client_config, cluster::USER, cluster::PASSWORD).await?;
-    let opener = client::SessionOpener::new(&client_config, login.token)?;
+    let opener = client::SessionOpener::new(&client_config, login.token, Default::default())?;
 
     let direct = Direct::start(&cluster.files(), client_config.transport_limits()).await?;
     let payload = Bytes::from(vec![0x5a; WRITE_BYTES]);

@@ -354,6 +354,14 @@ pub struct ConnectArgs {
     /// Carry one session on stdin/stdout (for `ssh -o ProxyCommand='ferry connect %h ssh --stdio --config ...'`).
     #[arg(long)]
     pub stdio: bool,
+    /// With --listen: most local connections forwarded at once; one more is closed at once,
+    /// with a line on stderr saying why.
+    #[arg(long, default_value_t = ferry_agent::client::FORWARDED_SESSIONS_MAX_DEFAULT)]
+    pub max_sessions: usize,
+    /// Most QUIC connections to the brokers: one carries as many sessions as a broker grants
+    /// streams per connection (255 by default), and more are opened as needed.
+    #[arg(long, default_value_t = ferry_agent::client::CONNECTIONS_MAX_DEFAULT)]
+    pub max_connections: usize,
 }
 
 #[derive(Args, Debug)]

@@ -216,7 +216,10 @@ async fn login(args: LoginArgs) -> CliResult {
 async fn connect(args: ConnectArgs) -> CliResult {
     let config = ClientConfig::load(&args.config)?;
     let cached = token_cache::load(&config.cluster_name)?;
-    let opener = client::SessionOpener::new(&config, cached.token)?;
+    let limits = client::OpenerLimits {
+        connections_max: args.max_connections,
+    };
+    let opener = client::SessionOpener::new(&config, cached.token, limits)?;
     if args.stdio {
         client::stdio(&opener, &args.host, &args.service).await?;
         return Ok(());
@@ -236,7 +239,7 @@ async fn connect(args: ConnectArgs) -> CliResult {
         cached.user
     );
     tokio::select! {
-        r = client::forward(listener, opener, args.host, args.service) => r.map_err(Failure::from),
+        r = client::forward(listener, opener, args.host, args.service, args.max_sessions) => r.map_err(Failure::from),
         _ = shutdown_signal() => Ok(()),
     }
 }

@@ -19,4 +19,4 @@ pub mod frame;
 mod stream;
 
 pub use frame::{Decoder, Frame};
-pub use stream::{Config, Delivery, Error, Stream};
+pub use stream::{Config, Delivery, Error, Stream, BUFFER_BYTES_LIMIT};

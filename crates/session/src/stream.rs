@@ -8,14 +8,20 @@ use std::collections::VecDeque;
 /// one keystroke at a time) cannot hold far more memory than `buffer_bytes_max` says.
 const CHUNK_OVERHEAD_BYTES: usize = 64;
 
+/// The largest replay buffer an endpoint may keep ([`Config::buffer_bytes_max`]), and so the
+/// most a receiver ever holds undelivered: a peer that sends more than this beyond what was
+/// acknowledged breaks the protocol.
+pub const BUFFER_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+
 /// Limits of one endpoint's stream.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
-    /// Largest amount of sent-but-unacknowledged data kept for replay. When it is full the
-    /// local reader must pause: backpressure, never loss and never unbounded memory.
+    /// Largest amount of sent-but-unacknowledged data kept for replay, at most
+    /// [`BUFFER_BYTES_LIMIT`]. When it is full the local reader must pause: backpressure,
+    /// never loss and never unbounded memory. It also bounds what the peer holds undelivered.
     pub buffer_bytes_max: usize,
-    /// An acknowledgement is due once this many bytes arrived since the last one. (The IO
-    /// layer also acknowledges on a timer, so a trickle is acknowledged too.)
+    /// An acknowledgement is due once this many bytes were delivered since the last one. (The
+    /// IO layer also acknowledges on a timer, so a trickle is acknowledged too.)
     pub ack_every_bytes: u64,
 }
 
@@ -54,13 +60,28 @@ pub enum Error {
     PeerWentBack { peer_received: u64, acked: u64 },
     #[error("empty session data frame")]
     EmptyData,
+    #[error(
+        "peer sent {undelivered} bytes beyond what was delivered, more than any replay buffer \
+         may hold ({BUFFER_BYTES_LIMIT})"
+    )]
+    ReceiveLimitExceeded { undelivered: u64 },
 }
 
 /// One endpoint's state: the bytes it sends (numbered, kept until acknowledged) and the
-/// bytes it receives (counted, acknowledged).
+/// bytes it receives (queued for the local side, acknowledged once delivered).
 ///
 /// Offsets obey `acked <= sent <= written` on the outbound side; `replay` holds exactly the
-/// bytes `acked..written`.
+/// bytes `acked..written`. On the inbound side `ack_sent <= delivered <= received`, and
+/// `inbound` holds exactly the bytes `delivered..received`.
+///
+/// **Flow control is the acknowledgement.** A receiver acknowledges only what it has
+/// delivered to its local side, so a sender never has more than its replay buffer beyond what
+/// the receiver's local side took, and the receiver never holds more than that undelivered.
+/// The link reader therefore never has a reason to stop reading, and it must not: the
+/// acknowledgements that free the peer's buffer travel behind the peer's data on the same
+/// ordered link. A reader that waits for its local side while its peer waits for an
+/// acknowledgement stuck behind data deadlocks the session (two saturated directions through
+/// an echo service do exactly that; `tests/sim.rs` checks it cannot happen).
 #[derive(Debug)]
 pub struct Stream {
     config: Config,
@@ -84,12 +105,20 @@ pub struct Stream {
     fin_acked: bool,
     /// The local side gave up; the Abort frame is still to send.
     abort_pending: Option<String>,
-    /// Total bytes received and delivered.
+    /// Total bytes received from the peer (accepted in order).
     received: u64,
-    /// The last `received` offset acknowledged to the peer.
+    /// Bytes handed to the local side; what acknowledgements carry.
+    delivered: u64,
+    /// Bytes `delivered..received`, oldest first.
+    inbound: VecDeque<Bytes>,
+    /// The last `delivered` offset acknowledged to the peer.
     ack_sent: u64,
     /// Where the peer's stream ended, once its Fin arrived.
     remote_fin: Option<u64>,
+    /// The peer's end was handed to the local side (after every byte before it).
+    end_delivered: bool,
+    /// The peer gave the session up, for this reason; delivered after the bytes before it.
+    remote_abort: Option<String>,
     /// The peer's Fin was acknowledged on the current link.
     fin_ack_sent: bool,
 }
@@ -99,6 +128,10 @@ impl Stream {
         assert!(
             config.buffer_bytes_max > CHUNK_OVERHEAD_BYTES,
             "a replay buffer must hold at least one byte"
+        );
+        assert!(
+            config.buffer_bytes_max <= BUFFER_BYTES_LIMIT,
+            "configurations are clamped to BUFFER_BYTES_LIMIT"
         );
         Self {
             config,
@@ -113,8 +146,12 @@ impl Stream {
             fin_acked: false,
             abort_pending: None,
             received: 0,
+            delivered: 0,
+            inbound: VecDeque::new(),
             ack_sent: 0,
             remote_fin: None,
+            end_delivered: false,
+            remote_abort: None,
             fin_ack_sent: false,
         }
     }
@@ -165,8 +202,8 @@ impl Stream {
         if let Some(reason) = self.abort_pending.take() {
             return Some(Frame::Abort { reason });
         }
-        if self.received - self.ack_sent >= self.config.ack_every_bytes
-            || (self.remote_fin.is_some() && !self.fin_ack_sent)
+        if self.delivered - self.ack_sent >= self.config.ack_every_bytes
+            || (self.end_delivered && !self.fin_ack_sent)
         {
             return self.poll_ack();
         }
@@ -182,18 +219,26 @@ impl Stream {
         None
     }
 
-    /// An acknowledgement if anything arrived since the last one (for the IO layer's timer).
+    /// An acknowledgement if anything was delivered since the last one (for the IO layer's
+    /// timer).
     pub fn poll_ack(&mut self) -> Option<Frame> {
-        let fin_unacked = self.remote_fin.is_some() && !self.fin_ack_sent;
-        if self.received == self.ack_sent && !fin_unacked {
+        let fin_unacked = self.end_delivered && !self.fin_ack_sent;
+        if self.delivered == self.ack_sent && !fin_unacked {
             return None;
         }
-        self.ack_sent = self.received;
-        self.fin_ack_sent = self.remote_fin.is_some();
+        self.ack_sent = self.delivered;
+        self.fin_ack_sent = self.end_delivered;
         Some(Frame::Ack {
-            received: self.received,
+            received: self.delivered,
             fin_received: self.fin_ack_sent,
         })
+    }
+
+    /// An acknowledgement is due now (`poll_transmit` would send one first): the IO layer
+    /// wakes the link's writer after a delivery that makes one due.
+    pub fn ack_due(&self) -> bool {
+        self.delivered - self.ack_sent >= self.config.ack_every_bytes
+            || (self.end_delivered && !self.fin_ack_sent)
     }
 
     fn next_data(&mut self) -> Frame {
@@ -211,8 +256,9 @@ impl Stream {
         Frame::Data { offset, bytes }
     }
 
-    /// Takes a frame from the current link.
-    pub fn handle_frame(&mut self, frame: Frame) -> Result<Option<Delivery>, Error> {
+    /// Takes a frame from the current link. What it carries for the local side waits in the
+    /// inbound queue for [`Stream::poll_deliver`]; the link reader never waits for it.
+    pub fn handle_frame(&mut self, frame: Frame) -> Result<(), Error> {
         match frame {
             Frame::Data { offset, bytes } => {
                 if bytes.is_empty() {
@@ -227,8 +273,13 @@ impl Stream {
                         got: offset,
                     });
                 }
+                let undelivered = self.received + bytes.len() as u64 - self.delivered;
+                if undelivered > BUFFER_BYTES_LIMIT as u64 {
+                    return Err(Error::ReceiveLimitExceeded { undelivered });
+                }
                 self.received += bytes.len() as u64;
-                Ok(Some(Delivery::Bytes(bytes)))
+                self.inbound.push_back(bytes);
+                Ok(())
             }
             Frame::Fin { offset } => {
                 if offset != self.received {
@@ -238,10 +289,9 @@ impl Stream {
                     });
                 }
                 // A Fin is sent again after a resume when its acknowledgement was lost.
-                let first = self.remote_fin.is_none();
                 self.remote_fin = Some(offset);
                 self.fin_ack_sent = false;
-                Ok(first.then_some(Delivery::End))
+                Ok(())
             }
             Frame::Ack {
                 received,
@@ -254,10 +304,32 @@ impl Stream {
                     }
                     self.fin_acked = true;
                 }
-                Ok(None)
+                Ok(())
             }
-            Frame::Abort { reason } => Ok(Some(Delivery::Aborted(reason))),
+            Frame::Abort { reason } => {
+                self.remote_abort.get_or_insert(reason);
+                Ok(())
+            }
         }
+    }
+
+    // ---- The local writer. ----
+
+    /// The next thing to hand to the local side, in order: received bytes, then the peer's
+    /// end (or abort). Taking bytes makes them acknowledgeable ([`Stream::ack_due`]).
+    pub fn poll_deliver(&mut self) -> Option<Delivery> {
+        if let Some(bytes) = self.inbound.pop_front() {
+            self.delivered += bytes.len() as u64;
+            return Some(Delivery::Bytes(bytes));
+        }
+        if let Some(reason) = self.remote_abort.take() {
+            return Some(Delivery::Aborted(reason));
+        }
+        if self.remote_fin.is_some() && !self.end_delivered {
+            self.end_delivered = true;
+            return Some(Delivery::End);
+        }
+        None
     }
 
     /// Drops replayable bytes below `received`, which the peer has.
@@ -298,10 +370,28 @@ impl Stream {
         Ok(())
     }
 
-    /// Starts over on a new link: the peer has received everything before `peer_received`.
-    /// Afterwards [`Stream::poll_transmit`] replays from there. The peer learns this side's
-    /// [`Stream::received`] through the same exchange.
+    /// Leaves the current link: what the local side has not taken yet is dropped (the peer
+    /// still holds it, unacknowledged, and replays it), so that [`Stream::received`] is
+    /// exactly what was delivered. Presenting the delivered offset on resume keeps the bound
+    /// on undelivered bytes across any number of resumes; presenting more would let the peer
+    /// send a whole replay buffer beyond it each time.
+    pub fn detach(&mut self) {
+        self.inbound.clear();
+        self.received = self.delivered;
+        if !self.end_delivered {
+            self.remote_fin = None;
+        }
+        self.remote_abort = None;
+    }
+
+    /// Starts over on a new link (after [`Stream::detach`]): the peer has received everything
+    /// before `peer_received`. Afterwards [`Stream::poll_transmit`] replays from there. The
+    /// peer learns this side's [`Stream::received`] through the same exchange.
     pub fn resume(&mut self, peer_received: u64) -> Result<(), Error> {
+        assert!(
+            self.inbound.is_empty() && self.received == self.delivered,
+            "a stream is detached before it resumes"
+        );
         if peer_received < self.acked {
             return Err(Error::PeerWentBack {
                 peer_received,
@@ -319,9 +409,19 @@ impl Stream {
 
     // ---- Observers. ----
 
-    /// Bytes received (and delivered) so far: what this side presents on resume.
+    /// Bytes received so far; after [`Stream::detach`], what this side presents on resume.
     pub fn received(&self) -> u64 {
         self.received
+    }
+
+    /// Bytes handed to the local side so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Bytes received but not yet handed to the local side (at most the peer's replay buffer).
+    pub fn undelivered_bytes(&self) -> u64 {
+        self.received - self.delivered
     }
 
     /// Bytes taken from the local side so far.
@@ -344,9 +444,10 @@ impl Stream {
         self.replay_cost
     }
 
-    /// Both directions ended and each end was acknowledged: the session is complete.
+    /// Both directions ended, each end was delivered and acknowledged: the session is
+    /// complete.
     pub fn is_complete(&self) -> bool {
-        self.local_ended && self.fin_acked && self.remote_fin.is_some() && self.fin_ack_sent
+        self.local_ended && self.fin_acked && self.end_delivered && self.fin_ack_sent
     }
 
     /// The local side has ended (or was ended).
@@ -354,8 +455,8 @@ impl Stream {
         self.local_ended
     }
 
-    /// The peer's stream has ended.
+    /// The peer's stream has ended and its end was delivered.
     pub fn remote_ended(&self) -> bool {
-        self.remote_fin.is_some()
+        self.end_delivered
     }
 }

@@ -681,10 +681,16 @@ async fn start_on_host(
             ctx.config.node_id
         ))
     })?;
-    let (mut send, mut recv) = host
-        .conn
-        .open_bi()
+    // Bounded: a host that grants no more streams (it holds as many sessions as it takes)
+    // must not leave the client waiting.
+    let (mut send, mut recv) = timeout(ctx.config.limits.handshake_timeout(), host.conn.open_bi())
         .await
+        .map_err(|_| {
+            error(
+                ErrorCode::ResourceExhausted,
+                format!("host {host_name:?} takes no more sessions now; try again later"),
+            )
+        })?
         .map_err(|e| unavailable(format!("cannot reach host {host_name:?}: {e}")))?;
     framed::write(&mut send, &start, frame_limits(ctx))
         .await
