@@ -9,6 +9,7 @@ pub mod chromium;
 pub mod echo;
 pub mod gate;
 pub mod promtool;
+pub mod ssh;
 pub mod store;
 
 use std::io::Write;
