@@ -128,8 +128,7 @@ fn t11_a_member_is_replaced_with_writes_flowing_and_none_is_lost() {
             "--relay-addr",
             b4_config["relay_addr"].as_str().unwrap(),
             "--wait",
-            "--wait-secs",
-            "60",
+            "60s",
         ],
     );
     assert_eq!(added.code, 0, "member add failed: {}", added.stderr);

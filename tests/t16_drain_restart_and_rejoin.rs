@@ -43,12 +43,7 @@ fn t16_drain_moves_20_sessions_then_restart_rejoins_and_releases_the_lease() {
 
     // The drain: the gate allows it, b1 hands everything to b2 and leads nothing.
     let started = Instant::now();
-    let out = admin_as(
-        &w,
-        "dana@ops",
-        "b2",
-        &["drain", "b1", "--wait", "--wait-secs", "60"],
-    );
+    let out = admin_as(&w, "dana@ops", "b2", &["drain", "b1", "--wait", "60s"]);
     eprintln!(
         "drain took {:?}:\n{}{}",
         started.elapsed(),

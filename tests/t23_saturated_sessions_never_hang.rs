@@ -110,7 +110,7 @@ fn t23_drains_of_a_saturated_bidirectional_session_never_hang() {
         let node = format!("b{}", p.carrier());
         p.w.restart_check_until(&node, 0, &[]);
         let started = Instant::now();
-        let out = p.w.admin(&["drain", &node, "--wait", "--wait-secs", "60"]);
+        let out = p.w.admin(&["drain", &node, "--wait", "60s"]);
         assert_eq!(out.code, 0, "round {round}: drain {node}: {out:?}");
         let drained = started.elapsed();
         let label = format!("drain round {round} ({node})");

@@ -321,6 +321,7 @@ impl World {
             .env("XDG_CONFIG_HOME", self.path().join("config-home"))
             .env_remove("FERRY_PASSWORD")
             .env_remove("FERRY_ADMIN_TOKEN")
+            .env_remove("FERRY_CONFIG")
             .env("FERRY_LOG", "info");
         cmd
     }

@@ -79,7 +79,52 @@ pub struct BrokerEntry {
     pub admin_url: String,
 }
 
+/// Where a client config is looked for when `--config` is not given, in this order.
+pub fn config_candidates() -> Vec<(String, Option<PathBuf>)> {
+    let env = std::env::var_os("FERRY_CONFIG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let user = dirs::config_dir().map(|d| d.join("ferry").join("client.toml"));
+    vec![
+        ("$FERRY_CONFIG".to_owned(), env),
+        ("$XDG_CONFIG_HOME/ferry/client.toml".to_owned(), user),
+        (
+            "/etc/ferry/client.toml".to_owned(),
+            Some(PathBuf::from("/etc/ferry/client.toml")),
+        ),
+    ]
+}
+
 impl ClientConfig {
+    /// The config file to use: `explicit` (`--config`), else `$FERRY_CONFIG` (used as given,
+    /// even if missing: loading it then says so), else the first of
+    /// `$XDG_CONFIG_HOME/ferry/client.toml` (`~/.config/...`) and `/etc/ferry/client.toml`
+    /// that exists. The error names everything tried.
+    pub fn find(explicit: Option<&Path>) -> Result<PathBuf, crate::Error> {
+        if let Some(path) = explicit {
+            return Ok(path.to_path_buf());
+        }
+        let mut tried = Vec::new();
+        for (i, (name, path)) in config_candidates().into_iter().enumerate() {
+            match path {
+                Some(path) if i == 0 || path.exists() => return Ok(path),
+                Some(path) => tried.push(format!("{name} ({}: none)", path.display())),
+                None => tried.push(format!("{name} (not set)")),
+            }
+        }
+        Err(crate::Error::Config(format!(
+            "no client config: pass --config FILE (the client.toml of `ferry init`); tried {}",
+            tried.join(", ")
+        )))
+    }
+
+    /// [`ClientConfig::find`], then [`ClientConfig::load`]; returns the path too.
+    pub fn find_and_load(explicit: Option<&Path>) -> Result<(PathBuf, Self), crate::Error> {
+        let path = Self::find(explicit)?;
+        let config = Self::load(&path)?;
+        Ok((path, config))
+    }
+
     pub fn load(path: &Path) -> Result<Self, crate::Error> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| crate::Error::Config(format!("cannot read {}: {e}", path.display())))?;

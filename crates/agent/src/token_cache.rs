@@ -49,11 +49,11 @@ pub fn save(cluster_name: &str, token: &CachedToken) -> Result<PathBuf, Error> {
 
 pub fn load(cluster_name: &str) -> Result<CachedToken, Error> {
     let path = path(cluster_name)?;
-    let text = std::fs::read_to_string(&path).map_err(|_| {
-        Error::Refused {
-            code: ferry_proto::wire::ErrorCode::Unauthenticated,
-            message: format!("not logged in to cluster {cluster_name:?}; run `ferry login --config CLIENT.toml --user NAME` first"),
-        }
+    let text = std::fs::read_to_string(&path).map_err(|_| Error::Refused {
+        code: ferry_proto::wire::ErrorCode::Unauthenticated,
+        message: format!(
+            "not logged in to cluster {cluster_name:?}; run `ferry login --user NAME` first"
+        ),
     })?;
     toml::from_str(&text).map_err(|e| {
         Error::Config(format!(
@@ -61,6 +61,19 @@ pub fn load(cluster_name: &str) -> Result<CachedToken, Error> {
             path.display()
         ))
     })
+}
+
+/// Deletes the cached token of `cluster_name`; false when there was none.
+pub fn remove(cluster_name: &str) -> Result<bool, Error> {
+    let path = path(cluster_name)?;
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::Local(format!(
+            "cannot delete {}: {e}",
+            path.display()
+        ))),
+    }
 }
 
 /// Writes a file only its owner can read, replacing it atomically.

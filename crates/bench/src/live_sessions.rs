@@ -42,37 +42,40 @@ pub struct Load {
 }
 
 impl Load {
-    /// Defaults: 256 KiB/s each way per session, 5 s of steady traffic before the fault, 3 s
-    /// after recovery.
-    pub const RATE_KIB_DEFAULT: u64 = 256;
-    pub const STEADY_SECS_DEFAULT: u64 = 5;
-    pub const AFTER_SECS_DEFAULT: u64 = 3;
+    /// Defaults (as the command line writes them): 256 KiB/s each way per session, 5 s of
+    /// steady traffic before the fault, 3 s after recovery.
+    pub const RATE_DEFAULT: &'static str = "256KiB";
+    pub const STEADY_DEFAULT: &'static str = "5s";
+    pub const AFTER_DEFAULT: &'static str = "3s";
 
-    /// `rate_kib` KiB/s each way per session, 0 meaning as fast as flow control allows.
+    /// `rate` bytes/s each way per session, 0 meaning as fast as flow control allows.
     pub fn new(
         sessions: usize,
-        rate_kib: u64,
-        steady_secs: u64,
-        after_secs: u64,
+        rate: u64,
+        steady: Duration,
+        after: Duration,
     ) -> anyhow::Result<Self> {
         if sessions == 0 {
             bail!("--sessions must be greater than 0");
         }
-        if steady_secs == 0 {
-            bail!("--steady-secs must be at least 1: the baseline is measured in it");
+        if steady < Duration::from_secs(1) {
+            bail!("--steady must be at least 1s: the baseline is measured in it");
         }
-        let max_kib = crate::traffic::PACED_BYTES_PER_SECOND_MAX / 1024;
-        if rate_kib > max_kib {
-            bail!("--rate-kib {rate_kib} is above {max_kib}; use 0 for as fast as possible");
+        let max = crate::traffic::PACED_BYTES_PER_SECOND_MAX;
+        if rate > max {
+            bail!(
+                "--rate {rate} bytes/s is above {max} ({}/s); use 0 for as fast as possible",
+                max / 1024 / 1024
+            );
         }
         Ok(Self {
             sessions,
-            pace: match rate_kib {
+            pace: match rate {
                 0 => Pace::Unlimited,
-                kib => Pace::BytesPerSecond(kib * 1024),
+                bytes => Pace::BytesPerSecond(bytes),
             },
-            steady: Duration::from_secs(steady_secs),
-            after: Duration::from_secs(after_secs),
+            steady,
+            after,
         })
     }
 

@@ -20,7 +20,7 @@ pub struct Options {
     /// Concurrency levels, run one after the other.
     pub proposers: Vec<usize>,
     /// Measured duration of each level.
-    pub secs: u64,
+    pub duration: Duration,
 }
 
 const NODES: u16 = 3;
@@ -273,10 +273,10 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     if options.proposers.is_empty() || options.proposers.contains(&0) {
         bail!("--proposers must list concurrency levels greater than 0");
     }
-    if options.secs == 0 {
-        bail!("--secs must be greater than 0");
+    if options.duration.is_zero() {
+        bail!("--duration must be greater than 0");
     }
-    let measure = Duration::from_secs(options.secs);
+    let measure = options.duration;
     let max_proposers = options.proposers.iter().copied().max().unwrap_or(1);
     let http = reqwest::Client::builder()
         .timeout(WRITE_TIMEOUT)
@@ -368,7 +368,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         scenario: "replicate",
         machine: machine(),
         parameters: serde_json::json!({
-            "proposers": options.proposers, "secs": options.secs,
+            "proposers": options.proposers, "secs": options.duration.as_secs_f64(),
             "warmup_secs": WARMUP.as_secs_f64(), "nodes": NODES,
             "baseline": etcd_version.as_deref().map_or("none: etcd not on PATH".to_owned(), |v| format!("etcd {v}")),
             "p4_goal": format!("ferry writes/s >= etcd writes/s at {P4_PROPOSERS} proposers"),

@@ -190,14 +190,16 @@ fn operator() -> String {
         .collect()
 }
 
-pub async fn run(args: AdminArgs) -> CliResult {
+pub async fn run(config: Option<&Path>, args: AdminArgs) -> CliResult {
+    let config_path = ClientConfig::find(config)?;
     let client = AdminClient::for_node(
-        &args.config,
+        &config_path,
         args.token_file.as_deref(),
         args.node.as_deref(),
     )?;
+    let json = args.json;
     match args.command {
-        AdminCommand::Status { json } => {
+        AdminCommand::Status => {
             let status = client.get("/v1/cluster").await?;
             if json {
                 print_json(&status);
@@ -205,17 +207,10 @@ pub async fn run(args: AdminArgs) -> CliResult {
                 crate::operations::print_cluster(&status);
             }
         }
-        AdminCommand::RestartCheck { node, json } => {
+        AdminCommand::RestartCheck { node } => {
             crate::operations::restart_check(&client, &node, json).await?;
         }
-        AdminCommand::Drain {
-            node,
-            wait,
-            wait_secs,
-            force,
-            json,
-        } => {
-            let wait = wait.then(|| Duration::from_secs(wait_secs));
+        AdminCommand::Drain { node, wait, force } => {
             crate::operations::drain(&client, &node, force, wait, json).await?;
         }
         AdminCommand::Undrain { node } => {
@@ -224,7 +219,7 @@ pub async fn run(args: AdminArgs) -> CliResult {
                 .await?;
             eprintln!("{node}: maintenance lease released; it serves new sessions again");
         }
-        AdminCommand::Node { json } => {
+        AdminCommand::Node => {
             let status = client.get("/v1/status").await?;
             if json {
                 print_json(&status);
@@ -242,7 +237,7 @@ pub async fn run(args: AdminArgs) -> CliResult {
             client.post("/v1/users", &body).await?;
             eprintln!("user {name:?} added (groups: {})", groups.join(", "));
         }
-        AdminCommand::User(UserCommand::List { json }) => {
+        AdminCommand::User(UserCommand::List) => {
             let users = client.get("/v1/users").await?;
             table(
                 json,
@@ -263,7 +258,7 @@ pub async fn run(args: AdminArgs) -> CliResult {
                  --enroll <token> --expose ssh=127.0.0.1:22"
             );
         }
-        AdminCommand::Host(HostCommand::List { json }) => {
+        AdminCommand::Host(HostCommand::List) => {
             let hosts = client.get("/v1/hosts").await?;
             table(
                 json,
@@ -286,39 +281,41 @@ pub async fn run(args: AdminArgs) -> CliResult {
                 "users of group {group:?} may now open sessions to hosts of group {host_group:?}"
             );
         }
-        AdminCommand::Grants { json } => {
+        AdminCommand::Grants => {
             let grants = client.get("/v1/grants").await?;
             table(json, &grants, "grants", &["user_group", "host_group"]);
         }
-        AdminCommand::Sessions { json } => {
-            let sessions = client.get("/v1/sessions").await?;
+        AdminCommand::Sessions => {
+            let mut sessions = client.get("/v1/sessions").await?;
+            with_readable_times(&mut sessions, "sessions", &[("opened_at_ms", "opened")]);
             table(
                 json,
                 &sessions,
                 "sessions",
                 &[
-                    "id",
-                    "user",
-                    "host",
-                    "service",
-                    "broker",
-                    "state",
-                    "resumes",
-                    "opened_at_ms",
+                    "id", "user", "host", "service", "broker", "state", "resumes", "opened",
                 ],
             );
         }
         AdminCommand::Member(command) => {
-            crate::members::run(&client, &args.config, args.token_file.as_deref(), command).await?;
+            crate::members::run(
+                &client,
+                &config_path,
+                args.token_file.as_deref(),
+                command,
+                json,
+            )
+            .await?;
         }
-        AdminCommand::Audit { after, json } => {
-            let records = client.get(&format!("/v1/audit?after={after}")).await?;
+        AdminCommand::Audit { after } => {
+            let mut records = client.get(&format!("/v1/audit?after={after}")).await?;
+            with_readable_times(&mut records, "records", &[("at_ms", "at")]);
             table(
                 json,
                 &records,
                 "records",
                 &[
-                    "seq", "at_ms", "actor", "source", "action", "target", "outcome",
+                    "seq", "at", "actor", "source", "action", "target", "outcome",
                 ],
             );
         }
@@ -352,6 +349,24 @@ fn read_password(from_stdin: bool) -> Result<String, Failure> {
         ));
     }
     Ok(first)
+}
+
+/// Adds to each row of `value[key]`, for every (`field_ms`, `name`) of `fields`, the field
+/// `name` as RFC 3339 and `name_ago` as an age: tables show those, JSON keeps both forms.
+fn with_readable_times(value: &mut Value, key: &str, fields: &[(&str, &str)]) {
+    let now = crate::time::now_ms();
+    for row in value[key].as_array_mut().into_iter().flatten() {
+        for (field, name) in fields {
+            let ms = row[*field].as_u64().unwrap_or(0);
+            if let Some(row) = row.as_object_mut() {
+                row.insert((*name).to_owned(), Value::String(crate::time::rfc3339(ms)));
+                row.insert(
+                    format!("{name}_ago"),
+                    Value::String(crate::time::relative(ms, now)),
+                );
+            }
+        }
+    }
 }
 
 pub fn print_json(value: &Value) {

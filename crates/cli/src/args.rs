@@ -18,6 +18,12 @@ Quick start: `ferry dev` runs a whole cluster with a demo host in one process an
 7 broker certificate not trusted, 8 configuration error."
 )]
 pub struct Cli {
+    /// The config file: for clients, host agents and `ferry admin`, the cluster's client.toml
+    /// (without it: $FERRY_CONFIG, then $XDG_CONFIG_HOME/ferry/client.toml, then
+    /// /etc/ferry/client.toml); for `ferry broker` and `ferry debug force-new-cluster`, the
+    /// node's config. Accepted anywhere on the line.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "FERRY_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -37,14 +43,22 @@ pub enum Command {
     Dev(DevArgs),
     /// Create a cluster: CA, node certificates and configs, admin.token, client.toml.
     Init(InitArgs),
-    /// Run a broker node.
-    Broker(BrokerArgs),
+    /// Run a broker node (its config: --config NODE.toml, written by `ferry init`).
+    Broker,
     /// Inspect and administer a cluster through the admin API.
     Admin(AdminArgs),
     /// Run the host agent on a managed machine, exposing local services.
     Host(HostArgs),
     /// Log in and cache a token for `ferry connect`.
     Login(LoginArgs),
+    /// List the hosts and services you may reach, online or not, and the broker each is
+    /// attached to.
+    Ls(ListArgs),
+    /// Show who you are logged in as: user, groups, cluster, token expiry.
+    #[command(alias = "status")]
+    Whoami(WhoamiArgs),
+    /// Log out: revoke your login token on every broker and delete the cached copy.
+    Logout,
     /// Open a session to a service on a host, on a local port or on stdio.
     Connect(ConnectArgs),
     /// Measure Ferry against a baseline in the same run.
@@ -75,9 +89,6 @@ pub enum DebugCommand {
     /// the state its store committed: the way back when a majority of the voters lost their
     /// stores (docs/OPERATIONS.md, "Lost stores"). The old store is kept in the quarantine.
     ForceNewCluster {
-        /// The node's config file.
-        #[arg(long)]
-        config: std::path::PathBuf,
         /// Confirms that the other voters are to be forgotten (they rejoin under new raft ids).
         #[arg(long)]
         yes: bool,
@@ -127,23 +138,16 @@ pub struct InitArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct BrokerArgs {
-    /// The node's config file (written by `ferry init`).
-    #[arg(long)]
-    pub config: PathBuf,
-}
-
-#[derive(Args, Debug)]
 pub struct AdminArgs {
-    /// The cluster's client.toml; admin.token is read from beside it.
-    #[arg(long)]
-    pub config: PathBuf,
-    /// Read the admin token from this file instead.
-    #[arg(long)]
+    /// Read the admin token from this file instead of admin.token beside the config file.
+    #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
     /// Ask this node (a node id from client.toml) instead of the first that answers.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub node: Option<String>,
+    /// Print the answer as JSON on stdout (times both as epoch milliseconds and RFC 3339).
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: AdminCommand,
 }
@@ -152,39 +156,25 @@ pub struct AdminArgs {
 pub enum AdminCommand {
     /// Show the cluster: every node's role, health, services, load, lag and maintenance, and
     /// the failure tolerance.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
     /// Show the answering node's own details (raft indices, hosts attached, table sizes).
-    Node {
-        #[arg(long)]
-        json: bool,
-    },
+    Node,
     /// May NODE be taken down now? Prints every check of the restart gate with its reason.
     /// Exit 0 allowed, 3 refused.
-    RestartCheck {
-        node: String,
-        #[arg(long)]
-        json: bool,
-    },
+    RestartCheck { node: String },
     /// Take NODE out of service: the maintenance lease (if the restart gate allows it), then
     /// NODE gives up leadership, refuses new sessions and hands its hosts and sessions to
     /// other brokers. Exit 0 drained (or draining, without --wait), 3 refused.
     Drain {
         node: String,
-        /// Wait until NODE holds no hosts or sessions, showing progress.
-        #[arg(long)]
-        wait: bool,
-        /// How long --wait waits.
-        #[arg(long, default_value_t = 300)]
-        wait_secs: u64,
+        /// Wait until NODE holds no hosts or sessions, showing progress, for at most the
+        /// duration given (`--wait`, `--wait 90s`, `--wait 10m`; alone: 5 min).
+        #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "5m", value_parser = duration)]
+        wait: Option<std::time::Duration>,
         /// Drain even though restart checks fail. Loud, and recorded in the audit log with
         /// the checks that failed.
         #[arg(long)]
         force: bool,
-        #[arg(long)]
-        json: bool,
     },
     /// End NODE's maintenance: release its lease; it serves new sessions again.
     Undrain { node: String },
@@ -197,15 +187,9 @@ pub enum AdminCommand {
     /// Allow users of GROUP to open sessions to hosts of HOSTGROUP.
     Grant { group: String, host_group: String },
     /// List grants.
-    Grants {
-        #[arg(long)]
-        json: bool,
-    },
+    Grants,
     /// List open sessions.
-    Sessions {
-        #[arg(long)]
-        json: bool,
-    },
+    Sessions,
     /// Inspect and change the cluster's membership (one change at a time).
     #[command(subcommand)]
     Member(MemberCommand),
@@ -214,18 +198,13 @@ pub enum AdminCommand {
         /// Only records after this sequence number.
         #[arg(long, default_value_t = 0)]
         after: u64,
-        #[arg(long)]
-        json: bool,
     },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum MemberCommand {
     /// List voters and learners, with replication progress as the leader sees it.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Add a node as a learner; the leader promotes it to voter once it has caught up.
     /// Write its config first with `ferry init --out DIR --join NODE_ID`, and start it.
     Add {
@@ -246,12 +225,10 @@ pub enum MemberCommand {
         /// Keep it a learner: a non-voting broker that relays traffic.
         #[arg(long)]
         learner: bool,
-        /// Wait until it has been promoted to voter.
-        #[arg(long)]
-        wait: bool,
-        /// How long --wait waits.
-        #[arg(long, default_value_t = 120)]
-        wait_secs: u64,
+        /// Wait until it has been promoted to voter, for at most the duration given
+        /// (`--wait`, `--wait 5m`; alone: 2 min).
+        #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "2m", value_parser = duration)]
+        wait: Option<std::time::Duration>,
     },
     /// Promote a caught-up learner (added with --learner) to voter.
     Promote { node_id: String },
@@ -277,10 +254,7 @@ pub enum UserCommand {
         password_stdin: bool,
     },
     /// List users.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -293,17 +267,11 @@ pub enum HostCommand {
         groups: Vec<String>,
     },
     /// List hosts.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List,
 }
 
 #[derive(Args, Debug)]
 pub struct HostArgs {
-    /// The cluster's client.toml.
-    #[arg(long)]
-    pub config: PathBuf,
     /// This host's name, as enrolled.
     #[arg(long)]
     pub name: String,
@@ -316,6 +284,20 @@ pub struct HostArgs {
     /// A service to expose: NAME=ADDR:PORT (repeat for several), e.g. ssh=127.0.0.1:22.
     #[arg(long = "expose", required = true, value_parser = parse_expose)]
     pub expose: Vec<(String, SocketAddr)>,
+}
+
+/// A duration with its unit (`30s`, `5m`, `1h 30m`, `250ms`), by humantime.
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 30s, 5m or 250ms: {e}"))
+}
+
+/// A size with its unit (`1GiB`, `500MB`, `64KiB`, or plain bytes), by bytesize.
+fn size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{s:?} is not a size like 1GiB, 500MB or 65536: {e}"))
 }
 
 fn parse_expose(s: &str) -> Result<(String, SocketAddr), String> {
@@ -331,12 +313,26 @@ fn parse_expose(s: &str) -> Result<(String, SocketAddr), String> {
 
 #[derive(Args, Debug)]
 pub struct LoginArgs {
-    /// The cluster's client.toml.
-    #[arg(long)]
-    pub config: PathBuf,
     /// User name.
     #[arg(long)]
     pub user: String,
+    /// Read the password from the first line of stdin (else $FERRY_PASSWORD, else a prompt).
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Print the hosts as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WhoamiArgs {
+    /// Print the answer as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -345,9 +341,6 @@ pub struct ConnectArgs {
     pub host: String,
     /// Service on the host (as the host agent exposes it).
     pub service: String,
-    /// The cluster's client.toml.
-    #[arg(long)]
-    pub config: PathBuf,
     /// Listen on this local address; each connection to it becomes a session.
     #[arg(long, conflicts_with = "stdio", required_unless_present = "stdio")]
     pub listen: Option<SocketAddr>,
@@ -387,17 +380,17 @@ pub enum BenchScenario {
         /// b1, which is SIGKILLed mid-transfer.
         #[arg(long)]
         sessions: Option<usize>,
-        /// With --sessions: KiB/s each direction of each session sends (0: as fast as flow
-        /// control allows).
-        #[arg(long, requires = "sessions", default_value_t = ferry_bench::live_sessions::Load::RATE_KIB_DEFAULT)]
-        rate_kib: u64,
-        /// With --sessions: seconds of steady traffic before each kill (the baseline's window
-        /// lies at its end).
-        #[arg(long, requires = "sessions", default_value_t = ferry_bench::live_sessions::Load::STEADY_SECS_DEFAULT)]
-        steady_secs: u64,
-        /// With --sessions: seconds of traffic after every session flows again.
-        #[arg(long, requires = "sessions", default_value_t = ferry_bench::live_sessions::Load::AFTER_SECS_DEFAULT)]
-        after_secs: u64,
+        /// With --sessions: what each direction of each session sends per second (`256KiB`,
+        /// `1MiB`; 0: as fast as flow control allows).
+        #[arg(long, requires = "sessions", value_name = "SIZE", default_value = ferry_bench::live_sessions::Load::RATE_DEFAULT, value_parser = size)]
+        rate: u64,
+        /// With --sessions: steady traffic before each kill (the baseline's window lies at its
+        /// end), e.g. `5s`.
+        #[arg(long, requires = "sessions", value_name = "DURATION", default_value = ferry_bench::live_sessions::Load::STEADY_DEFAULT, value_parser = duration)]
+        steady: std::time::Duration,
+        /// With --sessions: traffic after every session flows again, e.g. `3s`.
+        #[arg(long, requires = "sessions", value_name = "DURATION", default_value = ferry_bench::live_sessions::Load::AFTER_DEFAULT, value_parser = duration)]
+        after: std::time::Duration,
     },
     /// Planned drain: b1 hands its host agent and client off to b2 while they carry live
     /// sessions moving data both ways; sessions dropped and stalls (docs/DESIGN.md, P8).
@@ -405,20 +398,21 @@ pub enum BenchScenario {
         /// Sessions open through b1 during the hand-off.
         #[arg(long, default_value_t = 50)]
         sessions: usize,
-        /// KiB/s each direction of each session sends (0: as fast as flow control allows).
-        #[arg(long, default_value_t = ferry_bench::live_sessions::Load::RATE_KIB_DEFAULT)]
-        rate_kib: u64,
-        /// Seconds of steady traffic before the hand-off (the baseline's window lies at its end).
-        #[arg(long, default_value_t = ferry_bench::live_sessions::Load::STEADY_SECS_DEFAULT)]
-        steady_secs: u64,
-        /// Seconds of traffic after every session flows again.
-        #[arg(long, default_value_t = ferry_bench::live_sessions::Load::AFTER_SECS_DEFAULT)]
-        after_secs: u64,
+        /// What each direction of each session sends per second (`256KiB`, `1MiB`; 0: as fast
+        /// as flow control allows).
+        #[arg(long, value_name = "SIZE", default_value = ferry_bench::live_sessions::Load::RATE_DEFAULT, value_parser = size)]
+        rate: u64,
+        /// Steady traffic before the hand-off (the baseline's window lies at its end), e.g. `5s`.
+        #[arg(long, value_name = "DURATION", default_value = ferry_bench::live_sessions::Load::STEADY_DEFAULT, value_parser = duration)]
+        steady: std::time::Duration,
+        /// Traffic after every session flows again, e.g. `3s`.
+        #[arg(long, value_name = "DURATION", default_value = ferry_bench::live_sessions::Load::AFTER_DEFAULT, value_parser = duration)]
+        after: std::time::Duration,
     },
     /// Relayed vs direct goodput and CPU per GB (docs/DESIGN.md, P1, P2).
     Relay {
-        /// Bytes to move in each run.
-        #[arg(long, default_value_t = 1 << 30)]
+        /// Bytes to move in each run (`1GiB`, `500MB`, `1073741824`).
+        #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = size)]
         bytes: u64,
         /// Runs of each kind; the median is reported.
         #[arg(long, default_value_t = 3)]
@@ -433,9 +427,9 @@ pub enum BenchScenario {
         /// Concurrency levels (concurrent proposers), run one after the other.
         #[arg(long, value_delimiter = ',', default_value = "1,64,256")]
         proposers: Vec<usize>,
-        /// Measured seconds per level and system (after 1 s of warm-up).
-        #[arg(long, default_value_t = 10)]
-        secs: u64,
+        /// Measured time per level and system (after 1 s of warm-up), e.g. `10s`.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+        duration: std::time::Duration,
     },
 }
 
@@ -443,7 +437,7 @@ pub fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     // Servers log at info; one-shot commands stay quiet unless asked (RUST_LOG or FERRY_LOG).
     let default = match cli.command {
-        Command::Broker(_) | Command::Dev(_) | Command::Host(_) => "info",
+        Command::Broker | Command::Dev(_) | Command::Host(_) => "info",
         _ => "warn",
     };
     let filter = std::env::var("FERRY_LOG")

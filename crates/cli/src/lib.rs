@@ -4,6 +4,7 @@
 //! Architecture invariant: no protocol or policy logic here. The CLI parses, calls a library
 //! crate, and prints: machine-readable output on stdout, guidance and progress on stderr.
 
+mod account;
 mod admin;
 mod args;
 mod debug;
@@ -13,6 +14,7 @@ mod join;
 mod members;
 mod operations;
 mod run;
+mod time;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -16,9 +16,10 @@ pub async fn run(
     config: &Path,
     token_file: Option<&Path>,
     command: MemberCommand,
+    json: bool,
 ) -> CliResult {
     match command {
-        MemberCommand::List { json } => {
+        MemberCommand::List => {
             let members = members_from_leader(client, config, token_file).await?;
             if !json && !members["progress_known"].as_bool().unwrap_or(false) {
                 eprintln!(
@@ -53,7 +54,6 @@ pub async fn run(
             witness,
             learner,
             wait,
-            wait_secs,
         } => {
             let body = serde_json::json!({
                 "node_id": node_id,
@@ -65,8 +65,8 @@ pub async fn run(
             });
             let answer = client.post("/v1/members", &body).await?;
             eprintln!("{}", answer["message"].as_str().unwrap_or("added"));
-            if wait && !learner {
-                wait_for_voter(client, &node_id, Duration::from_secs(wait_secs)).await?;
+            if let Some(wait) = wait.filter(|_| !learner) {
+                wait_for_voter(client, &node_id, wait).await?;
                 eprintln!("{node_id} is a voter");
             }
         }

@@ -1,14 +1,16 @@
 //! Dispatch of subcommands to their implementations.
 
-use crate::args::{BenchScenario, Cli, Command, ConnectArgs, DebugCommand, HostArgs, LoginArgs};
-use crate::{admin, dev, init, CliResult, Failure};
+use crate::args::{BenchScenario, Cli, Command, ConnectArgs, DebugCommand, HostArgs};
+use crate::{account, admin, dev, init, CliResult, Failure};
 use clap::CommandFactory;
 use ferry_agent::error::exit;
 use ferry_agent::host::HostOptions;
 use ferry_agent::{client, token_cache, ClientConfig};
 use ferry_bench::live_sessions::Load;
+use std::path::Path;
 
 pub async fn dispatch(cli: Cli) -> CliResult {
+    let config = cli.config.as_deref();
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
         Command::Init(args) if args.join.is_some() => {
@@ -46,19 +48,21 @@ pub async fn dispatch(cli: Cli) -> CliResult {
             );
             Ok(())
         }
-        Command::Broker(args) => {
-            let config = ferry_broker::NodeConfig::load(&args.config)
-                .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+        Command::Broker => {
+            let config = node_config(config, "ferry broker")?;
             let node = ferry_broker::start(config).await?;
             shutdown_signal().await;
             tracing::info!("shutting down");
             node.shutdown().await;
             Ok(())
         }
-        Command::Admin(args) => admin::run(args).await,
-        Command::Host(args) => host(args).await,
-        Command::Login(args) => login(args).await,
-        Command::Connect(args) => connect(args).await,
+        Command::Admin(args) => admin::run(config, args).await,
+        Command::Host(args) => host(config, args).await,
+        Command::Login(args) => account::login(config, args).await,
+        Command::Ls(args) => account::list(config, args).await,
+        Command::Whoami(args) => account::whoami(config, args).await,
+        Command::Logout => account::logout(config).await,
+        Command::Connect(args) => connect(config, args).await,
         Command::Bench(args) => {
             let report = match args.scenario {
                 BenchScenario::Relay {
@@ -84,12 +88,11 @@ pub async fn dispatch(cli: Cli) -> CliResult {
                 BenchScenario::Failover {
                     kills,
                     sessions: Some(sessions),
-                    rate_kib,
-                    steady_secs,
-                    after_secs,
+                    rate,
+                    steady,
+                    after,
                 } => {
-                    let load = Load::new(sessions, rate_kib, steady_secs, after_secs)
-                        .map_err(Failure::from)?;
+                    let load = Load::new(sessions, rate, steady, after).map_err(Failure::from)?;
                     let options = ferry_bench::session_failover::Options {
                         load,
                         kills: kills.unwrap_or(1),
@@ -98,16 +101,21 @@ pub async fn dispatch(cli: Cli) -> CliResult {
                 }
                 BenchScenario::Drain {
                     sessions,
-                    rate_kib,
-                    steady_secs,
-                    after_secs,
+                    rate,
+                    steady,
+                    after,
                 } => {
-                    let load = Load::new(sessions, rate_kib, steady_secs, after_secs)
-                        .map_err(Failure::from)?;
+                    let load = Load::new(sessions, rate, steady, after).map_err(Failure::from)?;
                     ferry_bench::drain::run(ferry_bench::drain::Options { load }).await
                 }
-                BenchScenario::Replicate { proposers, secs } => {
-                    let options = ferry_bench::replicate::Options { proposers, secs };
+                BenchScenario::Replicate {
+                    proposers,
+                    duration,
+                } => {
+                    let options = ferry_bench::replicate::Options {
+                        proposers,
+                        duration,
+                    };
                     ferry_bench::replicate::run(options).await
                 }
             }
@@ -119,9 +127,8 @@ pub async fn dispatch(cli: Cli) -> CliResult {
             println!("{damage}");
             Ok(())
         }
-        Command::Debug(DebugCommand::ForceNewCluster { config, yes }) => {
-            let config = ferry_broker::NodeConfig::load(&config)
-                .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+        Command::Debug(DebugCommand::ForceNewCluster { yes }) => {
+            let config = node_config(config, "ferry debug force-new-cluster")?;
             if !yes {
                 return Err(Failure::new(
                     exit::REFUSED,
@@ -148,6 +155,19 @@ pub async fn dispatch(cli: Cli) -> CliResult {
     }
 }
 
+/// The node config of `command` (a broker's): `--config` is required, nothing is looked up.
+fn node_config(path: Option<&Path>, command: &str) -> Result<ferry_broker::NodeConfig, Failure> {
+    let path = path.ok_or_else(|| {
+        Failure::new(
+            exit::CONFIG,
+            format!(
+                "{command} needs the node's config: --config NODE.toml (written by `ferry init`)"
+            ),
+        )
+    })?;
+    ferry_broker::NodeConfig::load(path).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     #[cfg(unix)]
@@ -169,9 +189,10 @@ pub async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn host(args: HostArgs) -> CliResult {
+async fn host(config: Option<&Path>, args: HostArgs) -> CliResult {
+    let (_, config) = ClientConfig::find_and_load(config)?;
     let options = HostOptions {
-        config: ClientConfig::load(&args.config)?,
+        config,
         name: args.name,
         state_dir: args.state_dir,
         enroll_token: args.enroll,
@@ -181,40 +202,8 @@ async fn host(args: HostArgs) -> CliResult {
     Ok(())
 }
 
-async fn login(args: LoginArgs) -> CliResult {
-    let config = ClientConfig::load(&args.config)?;
-    let password = match std::env::var("FERRY_PASSWORD") {
-        Ok(p) => p,
-        Err(_) => {
-            rpassword::prompt_password(format!("Password for {}: ", args.user)).map_err(|e| {
-                Failure::new(
-                    exit::FAILURE,
-                    format!("cannot read the password: {e} (or set FERRY_PASSWORD)"),
-                )
-            })?
-        }
-    };
-    let ok = client::login(&config, &args.user, &password).await?;
-    let path = token_cache::save(
-        &config.cluster_name,
-        &token_cache::CachedToken {
-            user: args.user.clone(),
-            token: ok.token,
-            expires_at_ms: ok.expires_at_ms,
-        },
-    )?;
-    let hours = ok.expires_at_ms.saturating_sub(ferry_broker::now_ms()) / 3_600_000;
-    eprintln!(
-        "logged in to {:?} as {:?} for {hours} h; token cached in {}",
-        config.cluster_name,
-        args.user,
-        path.display()
-    );
-    Ok(())
-}
-
-async fn connect(args: ConnectArgs) -> CliResult {
-    let config = ClientConfig::load(&args.config)?;
+async fn connect(config: Option<&Path>, args: ConnectArgs) -> CliResult {
+    let (_, config) = ClientConfig::find_and_load(config)?;
     let cached = token_cache::load(&config.cluster_name)?;
     let limits = client::OpenerLimits {
         connections_max: args.max_connections,

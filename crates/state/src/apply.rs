@@ -3,7 +3,8 @@
 use crate::names::{validate_name, NameKind};
 use crate::{
     AuditRecord, Command, EnrollmentState, Host, Kind, Outcome, Refusal, RefusalKind, Session,
-    SessionState, StateMachine, Token, User, AUDIT_RETAINED_MAX, TOKENS_PER_USER_MAX,
+    SessionState, StateMachine, Token, User, AUDIT_RETAINED_MAX, SERVICES_PER_HOST_MAX,
+    TOKENS_PER_USER_MAX,
 };
 use ferry_proto::state as pb;
 
@@ -27,6 +28,10 @@ impl StateMachine {
         let (action, target, result) = match kind {
             Kind::AddUser(c) => ("user.add", c.name.clone(), self.add_user(c)),
             Kind::IssueToken(c) => ("login", c.user.clone(), self.issue_token(c, now)),
+            Kind::RevokeToken(c) => {
+                let user = self.tokens.get(&c.token_hash).map(|t| t.user.clone());
+                ("logout", user.unwrap_or_default(), self.revoke_token(c))
+            }
             Kind::LoginFailed(c) => ("login.failed", c.user.clone(), self.login_failed(c, now)),
             Kind::CreateHost(c) => ("host.enroll", c.name.clone(), self.create_host(c)),
             Kind::CompleteEnrollment(c) => (
@@ -246,6 +251,7 @@ impl StateMachine {
                 credential_hash: Vec::new(),
                 attached_broker: String::new(),
                 presence_epoch: 0,
+                services: Vec::new(),
             },
         );
         Ok(Outcome::Applied)
@@ -299,13 +305,39 @@ impl StateMachine {
         Ok(Outcome::Applied)
     }
 
+    fn revoke_token(&mut self, c: &pb::RevokeToken) -> Applied {
+        match self.tokens.remove(&c.token_hash) {
+            Some(_) => Ok(Outcome::Applied),
+            None => Err(Refusal::new(
+                RefusalKind::NotFound,
+                "the token is not valid (expired, revoked, or never issued)",
+            )),
+        }
+    }
+
     fn attach_host(&mut self, c: &pb::AttachHost) -> Applied {
+        if c.services.len() > SERVICES_PER_HOST_MAX {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                format!(
+                    "a host exposes at most {SERVICES_PER_HOST_MAX} services, not {}",
+                    c.services.len()
+                ),
+            ));
+        }
+        for service in &c.services {
+            validate_name(NameKind::Service, service)?;
+        }
         let host = self
             .hosts
             .get_mut(&c.name)
             .ok_or_else(|| unknown_host(&c.name))?;
         host.attached_broker = c.broker.clone();
         host.presence_epoch += 1;
+        // An older node's command names no services: keep what is known.
+        if !c.services.is_empty() {
+            host.services = c.services.clone();
+        }
         Ok(Outcome::Applied)
     }
 

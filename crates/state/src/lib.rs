@@ -32,6 +32,9 @@ pub const AUDIT_RETAINED_MAX: usize = 100_000;
 /// token that expires first, so a script that logs in in a loop cannot grow the state.
 pub const TOKENS_PER_USER_MAX: usize = 64;
 
+/// Services one host may expose; bounds the host record and the agent's Attach.
+pub const SERVICES_PER_HOST_MAX: usize = 64;
+
 /// Hash of a bearer secret (login token, enrollment token, host credential, resume secret).
 ///
 /// Secrets are 256-bit random values, so a fast hash is enough: there is nothing to brute-force.

@@ -3,7 +3,7 @@
 
 use crate::apply::{unknown_host, unknown_user};
 use crate::{
-    AuditRecord, EnrollmentState, Host, Refusal, RefusalKind, Session, StateMachine, User,
+    AuditRecord, EnrollmentState, Host, Refusal, RefusalKind, Session, StateMachine, Token, User,
 };
 
 /// Result of looking a login token up.
@@ -101,6 +101,11 @@ impl StateMachine {
         }
     }
 
+    /// A login token's record (by the token's hash), expired or not.
+    pub fn token(&self, token_hash: &[u8]) -> Option<&Token> {
+        self.tokens.get(token_hash)
+    }
+
     /// Looks up the user a login token (given by its hash) belongs to.
     pub fn check_token(&self, token_hash: &[u8], now_ms: u64) -> TokenCheck<'_> {
         match self.tokens.get(token_hash) {
@@ -138,6 +143,38 @@ impl StateMachine {
         Ok(host)
     }
 
+    /// Is one of `user`'s groups granted one of `host`'s groups?
+    fn granted(&self, user: &User, host: &Host) -> bool {
+        user.groups.iter().any(|ug| {
+            host.groups
+                .iter()
+                .any(|hg| self.grants.contains(&(ug.clone(), hg.clone())))
+        })
+    }
+
+    /// The enrolled hosts `user` may open sessions to, by name, those after `after` (a page's
+    /// cursor; empty for the first). Nothing for a disabled user.
+    pub fn reachable_hosts<'a>(
+        &'a self,
+        user: &'a User,
+        after: &str,
+    ) -> impl Iterator<Item = &'a Host> + 'a {
+        use std::ops::Bound;
+        let start = if after.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(after.to_owned())
+        };
+        self.hosts
+            .range((start, Bound::Unbounded))
+            .map(|(_, h)| h)
+            .filter(move |h| {
+                !user.disabled
+                    && h.enrollment() == EnrollmentState::Enrolled
+                    && self.granted(user, h)
+            })
+    }
+
     /// May `user` open a session to `host`? Yes when one of the user's groups is granted one of
     /// the host's groups.
     pub fn may_open(&self, user: &str, host: &str) -> Result<(), Refusal> {
@@ -155,12 +192,7 @@ impl StateMachine {
                 format!("host {host:?} has not completed enrollment"),
             ));
         }
-        let granted = u.groups.iter().any(|ug| {
-            h.groups
-                .iter()
-                .any(|hg| self.grants.contains(&(ug.clone(), hg.clone())))
-        });
-        if !granted {
+        if !self.granted(u, h) {
             return Err(Refusal::new(
                 RefusalKind::PermissionDenied,
                 format!(

@@ -420,3 +420,92 @@ fn maintenance_leases_are_one_at_a_time_unless_forced() {
     let restored = StateMachine::restore(state.snapshot()).expect("restores");
     assert_eq!(restored, state);
 }
+
+fn issue(user: &str, token: &str) -> Kind {
+    Kind::IssueToken(pb::IssueToken {
+        user: user.into(),
+        token_hash: hash_secret(token),
+        expires_at_ms: T0 + 60_000,
+    })
+}
+
+fn revoke(token: &str) -> Kind {
+    Kind::RevokeToken(pb::RevokeToken {
+        token_hash: hash_secret(token),
+    })
+}
+
+#[test]
+fn a_revoked_token_stops_working_and_is_audited_as_its_users_logout() {
+    let state = check(vec![
+        (T0, add_user("alice", &["staff"]), Ok(())),
+        (T0, issue("alice", "t1"), Ok(())),
+        (T0, issue("alice", "t2"), Ok(())),
+        (T0, revoke("t1"), Ok(())),
+        (T0, revoke("t1"), Err("not valid")),
+        (T0, revoke("never"), Err("not valid")),
+    ]);
+    assert_eq!(
+        state.check_token(&hash_secret("t1"), T0),
+        TokenCheck::Unknown
+    );
+    assert!(matches!(
+        state.check_token(&hash_secret("t2"), T0),
+        TokenCheck::Valid(_)
+    ));
+    let audit: Vec<_> = state.audit_after(0, 100).collect();
+    let logout = audit
+        .iter()
+        .find(|r| r.action == "logout" && r.outcome == "ok")
+        .expect("the logout is audited");
+    assert_eq!(logout.target, "alice");
+}
+
+fn attach(host: &str, broker: &str, services: &[&str]) -> Kind {
+    Kind::AttachHost(pb::AttachHost {
+        name: host.into(),
+        broker: broker.into(),
+        services: services.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+#[test]
+fn a_user_reaches_the_enrolled_hosts_of_granted_groups_with_their_services() {
+    let state = check(vec![
+        (T0, add_user("alice", &["staff"]), Ok(())),
+        (T0, add_user("bob", &["guests"]), Ok(())),
+        (T0, create_host("pc1", &["lab"], "a"), Ok(())),
+        (T0, create_host("pc2", &["lab", "office"], "b"), Ok(())),
+        (T0, create_host("pc3", &["office"], "c"), Ok(())),
+        (T0, create_host("pc4", &["lab"], "d"), Ok(())),
+        (T0, enroll("pc1", "a", "x"), Ok(())),
+        (T0, enroll("pc2", "b", "y"), Ok(())),
+        (T0, enroll("pc3", "c", "z"), Ok(())),
+        (T0, grant("staff", "lab"), Ok(())),
+        (T0, attach("pc1", "b1", &["ssh", "vnc"]), Ok(())),
+        (T0, attach("pc2", "b2", &[]), Ok(())),
+        (
+            T0,
+            attach("pc3", "b1", &["bad name"]),
+            Err("may contain only"),
+        ),
+    ]);
+    let names = |user: &str, after: &str| -> Vec<String> {
+        let user = state.user(user).expect("user exists");
+        state
+            .reachable_hosts(user, after)
+            .map(|h| h.name.clone())
+            .collect()
+    };
+    // pc3 is not granted to staff; pc4 never completed enrollment.
+    assert_eq!(names("alice", ""), ["pc1", "pc2"]);
+    assert_eq!(names("alice", "pc1"), ["pc2"]);
+    assert!(names("bob", "").is_empty());
+    let pc1 = state.host("pc1").expect("host exists");
+    assert_eq!(
+        (pc1.services.as_slice(), pc1.attached_broker.as_str()),
+        (&["ssh".to_owned(), "vnc".to_owned()][..], "b1")
+    );
+    // An Attach naming no services (an older node's) keeps none rather than failing.
+    assert!(state.host("pc2").expect("host exists").services.is_empty());
+}

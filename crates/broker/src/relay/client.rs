@@ -36,29 +36,51 @@ async fn request(
             Ok(Err(e)) => return reject_input(&ctx, &conn, &e),
             Err(_) => return,
         };
-    match request.request {
-        Some(client_request::Request::Login(login)) => {
-            let response = match self::login(&ctx, login, remote).await {
-                Ok(ok) => client_response::Response::LoginOk(ok),
-                Err(e) => client_response::Response::Error(e),
-            };
-            respond(&ctx, &mut send, response).await;
-            let _ = send.finish();
+    use client_request::Request;
+    use client_response::Response;
+    // Requests answered with one response, after which the stream is finished.
+    let response = match request.request {
+        Some(Request::Login(login)) => {
+            one_shot(self::login(&ctx, login, remote).await, Response::LoginOk)
         }
-        Some(client_request::Request::OpenSession(open)) => {
-            open_session(&ctx, open, send, recv, remote).await;
+        Some(Request::ListHosts(list)) => one_shot(
+            super::account::list_hosts(&ctx, list).await,
+            Response::HostList,
+        ),
+        Some(Request::WhoAmI(who)) => one_shot(
+            super::account::who_am_i(&ctx, who).await,
+            Response::Identity,
+        ),
+        Some(Request::Logout(logout)) => one_shot(
+            super::account::logout(&ctx, logout, remote).await,
+            Response::LoggedOut,
+        ),
+        // Requests whose stream goes on to carry a session.
+        Some(Request::OpenSession(open)) => {
+            return open_session(&ctx, open, send, recv, remote).await;
         }
-        Some(client_request::Request::ResumeSession(resume)) => {
+        Some(Request::ResumeSession(resume)) => {
             let span = tracing::info_span!("session", session_id = resume.session_id);
-            resume_session(&ctx, resume, send, recv, remote)
+            return resume_session(&ctx, resume, send, recv, remote)
                 .instrument(span)
                 .await;
         }
         None => {
             ctx.metrics.protocol_error("empty_request");
             ferry_transport::CloseCode::Protocol.close(&conn, "request names no operation");
+            return;
         }
-    }
+    };
+    respond(&ctx, &mut send, response).await;
+    let _ = send.finish();
+}
+
+/// The response to a one-shot request: its answer, or the error.
+fn one_shot<T>(
+    result: Result<T, wire::Error>,
+    answer: fn(T) -> client_response::Response,
+) -> client_response::Response {
+    result.map_or_else(client_response::Response::Error, answer)
 }
 
 async fn respond(ctx: &Ctx, send: &mut quinn::SendStream, response: client_response::Response) {

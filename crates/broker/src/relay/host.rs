@@ -7,15 +7,12 @@ use crate::hosts::AttachedHost;
 use crate::node::Ctx;
 use ferry_proto::state::{self as cmd, command::Kind};
 use ferry_proto::wire::{self, host_request, host_response, ErrorCode, HostResponse};
-use ferry_state::{hash_secret, NameKind, Outcome};
+use ferry_state::{hash_secret, NameKind, Outcome, SERVICES_PER_HOST_MAX};
 use ferry_transport::{framed, CloseCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
-
-/// Services one host may expose; bounds the registry and the Attach frame's meaning.
-const SERVICES_PER_HOST_MAX: usize = 64;
 
 pub(super) async fn serve(
     conn: quinn::Connection,
@@ -167,6 +164,7 @@ async fn attach(
     let presence = Kind::AttachHost(cmd::AttachHost {
         name: attach.name.clone(),
         broker: ctx.config.node_id.clone(),
+        services: attach.services.clone(),
     });
     match ctx
         .propose(

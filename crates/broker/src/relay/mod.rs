@@ -5,6 +5,7 @@
 //! stream and receive one stream per session from the broker. Bad input closes the connection
 //! with a reason; it never panics the node and never makes it buffer more than a frame.
 
+mod account;
 mod client;
 mod host;
 
