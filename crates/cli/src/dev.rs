@@ -114,6 +114,8 @@ pub async fn run(args: DevArgs) -> CliResult {
          Or all on stdio, without a local port:\n\
          \n  echo hello | {exe} connect {DEMO_HOST} {DEMO_SERVICE} --stdio --config {client}\n\
          \n\
+         What may the demo user reach?   {exe} ls --config {client}\n\
+         \n\
          Inspect the cluster:   {exe} admin --config {client} status\n\
          Status page:           http://{admin_addr}/\n\
          May b1 be restarted?   {exe} admin --config {client} restart-check b1\n\
