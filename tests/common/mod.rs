@@ -332,40 +332,12 @@ impl World {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn ferry");
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        }
-        // Collect output on a thread while it runs: waiting first would deadlock as soon as
-        // the output outgrows the pipe's buffer.
-        let pid = child.id();
-        let (done, result) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = done.send(child.wait_with_output());
-        });
-        let out = match result.recv_timeout(Duration::from_secs(60)) {
-            Ok(out) => out.expect("waiting for ferry"),
-            Err(_) => {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-                panic!("ferry {args:?} did not finish within 60 s");
-            }
-        };
+        let input = stdin.map(|s| s.as_bytes().to_vec());
+        let (code, stdout, stderr) = run_with_deadline(cmd, input, Duration::from_secs(60));
         Output {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            code,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr,
         }
     }
 
@@ -571,6 +543,52 @@ impl World {
     }
 }
 
+/// Runs `cmd` to completion within `deadline`, feeding `stdin` (on a thread of its own, so
+/// that a large input cannot block against the output); (exit code, stdout, stderr). The
+/// process is killed at the deadline and the test fails naming it.
+pub fn run_with_deadline(
+    mut cmd: Command,
+    stdin: Option<Vec<u8>>,
+    deadline: Duration,
+) -> (i32, Vec<u8>, String) {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let described = format!("{cmd:?}");
+    let mut child = cmd.spawn().expect("spawn");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    // Collect output on a thread while it runs: waiting first would deadlock as soon as the
+    // output outgrows the pipe's buffer.
+    let pid = child.id();
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match result.recv_timeout(deadline) {
+        Ok(out) => {
+            let out = out.expect("waiting for the process");
+            (
+                out.status.code().unwrap_or(-1),
+                out.stdout,
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("{described} did not finish within {deadline:?}");
+        }
+    }
+}
+
 /// Minimal HTTP GET over std (status, body), for readiness polling without an async runtime.
 pub fn http_get(url: &str) -> Option<(u16, String)> {
     use std::io::Read;
@@ -708,9 +726,12 @@ fn fill_seeded(rng: &mut rand::rngs::SmallRng, buf: &mut [u8]) {
     rng.fill_bytes(buf);
 }
 
+/// A transfer's read that waits this long has hung: it fails with that error.
+const READ_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Runs both directions of a transfer over `stream`: sends `len` seeded bytes (then shuts
 /// down its write side) while reading until end of stream.
-fn run_transfer(
+pub(crate) fn run_transfer(
     stream: std::net::TcpStream,
     len: u64,
     seed: u64,
@@ -756,9 +777,7 @@ fn run_transfer(
         (hash.finalize().into(), error)
     });
     let mut reader = stream;
-    reader
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    reader.set_read_timeout(Some(READ_DEADLINE)).unwrap();
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let (mut received_bytes, mut longest_gap, mut last, mut error) =
@@ -779,7 +798,11 @@ fn run_transfer(
                 }
             }
             Err(e) => {
-                error = Some(format!("read after {received_bytes} bytes: {e}"));
+                error = Some(format!(
+                    "read after {received_bytes} bytes: {e} (nothing for {READ_DEADLINE:?}: a hang)"
+                ));
+                // Unblock the sender, which may wait on a full path for ever.
+                let _ = reader.shutdown(std::net::Shutdown::Both);
                 break;
             }
         }

@@ -176,49 +176,6 @@ fn banner(port: u16) -> Option<()> {
     (&buf == b"SSH-2.0-").then_some(())
 }
 
-/// Runs `cmd` to completion within `deadline`, feeding `stdin`; (exit code, stdout, stderr).
-/// The process is killed at the deadline and the test fails naming it.
-pub fn run_with_deadline(
-    mut cmd: Command,
-    stdin: Option<Vec<u8>>,
-    deadline: Duration,
-) -> (i32, Vec<u8>, String) {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let described = format!("{cmd:?}");
-    let mut child = cmd.spawn().expect("spawn");
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&input);
-        });
-    }
-    let pid = child.id();
-    let (done, result) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(child.wait_with_output());
-    });
-    match result.recv_timeout(deadline) {
-        Ok(out) => {
-            let out = out.expect("wait");
-            (
-                out.status.code().unwrap_or(-1),
-                out.stdout,
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        }
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("{described} did not finish within {deadline:?}");
-        }
-    }
-}
-
 /// SHA-256 of `bytes`, in hex (as `sha256sum` prints it).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};

@@ -13,14 +13,7 @@ use std::path::Path;
 pub async fn login(config: Option<&Path>, args: LoginArgs) -> CliResult {
     let (_, config) = ClientConfig::find_and_load(config)?;
     let password = if args.password_stdin {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).map_err(|e| {
-            Failure::new(
-                exit::FAILURE,
-                format!("cannot read the password from stdin: {e}"),
-            )
-        })?;
-        line.trim_end_matches(['\r', '\n']).to_owned()
+        crate::admin::password_from_stdin()?
     } else if let Ok(password) = std::env::var("FERRY_PASSWORD") {
         password
     } else {

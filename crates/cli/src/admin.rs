@@ -323,16 +323,21 @@ pub async fn run(config: Option<&Path>, args: AdminArgs) -> CliResult {
     Ok(())
 }
 
+/// The first line of stdin, without its line ending (`--password-stdin`).
+pub(crate) fn password_from_stdin() -> Result<String, Failure> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| {
+        Failure::new(
+            exit::FAILURE,
+            format!("cannot read the password from stdin: {e}"),
+        )
+    })?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
 fn read_password(from_stdin: bool) -> Result<String, Failure> {
     if from_stdin {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).map_err(|e| {
-            Failure::new(
-                exit::FAILURE,
-                format!("cannot read the password from stdin: {e}"),
-            )
-        })?;
-        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+        return password_from_stdin();
     }
     let first = rpassword::prompt_password("New password: ").map_err(|e| {
         Failure::new(
