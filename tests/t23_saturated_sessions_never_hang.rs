@@ -31,7 +31,7 @@ fn transfer_bytes() -> u64 {
     std::env::var("FERRY_E2E_SATURATED_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(96 << 20)
+        .unwrap_or(512 << 20)
 }
 
 /// The drain or kill comes once this much has come back: far beyond both replay buffers
@@ -75,6 +75,11 @@ fn pair() -> Pair {
 }
 
 impl Pair {
+    /// Sessions resumed so far on broker `i` (a hand-off or a failover resumes each once).
+    fn resumed(&self, i: u8) -> f64 {
+        self.w.metric(i, "ferry_sessions_resumed_total", "")
+    }
+
     /// The broker (1 or 2) relaying the one open session.
     fn carrier(&self) -> u8 {
         wait_for(
@@ -104,23 +109,42 @@ fn t23_drains_of_a_saturated_bidirectional_session_never_hang() {
     let p = pair();
     let len = transfer_bytes();
     let mut stalls = Vec::new();
+    // Sessions are opened where the endpoints are: b1 first, then each drain moves them.
+    let mut carrier = 1u8;
     for round in 0..rounds() {
+        let node = format!("b{carrier}");
+        // The gate first, so that the drain follows the saturation at once.
+        p.w.restart_check_until(&node, 0, &[]);
+        let resumed_before = p.resumed(1) + p.resumed(2);
         let transfer = EchoTransfer::start(p.forward.1, len, round as u64);
         transfer.wait_for_progress(SATURATED_AFTER_BYTES, Duration::from_secs(60));
-        let node = format!("b{}", p.carrier());
-        p.w.restart_check_until(&node, 0, &[]);
+        assert_eq!(
+            p.carrier(),
+            carrier,
+            "round {round}: the session runs through {node}"
+        );
         let started = Instant::now();
         let out = p.w.admin(&["drain", &node, "--wait", "60s"]);
         assert_eq!(out.code, 0, "round {round}: drain {node}: {out:?}");
         let drained = started.elapsed();
+        let echoed_at_drain = transfer.progress.load(std::sync::atomic::Ordering::Relaxed);
         let label = format!("drain round {round} ({node})");
         let result = transfer.finish(&label);
+        assert!(
+            echoed_at_drain < len && p.resumed(1) + p.resumed(2) > resumed_before,
+            "{label}: the drain moved the session in the middle of the transfer \
+             ({echoed_at_drain} of {len} bytes echoed when it returned)"
+        );
         eprintln!(
-            "{label}: drained in {drained:?}; {len} bytes echoed intact; longest stall {:?}",
+            "{label}: drained in {drained:?} with {} MiB of {} echoed; the rest echoed intact; \
+             longest stall {:?}",
+            echoed_at_drain >> 20,
+            len >> 20,
             result.longest_gap
         );
         stalls.push(result.longest_gap);
         p.w.admin(&["undrain", &node]).ok();
+        carrier = 3 - carrier;
     }
     report("drains", &stalls);
 }
@@ -134,14 +158,23 @@ fn t23_sigkills_of_the_broker_carrying_a_saturated_session_never_hang() {
         let transfer = EchoTransfer::start(p.forward.1, len, round as u64);
         transfer.wait_for_progress(SATURATED_AFTER_BYTES, Duration::from_secs(60));
         let victim = p.carrier();
+        let survivor = 3 - victim;
+        let resumed_before = p.resumed(survivor);
         p.nodes[usize::from(victim) - 1]
             .take()
             .expect("the carrier runs")
             .kill();
+        let echoed_at_kill = transfer.progress.load(std::sync::atomic::Ordering::Relaxed);
         let label = format!("kill round {round} (b{victim})");
         let result = transfer.finish(&label);
+        assert!(
+            p.resumed(survivor) > resumed_before,
+            "{label}: the session was resumed on b{survivor}"
+        );
         eprintln!(
-            "{label}: {len} bytes echoed intact; longest stall {:?}",
+            "{label}: killed with {} MiB of {} echoed; the rest echoed intact; longest stall {:?}",
+            echoed_at_kill >> 20,
+            len >> 20,
             result.longest_gap
         );
         stalls.push(result.longest_gap);

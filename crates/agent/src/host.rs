@@ -119,6 +119,7 @@ pub async fn run(
         services: opts.services.clone(),
         sessions: Default::default(),
         stream_config: opts.config.session_stream_config(),
+        attachments: tokio::sync::watch::channel(0).0,
     });
     tokio::pin!(shutdown);
     let mut backoff = BACKOFF_FIRST;
@@ -166,7 +167,8 @@ pub async fn run(
                 // Make before break: attach to the broker named while the old connection
                 // still carries the sessions, then retire it once none uses it.
                 tracing::info!(to = %to.node_id, "broker is draining; moving");
-                tokio::spawn(agent.clone().retire(old));
+                let attached_before = *agent.attachments.borrow();
+                tokio::spawn(agent.clone().retire(old, attached_before));
                 target = Some(to);
                 backoff = BACKOFF_FIRST;
                 continue;
@@ -190,6 +192,9 @@ struct Agent {
     /// Live sessions by id, each with its resume secret: they outlive any one connection.
     sessions: std::sync::Mutex<HashMap<u64, HostSession>>,
     stream_config: ferry_session::Config,
+    /// Attachments made so far: a connection being retired stays up until the next one is
+    /// made, so that the host is never attached nowhere while it moves.
+    attachments: tokio::sync::watch::Sender<u64>,
 }
 
 struct HostSession {
@@ -224,9 +229,14 @@ impl Agent {
             .expect("never poisoned: no panics under the lock")
     }
 
-    /// Closes `old` once no session uses it (each was resumed through the new broker).
-    async fn retire(self: Arc<Self>, old: quinn::Connection) {
+    /// Closes `old` once the agent is attached again elsewhere (`attached_before` is the
+    /// count of attachments when the move began) and no session uses `old` any more (each was
+    /// resumed through the new broker): make before break, even with no session at all.
+    async fn retire(self: Arc<Self>, old: quinn::Connection, attached_before: u64) {
         let deadline = tokio::time::Instant::now() + RETIRE_DEADLINE;
+        let mut attachments = self.attachments.subscribe();
+        let _ =
+            tokio::time::timeout_at(deadline, attachments.wait_for(|n| *n > attached_before)).await;
         while tokio::time::Instant::now() < deadline {
             let in_use = self
                 .sessions()
@@ -305,6 +315,7 @@ async fn attach_once(
         }
     }
     tracing::info!(broker = %node_id, host = %opts.name, "attached");
+    agent.attachments.send_modify(|n| *n += 1);
     let attached_at = tokio::time::Instant::now();
     eprintln!("ferry: host {:?} attached to broker {node_id}", opts.name);
     let _ = send; // kept open: closing it would tell the broker we left

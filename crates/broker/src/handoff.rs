@@ -149,12 +149,14 @@ pub async fn hand_off(
     let hosts = ctx.hosts.names();
     let deadline = Instant::now() + HOSTS_MOVE_DEADLINE.min(wait);
     while Instant::now() < deadline {
+        // Moved means attached elsewhere, not merely gone from here: a client sent on before
+        // its host is attached somewhere would find the host offline.
         let moved = {
             let state = ctx.replica.read();
             hosts.iter().all(|h| {
-                state
-                    .host(h)
-                    .is_none_or(|h| h.attached_broker != ctx.config.node_id)
+                state.host(h).is_none_or(|h| {
+                    !h.attached_broker.is_empty() && h.attached_broker != ctx.config.node_id
+                })
             })
         };
         if moved {
