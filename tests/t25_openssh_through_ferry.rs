@@ -224,6 +224,56 @@ fn t25_openssh_with_ferry_as_its_proxy_command() {
 const KILL_TRANSFER_BYTES: usize = 256 << 20;
 const KILL_TRANSFER_BYTES_PER_SEC: u64 = 48 << 20;
 
+/// Child processes killed when the test ends, passed or failed, and when `deadline` passes
+/// first: a transfer that hangs (the very fault under test) then fails the test, with its
+/// pipes broken, instead of blocking it.
+struct Watchdog {
+    children: Vec<Arc<std::sync::Mutex<std::process::Child>>>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    fn new(children: Vec<std::process::Child>, deadline: Duration) -> Self {
+        let children: Vec<_> = children
+            .into_iter()
+            .map(|c| Arc::new(std::sync::Mutex::new(c)))
+            .collect();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (watched, finished) = (children.clone(), done.clone());
+        std::thread::spawn(move || {
+            let until = Instant::now() + deadline;
+            while Instant::now() < until {
+                if finished.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            eprintln!("watchdog: the ssh transfers took over {deadline:?}; killing them");
+            for child in &watched {
+                // std never signals a child it has reaped, so this cannot hit another process.
+                let _ = child.lock().unwrap().kill();
+            }
+        });
+        Self { children, done }
+    }
+
+    fn child(&self, i: usize) -> std::sync::MutexGuard<'_, std::process::Child> {
+        self.children[i].lock().unwrap()
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        for child in &self.children {
+            if let Ok(mut child) = child.lock() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
 /// Sends `bytes` into `writer` at `rate` bytes per second, counting progress.
 fn paced_write(mut writer: impl Write, bytes: &[u8], rate: u64, progress: &AtomicU64) {
     let started = Instant::now();
@@ -232,7 +282,10 @@ fn paced_write(mut writer: impl Write, bytes: &[u8], rate: u64, progress: &Atomi
         if let Some(wait) = due.checked_sub(started.elapsed()) {
             std::thread::sleep(wait);
         }
-        writer.write_all(chunk).expect("ssh takes every byte");
+        if let Err(e) = writer.write_all(chunk) {
+            eprintln!("writing into ssh failed: {e}");
+            return;
+        }
         progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
 }
@@ -294,7 +347,9 @@ fn t25_broker_carrying_ssh_sessions_killed_mid_transfer_ssh_does_not_notice() {
             let mut longest_gap = Duration::ZERO;
             let mut last = Instant::now();
             loop {
-                let n = stdout.read(&mut buf).expect("ssh's stdout never fails");
+                let Ok(n) = stdout.read(&mut buf) else {
+                    return (got, longest_gap);
+                };
                 if n == 0 {
                     return (got, longest_gap);
                 }
@@ -311,6 +366,14 @@ fn t25_broker_carrying_ssh_sessions_killed_mid_transfer_ssh_does_not_notice() {
         })
     };
 
+    // From here the two ssh processes are the watchdog's: killed at the end, or at its
+    // deadline if a transfer hangs.
+    let (mut up_stdout, mut up_stderr) =
+        (up_ssh.stdout.take().unwrap(), up_ssh.stderr.take().unwrap());
+    let mut down_stderr = down_ssh.stderr.take().unwrap();
+    let ssh = Watchdog::new(vec![up_ssh, down_ssh], 2 * RUN_DEADLINE);
+    let exited = |i: usize| ssh.child(i).try_wait().ok().flatten();
+
     // Both sessions flow through b1: kill it a quarter of the way.
     wait_for(
         "b1 to carry both ssh sessions",
@@ -322,11 +385,9 @@ fn t25_broker_carrying_ssh_sessions_killed_mid_transfer_ssh_does_not_notice() {
         "a quarter of both transfers",
         Duration::from_secs(60),
         || {
-            for (name, ssh) in [("up", &mut up_ssh), ("down", &mut down_ssh)] {
-                if let Ok(Some(status)) = ssh.try_wait() {
-                    let mut err = String::new();
-                    let _ = ssh.stderr.take().map(|mut e| e.read_to_string(&mut err));
-                    panic!("the {name} ssh exited early with {status}: {err}");
+            for (i, name) in ["up", "down"].into_iter().enumerate() {
+                if let Some(status) = exited(i) {
+                    panic!("the {name} ssh exited early with {status}");
                 }
             }
             (up_progress.load(Ordering::Relaxed) >= quarter
@@ -338,48 +399,35 @@ fn t25_broker_carrying_ssh_sessions_killed_mid_transfer_ssh_does_not_notice() {
     let killed_at = Instant::now();
     eprintln!("killed b1 (SIGKILL) with both ssh transfers a quarter through");
 
-    up_writer.join().expect("every byte went into ssh");
-    let up_out = wait_for("the upload's ssh to exit", RUN_DEADLINE, || {
-        up_ssh.try_wait().ok().flatten()
-    });
-    let mut up_stdout = String::new();
-    up_ssh
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut up_stdout)
-        .unwrap();
-    let mut up_stderr = String::new();
-    up_ssh
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut up_stderr)
-        .unwrap();
+    // The threads end when their transfer does, or when the watchdog breaks the pipes.
+    up_writer.join().expect("the writer thread never panics");
+    let up_out = wait_for("the upload's ssh to exit", 2 * RUN_DEADLINE, || exited(0));
+    let mut up_hash = String::new();
+    let _ = up_stdout.read_to_string(&mut up_hash);
+    let mut up_err = String::new();
+    let _ = up_stderr.read_to_string(&mut up_err);
     assert!(
         up_out.success(),
-        "ssh (ProxyCommand) noticed the kill: {up_out}: {up_stderr}"
+        "ssh (ProxyCommand) noticed the kill: {up_out}: {up_err}"
     );
     assert_eq!(
-        up_stdout.split_whitespace().next(),
+        up_progress.load(Ordering::Relaxed),
+        KILL_TRANSFER_BYTES as u64,
+        "every byte went into ssh"
+    );
+    assert_eq!(
+        up_hash.split_whitespace().next(),
         Some(sha256_hex(&up).as_str()),
         "256 MiB up through the ProxyCommand: identical SHA-256"
     );
 
-    let (got, longest_gap) = down_reader.join().unwrap();
-    let down_out = wait_for("the download's ssh to exit", RUN_DEADLINE, || {
-        down_ssh.try_wait().ok().flatten()
-    });
-    let mut down_stderr = String::new();
-    down_ssh
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut down_stderr)
-        .unwrap();
+    let (got, longest_gap) = down_reader.join().expect("the reader thread never panics");
+    let down_out = wait_for("the download's ssh to exit", 2 * RUN_DEADLINE, || exited(1));
+    let mut down_err = String::new();
+    let _ = down_stderr.read_to_string(&mut down_err);
     assert!(
         down_out.success(),
-        "ssh (--listen) noticed the kill: {down_out}: {down_stderr}"
+        "ssh (--listen) noticed the kill: {down_out}: {down_err}"
     );
     assert_eq!(
         got.len(),

@@ -215,13 +215,20 @@ fn t26_the_client_config_is_found_without_flags_and_flags_go_anywhere() {
     let config = w.client_config();
 
     // Nothing to find: the error names every place it looked, exit 8.
-    let out = w.ferry(&["whoami"]);
-    let tried = out.stderr.clone();
-    out.fails(8, "FERRY_CONFIG");
-    assert!(
-        tried.contains("config-home/ferry/client.toml") && tried.contains("/etc/ferry/client.toml"),
-        "{tried}"
-    );
+    if std::path::Path::new("/etc/ferry/client.toml").exists() {
+        eprintln!(
+            "NOT CHECKED: the error when no config exists (this machine has /etc/ferry/client.toml)"
+        );
+    } else {
+        let out = w.ferry(&["whoami"]);
+        let tried = out.stderr.clone();
+        out.fails(8, "FERRY_CONFIG");
+        assert!(
+            tried.contains("config-home/ferry/client.toml")
+                && tried.contains("/etc/ferry/client.toml"),
+            "{tried}"
+        );
+    }
 
     // $FERRY_CONFIG.
     w.ferry_with(
@@ -281,4 +288,16 @@ fn t26_the_client_config_is_found_without_flags_and_flags_go_anywhere() {
     };
     assert_eq!(pick(&before), pick(&after));
     assert_eq!(pick(&before).0, "b1");
+    // --node names the node asked, whatever NODE the subcommand is about (clap merges global
+    // arguments by id; the two once shared one, and `restart-check b1` asked b1).
+    w.ferry(&[
+        "admin",
+        "--config",
+        &config,
+        "--node",
+        "b9",
+        "restart-check",
+        "b1",
+    ])
+    .fails(8, "no node \"b9\"");
 }

@@ -798,8 +798,17 @@ pub(crate) fn run_transfer(
                 }
             }
             Err(e) => {
+                let hang = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
                 error = Some(format!(
-                    "read after {received_bytes} bytes: {e} (nothing for {READ_DEADLINE:?}: a hang)"
+                    "read after {received_bytes} bytes: {e}{}",
+                    if hang {
+                        format!(" (nothing for {READ_DEADLINE:?}: a hang)")
+                    } else {
+                        String::new()
+                    }
                 ));
                 // Unblock the sender, which may wait on a full path for ever.
                 let _ = reader.shutdown(std::net::Shutdown::Both);

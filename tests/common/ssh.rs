@@ -45,46 +45,22 @@ impl Sshd {
             assert!(out.status.success(), "ssh-keygen: {out:?}");
         }
         std::fs::copy(dir.join("user_key.pub"), dir.join("authorized_keys")).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_key\n\
-             AuthorizedKeysFile {dir}/authorized_keys\nPidFile {dir}/sshd.pid\n\
-             StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PermitRootLogin prohibit-password\nSubsystem sftp {SFTP_SERVER}\n\
-             LogLevel VERBOSE\n",
-            dir = dir.display()
-        );
-        std::fs::write(dir.join("sshd_config"), config).unwrap();
-        // sshd's privilege separation needs this directory (systemd makes it for the
-        // machine's own sshd, which the tests never use).
-        let _ = std::fs::create_dir_all("/run/sshd");
-        let log = dir.join("sshd.log");
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(SSHD)
-            .arg("-D")
-            .arg("-e")
-            .arg("-f")
-            .arg(dir.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("start sshd");
-        let mut process = Proc {
-            name: "sshd".into(),
-            child,
-            log,
-        };
-        wait_for("sshd to send its banner", Duration::from_secs(20), || {
-            if let Ok(Some(status)) = process.child.try_wait() {
-                panic!("sshd exited with {status}:\n{}", process.log_text());
+        // sshd binds a port picked free a moment before; another process may take it in
+        // between, so a start that fails to bind is tried again on another port.
+        let mut attempts = 0;
+        let (port, process) = loop {
+            attempts += 1;
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            match start_sshd(&dir, port) {
+                Ok(process) => break (port, process),
+                Err(log) if attempts < 3 && log.contains("Address already in use") => continue,
+                Err(log) => panic!("sshd did not start on port {port}:\n{log}"),
             }
-            banner(port)
-        });
+        };
         let host_key = std::fs::read_to_string(dir.join("host_key.pub")).unwrap();
         let host_key = host_key
             .split_whitespace()
@@ -163,6 +139,54 @@ impl Sshd {
         cmd.env("XDG_CONFIG_HOME", world.path().join("config-home"))
             .env("FERRY_LOG", "warn");
         (cmd, format!("{}@{host_alias}", self.user))
+    }
+}
+
+/// Writes the config for `port` and starts sshd; its log when it exits before answering.
+fn start_sshd(dir: &Path, port: u16) -> Result<Proc, String> {
+    let config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_key\n\
+         AuthorizedKeysFile {dir}/authorized_keys\nPidFile {dir}/sshd.pid\n\
+         StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+         PermitRootLogin prohibit-password\nSubsystem sftp {SFTP_SERVER}\n\
+         LogLevel VERBOSE\n",
+        dir = dir.display()
+    );
+    std::fs::write(dir.join("sshd_config"), config).unwrap();
+    // sshd's privilege separation needs this directory (systemd makes it for the machine's
+    // own sshd, which the tests never use).
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let log = dir.join("sshd.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(SSHD)
+        .arg("-D")
+        .arg("-e")
+        .arg("-f")
+        .arg(dir.join("sshd_config"))
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("start sshd");
+    let mut process = Proc {
+        name: "sshd".into(),
+        child,
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(_)) = process.child.try_wait() {
+            return Err(process.log_text());
+        }
+        if banner(port).is_some() {
+            return Ok(process);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sshd did not answer on port {port} within 20 s:\n{}",
+            process.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(25));
     }
 }
 

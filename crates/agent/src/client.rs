@@ -84,11 +84,7 @@ impl OneShot {
     /// Closes the connection, waiting (briefly) until the broker knows.
     async fn close(self) {
         self.conn.close(0u32.into(), b"done");
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            self.dialer.endpoint().wait_idle(),
-        )
-        .await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.dialer.endpoint().wait_idle()).await;
     }
 }
 
@@ -260,11 +256,7 @@ impl SessionOpener {
     /// end this client's sessions at once instead of after the idle timeout.
     pub async fn close(&self) {
         self.pool.close_all("client done").await;
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            self.pool.dialer().endpoint().wait_idle(),
-        )
-        .await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.pool.dialer().endpoint().wait_idle()).await;
     }
 
     /// Opens a session to `service` on `host`; [`SessionOpener::carry`] then moves its bytes.
@@ -378,7 +370,17 @@ impl SessionOpener {
             }
             let detached = session.detach();
             let started = Instant::now();
-            match self.resume_link(session.id(), secret, detached).await {
+            // Bounded by the window too: a resume that started in time must not end after it.
+            let attempt = tokio::time::timeout_at(
+                deadline.into(),
+                self.resume_link(session.id(), secret, detached),
+            );
+            let attempt = attempt.await.unwrap_or_else(|_| {
+                Err(ResumeFailure::Retry(
+                    "the resume window ran out during the attempt".into(),
+                ))
+            });
+            match attempt {
                 Ok(link) => {
                     if session.attach(detached, link).is_ok() {
                         tracing::info!(
@@ -413,21 +415,29 @@ impl SessionOpener {
         secret: &str,
         detached: resumable::Detached,
     ) -> Result<Link, ResumeFailure> {
-        let opened = self
-            .pool
-            .open()
-            .await
-            .map_err(|e| ResumeFailure::Retry(e.to_string()))?;
-        let conn_id = opened.conn.stable_id();
         let resume = client_request::Request::ResumeSession(wire::ResumeSession {
             session_id: id,
             resume_secret: secret.to_owned(),
             received: detached.received,
             written: detached.written,
         });
-        let answer = tokio::time::timeout(RESUME_REQUEST_TIMEOUT, request(opened, resume))
-            .await
-            .map_err(|_| ResumeFailure::Retry("the broker did not answer in time".into()))?;
+        let attempt = async {
+            let opened = self.pool.open().await?;
+            let conn_id = opened.conn.stable_id();
+            request(opened, resume)
+                .await
+                .map(|answer| (conn_id, answer))
+        };
+        let (conn_id, answer) = match tokio::time::timeout(RESUME_REQUEST_TIMEOUT, attempt).await {
+            Err(_) => {
+                return Err(ResumeFailure::Retry(
+                    "no broker answered the resume in time".into(),
+                ))
+            }
+            Ok(Err(e @ Error::Refused { .. })) => (0, Err(e)),
+            Ok(Err(e)) => return Err(ResumeFailure::Retry(e.to_string())),
+            Ok(Ok((conn_id, answer))) => (conn_id, Ok(answer)),
+        };
         match answer {
             Ok((send, recv, client_response::Response::SessionResumed(r))) => Ok(Link {
                 send,
@@ -475,7 +485,8 @@ impl SessionOpener {
             self.pool.add_first(connected).await;
         }
         // Detaching hands each session to its supervisor, which resumes it at once through
-        // the pool (on the new connection, or a new one to another broker).
+        // the pool (on the new connection, or a new one to another broker). The old links
+        // stop at once, so their connections can close now: the new one was made first.
         let on_old = |s: &resumable::Session| s.conn_id().is_some_and(|c| moving_off.contains(&c));
         let moving: Vec<resumable::Session> = self
             .sessions
@@ -487,10 +498,6 @@ impl SessionOpener {
             .collect();
         for session in &moving {
             session.detach();
-        }
-        let deadline = Instant::now() + MOVE_DEADLINE;
-        while Instant::now() < deadline && moving.iter().any(on_old) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for id in moving_off {
             self.pool.close(id, "moved to another broker").await;
@@ -504,17 +511,21 @@ const RESUME_BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const RESUME_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long one resume request may take (the broker waits for the host to come back).
 const RESUME_REQUEST_TIMEOUT: Duration = Duration::from_secs(12);
+/// How long a closing client waits for its brokers to learn of the close (so that they end
+/// its sessions at once rather than after the idle timeout).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Pauses of `forward` after a failed accept (out of file descriptors, say): first and most.
+const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long `stdio` waits for the session to complete once the remote side has ended.
 const STDIO_CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// How long a move waits for its sessions to leave the old connection before closing it.
-const MOVE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Default of `ferry connect --listen`'s limit on local connections forwarded at once.
 pub const FORWARDED_SESSIONS_MAX_DEFAULT: usize = 4_000;
 
-/// Accepts local TCP connections and carries each over its own session, until `listener`
-/// fails. Past `sessions_max` local connections at once, a new one is closed at once with a
-/// log line saying why; no local connection ever waits without an answer.
+/// Accepts local TCP connections and carries each over its own session, for as long as the
+/// process runs. Past `sessions_max` local connections at once, a new one is closed at once
+/// with a log line saying why; no local connection ever waits without an answer.
 pub async fn forward(
     listener: TcpListener,
     opener: Arc<SessionOpener>,
@@ -523,11 +534,23 @@ pub async fn forward(
     sessions_max: usize,
 ) -> Result<(), Error> {
     let slots = Arc::new(Semaphore::new(sessions_max));
+    let mut backoff = ACCEPT_BACKOFF_FIRST;
     loop {
-        let (tcp, peer) = listener
-            .accept()
-            .await
-            .map_err(|e| Error::Local(format!("accepting local connections failed: {e}")))?;
+        // A failed accept (no file descriptor left, a connection reset before it was taken)
+        // is the machine's or that connection's trouble, not the forward's: pause and go on,
+        // as mini-redis does, and say so.
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = ACCEPT_BACKOFF_FIRST;
+                accepted
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, pause_ms = backoff.as_millis() as u64, "accepting a local connection failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "refusing local connection: {sessions_max} already forwarded (--max-sessions)");
             continue;

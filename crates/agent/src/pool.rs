@@ -25,6 +25,10 @@ const IDLE_CLOSE_AFTER: Duration = Duration::from_secs(30);
 /// How long a stream may take to open on a connection just dialed (the broker's initial
 /// grant covers it at once; this only bounds a broker that grants none).
 const FRESH_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a dial that reached no broker, requests fail at once with its error for this long
+/// instead of each dialing in turn: thousands of sessions resuming through a partition would
+/// otherwise queue behind one another's dials for minutes.
+const DIAL_FAILURE_HOLD: Duration = Duration::from_millis(500);
 
 /// Broker `node_id` asked its endpoints to move to `to`.
 pub struct Notice {
@@ -42,6 +46,7 @@ pub struct Opened {
 
 struct Member {
     conn: quinn::Connection,
+    /// The broker it reaches.
     node_id: String,
     /// Its broker drains: no new streams here; the owner closes it once its sessions moved.
     retiring: bool,
@@ -50,15 +55,25 @@ struct Member {
 }
 
 pub struct Pool {
+    /// Makes new connections (QUIC, TLS against the cluster CA, Hello).
     dialer: Dialer,
-    /// Connections in the order new streams try them. A tokio mutex: held across a dial, so
-    /// that a burst of requests on a full pool dials one connection, not one each.
-    members: Mutex<Vec<Member>>,
+    /// Connections in the order new streams try them, and the last failed dial. A tokio
+    /// mutex: held across a dial, so that a burst of requests on a full pool dials one
+    /// connection, not one each.
+    members: Mutex<Members>,
     /// Most connections held at once (retiring ones included).
     connections_max: usize,
-    /// The broker whose connection was lost last: dialed last.
+    /// The broker whose connection was lost last, or which drains: dialed last.
     lost_broker: std::sync::Mutex<Option<String>>,
+    /// Where each connection's reader of broker notices sends them (bounded).
     notices: mpsc::Sender<Notice>,
+}
+
+#[derive(Default)]
+struct Members {
+    list: Vec<Member>,
+    /// When a dial last reached no broker, and why (see [`DIAL_FAILURE_HOLD`]).
+    dial_failed: Option<(Instant, String)>,
 }
 
 impl Pool {
@@ -70,7 +85,7 @@ impl Pool {
         let (notices, receiver) = mpsc::channel(2 * connections_max);
         let pool = Self {
             dialer,
-            members: Mutex::new(Vec::new()),
+            members: Mutex::new(Members::default()),
             connections_max,
             lost_broker: Default::default(),
             notices,
@@ -85,9 +100,10 @@ impl Pool {
     /// Opens a stream for one request: on a connection with a stream free now, else on a
     /// new connection, else refused (every connection allowed is full).
     pub async fn open(&self) -> Result<Opened, Error> {
-        let mut members = self.members.lock().await;
-        self.prune(&mut members);
-        for member in members.iter_mut().filter(|m| !m.retiring) {
+        let mut guard = self.members.lock().await;
+        let Members { list, dial_failed } = &mut *guard;
+        self.prune(list);
+        for member in list.iter_mut().filter(|m| !m.retiring) {
             match open_now(&member.conn) {
                 Some(Ok((send, recv))) => {
                     member.last_used = Instant::now();
@@ -103,8 +119,8 @@ impl Pool {
                 None => continue,
             }
         }
-        if members.len() >= self.connections_max {
-            let live = members.iter().filter(|m| !m.retiring).count();
+        if list.len() >= self.connections_max {
+            let live = list.iter().filter(|m| !m.retiring).count();
             return Err(Error::Refused {
                 code: ErrorCode::ResourceExhausted,
                 message: format!(
@@ -115,9 +131,10 @@ impl Pool {
                 ),
             });
         }
-        let connected = self.dial_like(&members).await?;
+        let connected = self.dial_like(list, dial_failed).await?;
         let conn = connected.conn.clone();
-        self.adopt(&mut members, connected);
+        self.adopt(list, connected);
+        drop(guard);
         let (send, recv) = tokio::time::timeout(FRESH_STREAM_TIMEOUT, conn.open_bi())
             .await
             .map_err(|_| {
@@ -130,21 +147,27 @@ impl Pool {
     /// Connects now if no connection is up, so that configuration and trust errors surface
     /// at once.
     pub async fn ensure_connected(&self) -> Result<(), Error> {
-        let mut members = self.members.lock().await;
-        self.prune(&mut members);
-        if members.iter().any(|m| !m.retiring) {
+        let mut guard = self.members.lock().await;
+        let Members { list, dial_failed } = &mut *guard;
+        self.prune(list);
+        if list.iter().any(|m| !m.retiring) {
             return Ok(());
         }
-        let connected = self.dial_like(&members).await?;
-        self.adopt(&mut members, connected);
+        let connected = self.dial_like(list, dial_failed).await?;
+        self.adopt(list, connected);
         Ok(())
     }
 
     /// Stops giving out streams on every connection to `node_id` (it drains) and returns
     /// their ids; the owner moves their sessions and then calls [`Pool::close`].
     pub async fn retire(&self, node_id: &str) -> Vec<usize> {
+        *self
+            .lost_broker
+            .lock()
+            .expect("never poisoned: no panics under the lock") = Some(node_id.to_owned());
         let mut members = self.members.lock().await;
         members
+            .list
             .iter_mut()
             .filter(|m| m.node_id == node_id)
             .map(|m| {
@@ -158,16 +181,19 @@ impl Pool {
     /// first for new streams.
     pub async fn add_first(&self, connected: Connected) {
         let mut members = self.members.lock().await;
-        self.adopt(&mut members, connected);
-        let last = members.len() - 1;
-        members[..=last].rotate_right(1);
+        self.adopt(&mut members.list, connected);
+        members.list.rotate_right(1);
     }
 
     /// Closes connection `id` and forgets it.
     pub async fn close(&self, id: usize, why: &str) {
         let mut members = self.members.lock().await;
-        if let Some(i) = members.iter().position(|m| m.conn.stable_id() == id) {
-            members.remove(i).conn.close(0u32.into(), why.as_bytes());
+        if let Some(i) = members.list.iter().position(|m| m.conn.stable_id() == id) {
+            members
+                .list
+                .remove(i)
+                .conn
+                .close(0u32.into(), why.as_bytes());
         }
     }
 
@@ -175,10 +201,10 @@ impl Pool {
     /// (`in_use(id)` false) and gave out no stream for a while.
     pub async fn close_idle(&self, in_use: impl Fn(usize) -> bool) {
         let mut members = self.members.lock().await;
-        self.prune(&mut members);
-        let first = members.iter().position(|m| !m.retiring);
+        self.prune(&mut members.list);
+        let first = members.list.iter().position(|m| !m.retiring);
         let mut i = 0;
-        members.retain(|m| {
+        members.list.retain(|m| {
             let keep = Some(i) == first
                 || m.retiring
                 || m.last_used.elapsed() < IDLE_CLOSE_AFTER
@@ -194,7 +220,7 @@ impl Pool {
 
     /// Closes every connection.
     pub async fn close_all(&self, why: &str) {
-        for m in self.members.lock().await.drain(..) {
+        for m in self.members.lock().await.list.drain(..) {
             m.conn.close(0u32.into(), why.as_bytes());
         }
     }
@@ -214,8 +240,26 @@ impl Pool {
     }
 
     /// Dials the broker of the first live connection (sessions stay together), or any
-    /// broker but the one lost last.
-    async fn dial_like(&self, members: &[Member]) -> Result<Connected, Error> {
+    /// broker but the one lost last; fails at once while a failed dial is recent.
+    async fn dial_like(
+        &self,
+        members: &[Member],
+        dial_failed: &mut Option<(Instant, String)>,
+    ) -> Result<Connected, Error> {
+        if let Some((at, why)) = dial_failed.as_ref() {
+            if at.elapsed() < DIAL_FAILURE_HOLD {
+                return Err(Error::Unreachable(why.clone()));
+            }
+        }
+        let dialed = self.dial(members).await;
+        *dial_failed = match &dialed {
+            Err(Error::Unreachable(why)) => Some((Instant::now(), why.clone())),
+            _ => None,
+        };
+        dialed
+    }
+
+    async fn dial(&self, members: &[Member]) -> Result<Connected, Error> {
         if let Some(m) = members.iter().find(|m| !m.retiring) {
             let same = wire::BrokerInfo {
                 node_id: m.node_id.clone(),

@@ -278,12 +278,12 @@ impl Session {
         self.core().conn_id
     }
 
-    /// (bytes sent, bytes received, resumes, bytes replayed).
+    /// (bytes sent, bytes received and delivered locally, resumes, bytes replayed).
     pub fn totals(&self) -> (u64, u64, u32, u64) {
         let core = self.core();
         (
             core.stream.written(),
-            core.stream.received(),
+            core.stream.delivered(),
             core.resumes,
             core.replayed_bytes,
         )
@@ -571,10 +571,13 @@ async fn link_reader(shared: Arc<Shared>, generation: u64, mut recv: quinn::Recv
         let chunk = match chunk {
             Ok(Some(chunk)) => chunk.bytes,
             Ok(None) => {
-                // The far side finished its stream: normal only once the session is complete.
+                // The far side finished its stream: normal once the session is complete, or
+                // once it gave the session up (its abort reaches the local writer in turn).
                 let mut core = lock(&shared);
                 check_complete(&shared, &mut core);
-                let done = core.phase == Phase::Ended || core.stream.is_complete();
+                let done = core.phase == Phase::Ended
+                    || core.stream.is_complete()
+                    || core.stream.remote_aborted();
                 drop(core);
                 if !done {
                     link_lost(&shared, generation, "the link ended early");
@@ -614,8 +617,9 @@ fn handle_chunk(shared: &Shared, generation: u64, decoder: &mut Decoder) -> bool
             match core.stream.handle_frame(frame) {
                 Ok(()) => {}
                 Err(e) => {
-                    // Our own invariant broke: continuing could corrupt the stream.
-                    tracing::error!(session_id = shared.id, error = %e, "session protocol violated");
+                    // The far side (or a broker in between) broke the protocol: continuing
+                    // could corrupt the stream, so the session is given up.
+                    tracing::warn!(session_id = shared.id, error = %e, "session protocol violated by the far side");
                     let why = format!("protocol violated: {e}");
                     core.stream.abort(why.clone());
                     finish(shared, &mut core, Ending::Aborted(why));

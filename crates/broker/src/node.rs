@@ -536,11 +536,16 @@ impl Ctx {
         let window = Duration::from_millis(self.config.raft.read_staleness_ms);
         match self.replica.since_leader_contact() {
             Some(since) if since <= window => Ok(()),
-            _ => {
-                self.metrics.read_index_reads.inc();
-                self.replica.read_index(READ_INDEX_TIMEOUT).await
-            }
+            _ => self.confirm_current().await,
         }
+    }
+
+    /// Makes sure the local state holds every write committed before this call (a read
+    /// index): for answers that must not miss a recent write, such as "this token is not
+    /// valid" before a logout is declared done.
+    pub async fn confirm_current(&self) -> Result<(), ProposeError> {
+        self.metrics.read_index_reads.inc();
+        self.replica.read_index(READ_INDEX_TIMEOUT).await
     }
 
     /// Proposes locally when this node leads, else forwards to the leader; when the leader is

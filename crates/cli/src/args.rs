@@ -143,7 +143,9 @@ pub struct AdminArgs {
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
     /// Ask this node (a node id from client.toml) instead of the first that answers.
-    #[arg(long, global = true)]
+    // Its own id: clap merges global arguments by id, and the NODE of `drain`, `undrain` and
+    // `restart-check` would otherwise overwrite it.
+    #[arg(long = "node", id = "ask_node", value_name = "NODE", global = true)]
     pub node: Option<String>,
     /// Print the answer as JSON on stdout (times both as epoch milliseconds and RFC 3339).
     #[arg(long, global = true)]
@@ -288,8 +290,12 @@ pub struct HostArgs {
 
 /// A duration with its unit (`30s`, `5m`, `1h 30m`, `250ms`), by humantime.
 fn duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like 30s, 5m or 250ms: {e}"))
+    humantime::parse_duration(s).map_err(|e| {
+        format!(
+            "{s:?} is not a duration like 30s, 5m or 250ms ({e}); a flag that takes an \
+             optional duration, like --wait, takes the next word as one: put it after NODE"
+        )
+    })
 }
 
 /// A size with its unit (`1GiB`, `500MB`, `64KiB`, or plain bytes), by bytesize.

@@ -55,6 +55,13 @@ pub type CliResult = Result<(), Failure>;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     args::init_logging(&cli);
+    // Brokers, host agents and forwards hold a socket per connection and session: thousands,
+    // beyond the usual soft limit of 1024 open files. Like Go's runtime, take what the hard
+    // limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

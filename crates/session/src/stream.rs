@@ -9,8 +9,10 @@ use std::collections::VecDeque;
 const CHUNK_OVERHEAD_BYTES: usize = 64;
 
 /// The largest replay buffer an endpoint may keep ([`Config::buffer_bytes_max`]), and so the
-/// most a receiver ever holds undelivered: a peer that sends more than this beyond what was
-/// acknowledged breaks the protocol.
+/// most a receiver ever holds undelivered, counted the same way (bytes plus the per-chunk
+/// overhead for each frame: an honest sender's frames are never smaller than its replay
+/// chunks): a peer that sends more than this beyond what was acknowledged breaks the
+/// protocol. Tiny frames therefore cannot make a receiver hold far more than the bound.
 pub const BUFFER_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 
 /// Limits of one endpoint's stream.
@@ -61,10 +63,10 @@ pub enum Error {
     #[error("empty session data frame")]
     EmptyData,
     #[error(
-        "peer sent {undelivered} bytes beyond what was delivered, more than any replay buffer \
-         may hold ({BUFFER_BYTES_LIMIT})"
+        "peer sent {undelivered_cost} bytes (with per-frame overhead) beyond what was \
+         delivered, more than any replay buffer may hold ({BUFFER_BYTES_LIMIT})"
     )]
-    ReceiveLimitExceeded { undelivered: u64 },
+    ReceiveLimitExceeded { undelivered_cost: usize },
 }
 
 /// One endpoint's state: the bytes it sends (numbered, kept until acknowledged) and the
@@ -111,6 +113,8 @@ pub struct Stream {
     delivered: u64,
     /// Bytes `delivered..received`, oldest first.
     inbound: VecDeque<Bytes>,
+    /// What `inbound` costs against [`BUFFER_BYTES_LIMIT`] (bytes plus per-chunk overhead).
+    inbound_cost: usize,
     /// The last `delivered` offset acknowledged to the peer.
     ack_sent: u64,
     /// Where the peer's stream ended, once its Fin arrived.
@@ -119,6 +123,8 @@ pub struct Stream {
     end_delivered: bool,
     /// The peer gave the session up, for this reason; delivered after the bytes before it.
     remote_abort: Option<String>,
+    /// The peer's abort was handed to the local side.
+    abort_delivered: bool,
     /// The peer's Fin was acknowledged on the current link.
     fin_ack_sent: bool,
 }
@@ -148,10 +154,12 @@ impl Stream {
             received: 0,
             delivered: 0,
             inbound: VecDeque::new(),
+            inbound_cost: 0,
             ack_sent: 0,
             remote_fin: None,
             end_delivered: false,
             remote_abort: None,
+            abort_delivered: false,
             fin_ack_sent: false,
         }
     }
@@ -159,29 +167,33 @@ impl Stream {
     // ---- The local side. ----
 
     /// How many bytes the local reader may read now; 0 means pause it until acks arrive.
+    /// (Room for the bytes and the overhead of every frame-sized chunk they make.)
     pub fn write_capacity(&self) -> usize {
         if self.local_ended {
             return 0;
         }
-        self.config
+        let room = self
+            .config
             .buffer_bytes_max
-            .saturating_sub(self.replay_cost + CHUNK_OVERHEAD_BYTES)
+            .saturating_sub(self.replay_cost);
+        room.saturating_sub(CHUNK_OVERHEAD_BYTES * room.div_ceil(DATA_BYTES_MAX).max(1))
     }
 
     /// Takes bytes read from the local side. `bytes.len()` must not exceed
-    /// [`Stream::write_capacity`].
-    pub fn push_local(&mut self, bytes: Bytes) {
+    /// [`Stream::write_capacity`]. They are kept in chunks of at most one frame, so that the
+    /// receiver, which charges the overhead per frame, never counts more than this side.
+    pub fn push_local(&mut self, mut bytes: Bytes) {
         assert!(!self.local_ended, "nothing is read after the local end");
         assert!(
             bytes.len() <= self.write_capacity(),
             "the local reader reads at most write_capacity() bytes"
         );
-        if bytes.is_empty() {
-            return;
+        while !bytes.is_empty() {
+            let chunk = bytes.split_to(bytes.len().min(DATA_BYTES_MAX));
+            self.written += chunk.len() as u64;
+            self.replay_cost += chunk.len() + CHUNK_OVERHEAD_BYTES;
+            self.replay.push_back(chunk);
         }
-        self.written += bytes.len() as u64;
-        self.replay_cost += bytes.len() + CHUNK_OVERHEAD_BYTES;
-        self.replay.push_back(bytes);
     }
 
     /// The local side ended (end of file): a Fin follows the last byte.
@@ -273,11 +285,14 @@ impl Stream {
                         got: offset,
                     });
                 }
-                let undelivered = self.received + bytes.len() as u64 - self.delivered;
-                if undelivered > BUFFER_BYTES_LIMIT as u64 {
-                    return Err(Error::ReceiveLimitExceeded { undelivered });
+                let cost = self.inbound_cost + bytes.len() + CHUNK_OVERHEAD_BYTES;
+                if cost > BUFFER_BYTES_LIMIT {
+                    return Err(Error::ReceiveLimitExceeded {
+                        undelivered_cost: cost,
+                    });
                 }
                 self.received += bytes.len() as u64;
+                self.inbound_cost = cost;
                 self.inbound.push_back(bytes);
                 Ok(())
             }
@@ -320,9 +335,11 @@ impl Stream {
     pub fn poll_deliver(&mut self) -> Option<Delivery> {
         if let Some(bytes) = self.inbound.pop_front() {
             self.delivered += bytes.len() as u64;
+            self.inbound_cost -= bytes.len() + CHUNK_OVERHEAD_BYTES;
             return Some(Delivery::Bytes(bytes));
         }
         if let Some(reason) = self.remote_abort.take() {
+            self.abort_delivered = true;
             return Some(Delivery::Aborted(reason));
         }
         if self.remote_fin.is_some() && !self.end_delivered {
@@ -374,14 +391,15 @@ impl Stream {
     /// still holds it, unacknowledged, and replays it), so that [`Stream::received`] is
     /// exactly what was delivered. Presenting the delivered offset on resume keeps the bound
     /// on undelivered bytes across any number of resumes; presenting more would let the peer
-    /// send a whole replay buffer beyond it each time.
+    /// send a whole replay buffer beyond it each time. A peer's abort is kept: it ends the
+    /// session whatever link comes next (the peer will not resume it).
     pub fn detach(&mut self) {
         self.inbound.clear();
+        self.inbound_cost = 0;
         self.received = self.delivered;
         if !self.end_delivered {
             self.remote_fin = None;
         }
-        self.remote_abort = None;
     }
 
     /// Starts over on a new link (after [`Stream::detach`]): the peer has received everything
@@ -422,6 +440,18 @@ impl Stream {
     /// Bytes received but not yet handed to the local side (at most the peer's replay buffer).
     pub fn undelivered_bytes(&self) -> u64 {
         self.received - self.delivered
+    }
+
+    /// What the undelivered bytes cost with their per-frame overhead: never more than the
+    /// peer's replay buffer charges for them, so at most its `buffer_bytes_max`.
+    pub fn undelivered_cost_bytes(&self) -> usize {
+        self.inbound_cost
+    }
+
+    /// The peer gave the session up (its abort waits behind the bytes before it, or was
+    /// delivered): no link will carry this session again.
+    pub fn remote_aborted(&self) -> bool {
+        self.remote_abort.is_some() || self.abort_delivered
     }
 
     /// Bytes taken from the local side so far.

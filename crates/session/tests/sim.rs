@@ -299,13 +299,14 @@ fn run(seed: u64, rule: ReaderRule) -> Result<Outcome, String> {
                         return fail(step, format!("side {i}: {e}"));
                     }
                 }
-                let peer_buffer = sides[from].config.buffer_bytes_max as u64;
-                if sides[i].stream.undelivered_bytes() > peer_buffer {
+                let peer_buffer = sides[from].config.buffer_bytes_max;
+                if sides[i].stream.undelivered_cost_bytes() > peer_buffer {
                     return fail(
                         step,
                         format!(
-                            "side {i} holds {} bytes undelivered, more than its peer's buffer {peer_buffer}",
-                            sides[i].stream.undelivered_bytes()
+                            "side {i} holds {} bytes undelivered (with overhead), more than its \
+                             peer's buffer {peer_buffer}",
+                            sides[i].stream.undelivered_cost_bytes()
                         ),
                     );
                 }
@@ -632,6 +633,29 @@ fn detaching_drops_what_was_not_delivered_and_the_peer_replays_it() {
     assert_eq!(b.poll_deliver(), Some(Delivery::Bytes("world".into())));
     assert_eq!(b.poll_deliver(), Some(Delivery::End));
     assert_eq!(b.poll_deliver(), None);
+}
+
+#[test]
+fn an_abort_outlives_a_detach_and_ends_the_session_after_the_bytes_before_it() {
+    let config = Config {
+        buffer_bytes_max: 10_000,
+        ack_every_bytes: 1,
+    };
+    let (mut a, mut b) = (Stream::new(config), Stream::new(config));
+    a.push_local(Bytes::from_static(b"last words"));
+    a.abort("the service reset the connection");
+    while let Some(f) = a.poll_transmit() {
+        b.handle_frame(f).expect("valid frames");
+    }
+    assert!(b.remote_aborted());
+    // The link ends before the local side took anything: the abort is not lost.
+    b.detach();
+    assert!(b.remote_aborted(), "a detach keeps the peer's abort");
+    assert_eq!(
+        b.poll_deliver(),
+        Some(Delivery::Aborted("the service reset the connection".into()))
+    );
+    assert!(b.remote_aborted());
 }
 
 #[test]

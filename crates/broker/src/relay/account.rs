@@ -99,12 +99,15 @@ pub(super) async fn who_am_i(
 }
 
 /// Withdraws the token on every node (a replicated `RevokeToken`), or says it was no longer
-/// valid. Only a token that exists is proposed for revocation.
+/// valid. Only a token that exists is proposed for revocation; whether it exists is read after
+/// a read index, so that a lagging node never answers "not valid" for a token issued through
+/// another node a moment ago (the user would believe it revoked).
 pub(super) async fn logout(
     ctx: &Ctx,
     request: wire::Logout,
     remote: SocketAddr,
 ) -> Result<wire::LoggedOut, wire::Error> {
+    ctx.confirm_current().await.map_err(stale)?;
     let token_hash = hash_secret(&request.token);
     let user = match ctx.replica.read().check_token(&token_hash, crate::now_ms()) {
         TokenCheck::Valid(user) => user.name.clone(),
