@@ -57,11 +57,7 @@ fn refusal(response: client_response::Response) -> wire::Error {
 fn t14_wrong_or_stale_resume_secrets_are_refused_and_audited() {
     let w = World::init();
     let _broker = w.start_broker();
-    w.add_user("alice", "staff", "correct horse battery");
-    let token = w.enroll("lab-pc", "lab");
-    w.admin(&["grant", "staff", "lab"]).ok();
-    let _host = w.start_host("lab-pc", Some(&token), &[("echo", echo_server())]);
-    w.login("alice", "correct horse battery").ok();
+    let _host = w.alice_reaching(&w.client_config(), "lab-pc", &[("echo", echo_server())]);
     let (_forward, addr) = w.forward("lab-pc", "echo");
 
     // A live session, and a guess at its secret.
@@ -122,12 +118,8 @@ fn t14_resume_after_the_window_is_refused_with_a_clear_message() {
         std::fs::write(&path, edited).unwrap();
     }
     let mut nodes: Vec<Proc> = (1..=3).map(|i| w.start_node(i)).collect();
-    w.add_user("alice", "staff", "correct horse battery");
-    let token = w.enroll("lab-pc", "lab");
-    w.admin(&["grant", "staff", "lab"]).ok();
     let config = w.client_config_for(1);
-    let host = w.start_host_via(&config, "lab-pc", Some(&token), &[("echo", echo_server())]);
-    w.login_via(&config, "alice", "correct horse battery").ok();
+    let host = w.alice_reaching(&config, "lab-pc", &[("echo", echo_server())]);
     let (forward, addr) = w.forward_via(&config, "lab-pc", "echo");
     let mut local = std::net::TcpStream::connect(addr).unwrap();
     local.write_all(b"hello\n").unwrap();

@@ -59,12 +59,8 @@ fn pair() -> Pair {
         Some(w.start_named("w1", 3)),
     ];
     w.wait_healthy(3);
-    w.add_user("alice", "staff", "correct horse battery");
-    let token = w.enroll("lab-pc", "lab");
-    w.admin(&["grant", "staff", "lab"]).ok();
     let config = w.client_config_for(1);
-    let host = w.start_host_via(&config, "lab-pc", Some(&token), &[("echo", echo_server())]);
-    w.login_via(&config, "alice", "correct horse battery").ok();
+    let host = w.alice_reaching(&config, "lab-pc", &[("echo", echo_server())]);
     let forward = w.forward_via(&config, "lab-pc", "echo");
     Pair {
         w,

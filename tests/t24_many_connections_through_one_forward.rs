@@ -80,11 +80,7 @@ where
 fn world() -> (World, Proc, Proc) {
     let w = World::init();
     let broker = w.start_broker();
-    w.add_user("alice", "staff", "correct horse battery");
-    let token = w.enroll("lab-pc", "lab");
-    w.admin(&["grant", "staff", "lab"]).ok();
-    let host = w.start_host("lab-pc", Some(&token), &[("echo", echo_server())]);
-    w.login("alice", "correct horse battery").ok();
+    let host = w.alice_reaching(&w.client_config(), "lab-pc", &[("echo", echo_server())]);
     (w, broker, host)
 }
 

@@ -50,12 +50,8 @@ fn one_broker() -> (World, Proc, Proc, Sshd) {
     let w = World::init();
     let broker = w.start_broker();
     let sshd = Sshd::start(w.path(), HOST);
-    w.add_user("alice", "staff", "correct horse battery");
-    let token = w.enroll(HOST, "lab");
-    w.admin(&["grant", "staff", "lab"]).ok();
     let ssh_addr: SocketAddr = ([127, 0, 0, 1], sshd.port).into();
-    let host = w.start_host(HOST, Some(&token), &[("ssh", ssh_addr)]);
-    w.login("alice", "correct horse battery").ok();
+    let host = w.alice_reaching(&w.client_config(), HOST, &[("ssh", ssh_addr)]);
     (w, broker, host, sshd)
 }
 
@@ -299,13 +295,9 @@ fn t25_broker_carrying_ssh_sessions_killed_mid_transfer_ssh_does_not_notice() {
         Some(w.start_named("w1", 3)),
     ];
     let sshd = Sshd::start(w.path(), HOST);
-    w.add_user("alice", "staff", "correct horse battery");
-    let token = w.enroll(HOST, "lab");
-    w.admin(&["grant", "staff", "lab"]).ok();
     let config = w.client_config_for(1);
     let ssh_addr: SocketAddr = ([127, 0, 0, 1], sshd.port).into();
-    let _host = w.start_host_via(&config, HOST, Some(&token), &[("ssh", ssh_addr)]);
-    w.login_via(&config, "alice", "correct horse battery").ok();
+    let _host = w.alice_reaching(&config, HOST, &[("ssh", ssh_addr)]);
     let (_forward, forwarded) = w.forward_via(&config, HOST, "ssh");
 
     // Up through the ProxyCommand: paced writes into ssh's stdin, `sha256sum` remote.

@@ -19,6 +19,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+/// Password of user alice in [`World::alice_reaching`].
+pub const ALICE_PASSWORD: &str = "correct horse battery";
 
 /// Polls `check` every 25 ms until it returns `Some`, or panics after `deadline` naming `what`.
 pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
@@ -938,6 +940,24 @@ impl PacedSessions {
 }
 
 impl World {
+    /// The usual cast of a session test: user alice (group staff, [`ALICE_PASSWORD`]) granted
+    /// the hosts of group lab; host `host` (in lab) enrolled, its agent exposing `services`
+    /// and attached through the client config `config`; alice logged in through `config`.
+    /// Returns the host agent.
+    pub fn alice_reaching(
+        &self,
+        config: &str,
+        host: &str,
+        services: &[(&str, SocketAddr)],
+    ) -> Proc {
+        self.add_user("alice", "staff", ALICE_PASSWORD);
+        let token = self.enroll(host, "lab");
+        self.admin(&["grant", "staff", "lab"]).ok();
+        let agent = self.start_host_via(config, host, Some(&token), services);
+        self.login_via(config, "alice", ALICE_PASSWORD).ok();
+        agent
+    }
+
     /// User alice (group staff) granted host lab-pc, whose agent exposes service `service` that
     /// moves `len` bytes each way per session at `pace` bytes/s; the agent and the client
     /// attach to broker b<`broker`>.
@@ -948,14 +968,9 @@ impl World {
         len: u64,
         pace: u64,
     ) -> PacedSessions {
-        self.add_user("alice", "staff", "correct horse battery");
-        let token = self.enroll("lab-pc", "lab");
-        self.admin(&["grant", "staff", "lab"]).ok();
         let (service_addr, ends, progress) = duplex_service(len, 2, Some(pace));
         let config = self.client_config_for(broker);
-        let host = self.start_host_via(&config, "lab-pc", Some(&token), &[(service, service_addr)]);
-        self.login_via(&config, "alice", "correct horse battery")
-            .ok();
+        let host = self.alice_reaching(&config, "lab-pc", &[(service, service_addr)]);
         let (forward, addr) = self.forward_via(&config, "lab-pc", service);
         PacedSessions {
             addr,

@@ -79,22 +79,6 @@ pub struct BrokerEntry {
     pub admin_url: String,
 }
 
-/// Where a client config is looked for when `--config` is not given, in this order.
-pub fn config_candidates() -> Vec<(String, Option<PathBuf>)> {
-    let env = std::env::var_os("FERRY_CONFIG")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from);
-    let user = dirs::config_dir().map(|d| d.join("ferry").join("client.toml"));
-    vec![
-        ("$FERRY_CONFIG".to_owned(), env),
-        ("$XDG_CONFIG_HOME/ferry/client.toml".to_owned(), user),
-        (
-            "/etc/ferry/client.toml".to_owned(),
-            Some(PathBuf::from("/etc/ferry/client.toml")),
-        ),
-    ]
-}
-
 impl ClientConfig {
     /// The config file to use: `explicit` (`--config`), else `$FERRY_CONFIG` (used as given,
     /// even if missing: loading it then says so), else the first of
@@ -104,17 +88,23 @@ impl ClientConfig {
         if let Some(path) = explicit {
             return Ok(path.to_path_buf());
         }
-        let mut tried = Vec::new();
-        for (i, (name, path)) in config_candidates().into_iter().enumerate() {
-            match path {
-                Some(path) if i == 0 || path.exists() => return Ok(path),
-                Some(path) => tried.push(format!("{name} ({}: none)", path.display())),
-                None => tried.push(format!("{name} (not set)")),
-            }
+        if let Some(path) = std::env::var_os("FERRY_CONFIG").filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(path));
         }
+        let user = dirs::config_dir().map(|d| d.join("ferry").join("client.toml"));
+        let system = PathBuf::from("/etc/ferry/client.toml");
+        if let Some(found) = [user.clone(), Some(system.clone())]
+            .into_iter()
+            .flatten()
+            .find(|p| p.exists())
+        {
+            return Ok(found);
+        }
+        let user = user.map_or("not set".to_owned(), |p| format!("{}: none", p.display()));
         Err(crate::Error::Config(format!(
-            "no client config: pass --config FILE (the client.toml of `ferry init`); tried {}",
-            tried.join(", ")
+            "no client config: pass --config FILE (the client.toml of `ferry init`); tried \
+             $FERRY_CONFIG (not set), $XDG_CONFIG_HOME/ferry/client.toml ({user}), {} (none)",
+            system.display()
         )))
     }
 

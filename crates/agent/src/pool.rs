@@ -104,19 +104,15 @@ impl Pool {
         let Members { list, dial_failed } = &mut *guard;
         self.prune(list);
         for member in list.iter_mut().filter(|m| !m.retiring) {
-            match open_now(&member.conn) {
-                Some(Ok((send, recv))) => {
-                    member.last_used = Instant::now();
-                    return Ok(Opened {
-                        send,
-                        recv,
-                        conn: member.conn.clone(),
-                    });
-                }
-                // Closed meanwhile; pruned next time.
-                Some(Err(_)) => continue,
-                // Every stream it may open is in use.
-                None => continue,
+            // Otherwise it closed meanwhile (pruned next time), or every stream it may open is
+            // in use.
+            if let Some(Ok((send, recv))) = open_now(&member.conn) {
+                member.last_used = Instant::now();
+                return Ok(Opened {
+                    send,
+                    recv,
+                    conn: member.conn.clone(),
+                });
             }
         }
         if list.len() >= self.connections_max {
