@@ -384,32 +384,16 @@ async fn gate_queue(
 /// Sessions the state says this node carries lost their path when it restarted: mark them
 /// detached, so that they expire unless their endpoints resume them (here or elsewhere).
 pub(crate) async fn detach_orphaned_sessions(ctx: Arc<Ctx>) {
-    let orphans: Vec<(u64, u32)> = ctx
-        .replica
-        .read()
-        .sessions()
-        .filter(|s| s.broker == ctx.config.node_id && s.detached_at_ms == 0)
-        .map(|s| (s.id, s.resumes))
-        .collect();
-    for (session_id, resumes) in orphans {
-        let detach = Kind::DetachSession(DetachSession {
-            session_id,
-            broker: ctx.config.node_id.clone(),
-            reason: "broker restarted".into(),
-            resumes,
-        });
-        let actor = format!("node:{}", ctx.config.node_id);
-        if let Err(e) = ctx.propose(actor, String::new(), detach).await {
-            tracing::warn!(session_id, error = %e, "could not detach an orphaned session");
-        }
-    }
+    let actions = ferry_policy::orphaned_at_restart(&ctx.replica.read(), &ctx.config.node_id);
+    carry_out(&ctx, actions).await;
 }
 
 /// How often the leader looks for sessions whose broker is gone or whose window passed.
 const SESSION_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// On the leader: sessions carried by a broker it no longer hears from are marked detached,
-/// and sessions detached for longer than the resume window are closed as lost.
+/// and sessions detached for longer than the resume window are closed as lost
+/// (`ferry_policy::sweep`).
 async fn sweep_sessions(
     ctx: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
@@ -428,45 +412,54 @@ async fn sweep_sessions(
         {
             continue;
         }
-        let window = ctx.config.limits.session_resume_window();
-        let actor = format!("node:{}", ctx.config.node_id);
-        let (expired, orphaned) = {
-            let state = ctx.replica.read();
-            let expired: Vec<u64> = state
-                .sessions_expired(crate::now_ms(), window.as_millis() as u64)
-                .map(|s| s.id)
-                .collect();
-            let unreachable = unreachable_brokers(&ctx);
-            let orphaned: Vec<(u64, String, u32)> = state
-                .sessions()
-                .filter(|s| s.detached_at_ms == 0 && unreachable.contains(&s.broker))
-                .map(|s| (s.id, s.broker.clone(), s.resumes))
-                .collect();
-            (expired, orphaned)
-        };
-        for session_id in expired {
-            let close = Kind::CloseSession(CloseSession {
-                session_id,
-                reason: format!("lost: not resumed within {} s", window.as_secs()),
-                ..Default::default()
-            });
-            if ctx
-                .propose(actor.clone(), String::new(), close)
-                .await
-                .is_ok()
-            {
-                ctx.metrics.lose_session("expired");
-                tracing::warn!(session_id, "session lost: not resumed within its window");
+        let window_ms = ctx.config.limits.session_resume_window().as_millis() as u64;
+        let unreachable = unreachable_brokers(&ctx);
+        let actions = ferry_policy::sweep(
+            &ctx.replica.read(),
+            crate::now_ms(),
+            window_ms,
+            &unreachable,
+        );
+        carry_out(&ctx, actions).await;
+    }
+}
+
+/// Proposes what the session sweep decided, counting sessions lost.
+async fn carry_out(ctx: &Ctx, actions: Vec<ferry_policy::SweepAction>) {
+    let actor = format!("node:{}", ctx.config.node_id);
+    for action in actions {
+        match action {
+            ferry_policy::SweepAction::Close { session_id, reason } => {
+                let close = Kind::CloseSession(CloseSession {
+                    session_id,
+                    reason,
+                    ..Default::default()
+                });
+                if ctx
+                    .propose(actor.clone(), String::new(), close)
+                    .await
+                    .is_ok()
+                {
+                    ctx.metrics.lose_session("expired");
+                    tracing::warn!(session_id, "session lost: not resumed within its window");
+                }
             }
-        }
-        for (session_id, broker, resumes) in orphaned {
-            let detach = Kind::DetachSession(DetachSession {
+            ferry_policy::SweepAction::Detach {
                 session_id,
-                reason: format!("broker {broker} unreachable"),
                 broker,
                 resumes,
-            });
-            let _ = ctx.propose(actor.clone(), String::new(), detach).await;
+                reason,
+            } => {
+                let detach = Kind::DetachSession(DetachSession {
+                    session_id,
+                    broker,
+                    reason,
+                    resumes,
+                });
+                if let Err(e) = ctx.propose(actor.clone(), String::new(), detach).await {
+                    tracing::warn!(session_id, error = %e, "could not detach a session");
+                }
+            }
         }
     }
 }
@@ -476,19 +469,12 @@ fn unreachable_brokers(ctx: &Ctx) -> Vec<String> {
     let Some(peers) = &ctx.peers else {
         return Vec::new();
     };
-    let membership = ctx.replica.membership();
-    peers
+    let brokers: Vec<(String, u64)> = peers
         .brokers()
         .into_iter()
-        .filter(|b| {
-            membership
-                .progress
-                .iter()
-                .find(|p| p.id == b.raft_id)
-                .is_some_and(|p| !p.recent_active)
-        })
-        .map(|b| b.node_id)
-        .collect()
+        .map(|b| (b.node_id, b.raft_id))
+        .collect();
+    ferry_policy::unreachable_brokers(&brokers, &ctx.replica.membership().progress)
 }
 
 /// Periodic upkeep: purge expired tokens, refresh gauges.

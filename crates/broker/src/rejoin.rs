@@ -1,26 +1,17 @@
 //! Settling the raft id of a node whose store is empty, and answering peers that ask.
 //!
-//! An empty store is either a node's first start or a node that lost its store (quarantined
-//! at start-up, wiped, a new disk). The second must never vote or acknowledge under its old
-//! raft id: it may have voted in the current term or acknowledged entries it no longer has,
-//! and amnesia can elect two leaders in one term. So (docs/DESIGN.md section 5):
+//! The decisions are `ferry-policy`'s (`identity`: may this empty store take its configured
+//! raft id, given its peers' answers; `replacement`: how the leader replaces a member that lost
+//! its store), where the rules and their reasons are written down and simulated. This module
+//! asks the peers, carries the decisions out, and says what the node waits for.
 //!
-//! - a quarantined store always rejoins under a new raft id: the leader removes the node's old
-//!   id, adds the new one as a learner, which catches up from a snapshot and is promoted; so
-//!   does an empty store in a data directory that held one before (`ferry-node` says so);
-//! - otherwise the node asks its peers whether its configured id has taken part (the leader
-//!   records every id it sees replicate, `MembersSeen`). If any peer has seen it, it rejoins
-//!   as above. If none has, it takes its configured id once enough peers answered: a majority
-//!   of the initial voters (itself included) that have a store or never had one, or, for a node
-//!   that joins a running cluster, one peer. Nodes of a new cluster thus start in any order; a
-//!   node started late keeps its id; two nodes that lost their stores never outvote the one
-//!   that kept it.
-//!
-//! Until then the node serves what it can without consensus and says what it waits for.
+//! Until then the node serves what it can without consensus.
 
 use crate::node::Ctx;
 use crate::peer::Peers;
 use crate::replication::{membership_command, ProposeError, Replica};
+use ferry_policy::identity::Known;
+use ferry_policy::{Asked, Decision};
 use ferry_proto::peer::{Rejoin, RejoinReply, StoreProbe, StoreProbeReply};
 use ferry_proto::state::{command::Kind, Member, MemberRole, MembershipAction};
 use ferry_state::Outcome;
@@ -35,8 +26,6 @@ const ASK_EVERY: Duration = Duration::from_secs(1);
 const REMOVE_ATTEMPTS_MAX: u32 = 10;
 /// Pause between them: about a heartbeat round trip.
 const REMOVE_RETRY: Duration = Duration::from_millis(300);
-/// Raft ids are at most this: proposal tokens keep the proposer's id in 16 bits.
-const RAFT_ID_MAX: u64 = u16::MAX as u64;
 
 /// How this node's empty store is to be made its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,47 +45,47 @@ pub async fn settle(
 ) -> Option<Identity> {
     let config = &ctx.config;
     let configured = config.raft.id;
+    // Once a peer said the configured id took part, the node rejoins whatever later answers
+    // say: a later answer may come from a peer that has not caught up yet.
+    let mut lost: Option<String> = lost.map(str::to_owned);
     // What the node last logged it waits for: said once, not every round.
     let mut last_said: Option<String> = None;
     loop {
-        let waiting = match (&ctx.peers, lost) {
-            (None, None) => {
+        // Peers are asked only while the answer matters.
+        let answers = match (&ctx.peers, &lost) {
+            (Some(peers), None) => Some(probe(peers, configured).await),
+            (Some(_), Some(_)) => Some(Vec::new()),
+            (None, _) => None,
+        };
+        let decision = ferry_policy::identity(
+            configured,
+            &config.raft.initial_voters,
+            lost.as_deref(),
+            answers.as_deref(),
+        );
+        let waiting = match decision {
+            Decision::TakeConfigured => {
+                tracing::info!(
+                    raft_id = configured,
+                    "empty store: taking the configured raft id"
+                );
                 return Some(Identity {
                     raft_id: configured,
                     voters: config.raft.initial_voters.clone(),
-                })
+                });
             }
-            (None, Some(_)) => "this node has no peers to rejoin: its data was only in the \
-                                quarantined store; see docs/OPERATIONS.md, 'Lost stores'"
-                .to_owned(),
-            (Some(peers), Some(why)) => match ask_rejoin(ctx, peers, why).await {
-                Ok(raft_id) => return Some(rejoined(raft_id, configured)),
-                Err(waiting) => waiting,
-            },
-            (Some(peers), None) => match probe(ctx, peers).await {
-                Probe::TakeConfigured => {
-                    tracing::info!(
-                        raft_id = configured,
-                        "empty store: taking the configured raft id"
-                    );
-                    let voters = config.raft.initial_voters.clone();
-                    return Some(Identity {
-                        raft_id: configured,
-                        voters,
-                    });
+            Decision::Rejoin { why } => {
+                let peers = ctx
+                    .peers
+                    .as_ref()
+                    .expect("the policy rejoins only with peers");
+                lost = Some(why.clone());
+                match ask_rejoin(ctx, peers, &why).await {
+                    Ok(raft_id) => return Some(rejoined(raft_id, configured)),
+                    Err(waiting) => waiting,
                 }
-                Probe::Seen(by) => {
-                    let why = format!(
-                        "its store was empty while raft id {configured} had taken part in the \
-                         cluster ({by} says so): wiped or lost"
-                    );
-                    match ask_rejoin(ctx, peers, &why).await {
-                        Ok(raft_id) => return Some(rejoined(raft_id, configured)),
-                        Err(waiting) => waiting,
-                    }
-                }
-                Probe::Wait(waiting) => waiting,
-            },
+            }
+            Decision::Wait { waiting } => waiting,
         };
         if last_said.as_deref() != Some(waiting.as_str()) {
             tracing::warn!(%waiting, "consensus cannot start yet");
@@ -123,71 +112,18 @@ fn rejoined(raft_id: u64, configured: u64) -> Identity {
     }
 }
 
-enum Probe {
-    TakeConfigured,
-    /// The configured id has taken part; the peer that says so.
-    Seen(String),
-    /// Not enough answers yet; what the node waits for.
-    Wait(String),
-}
-
-async fn probe(ctx: &Ctx, peers: &Arc<Peers>) -> Probe {
-    let config = &ctx.config;
-    let id = config.raft.id;
-    let answers = peers.probe(id).await;
-    if let Some((peer, _)) = answers
-        .iter()
-        .find(|(_, a)| a.as_ref().is_some_and(|a| a.seen))
-    {
-        return Probe::Seen(peer.node_id.clone());
-    }
-    let answered: Vec<&str> = answers
-        .iter()
-        .filter(|(_, a)| a.is_some())
-        .map(|(p, _)| p.node_id.as_str())
-        .collect();
-    let silent: Vec<&str> = answers
-        .iter()
-        .filter(|(_, a)| a.is_none())
-        .map(|(p, _)| p.node_id.as_str())
-        .collect();
-    let voters = &config.raft.initial_voters;
-    let enough = if voters.is_empty() {
-        // Joining a running cluster: a peer with a store knows whether it saw this id (one
-        // still opening its own store knows nothing).
-        answers
-            .iter()
-            .any(|(_, a)| a.as_ref().is_some_and(|a| a.initialized))
-    } else {
-        // A peer that lost its store knows nothing: only one with a store, or one that never
-        // had one (a cluster still forming), speaks for the cluster.
-        let initial_answered = answers
-            .iter()
-            .filter(|(p, a)| {
-                voters.contains(&p.raft_id) && a.as_ref().is_some_and(|a| a.initialized || a.fresh)
-            })
-            .count();
-        let own = usize::from(voters.contains(&id));
-        (initial_answered + own) * 2 > voters.len()
-    };
-    if enough {
-        Probe::TakeConfigured
-    } else {
-        Probe::Wait(format!(
-            "the store is empty: waiting for a majority of the initial voters to answer \
-             whether raft id {id} has taken part before using it (answered: {}; no answer: {})",
-            list(&answered),
-            list(&silent)
-        ))
-    }
-}
-
-fn list(names: &[&str]) -> String {
-    if names.is_empty() {
-        "none".into()
-    } else {
-        names.join(", ")
-    }
+/// Asks every peer whether `raft_id` has taken part.
+async fn probe(peers: &Arc<Peers>, raft_id: u64) -> Vec<Asked> {
+    peers
+        .probe(raft_id)
+        .await
+        .into_iter()
+        .map(|(peer, answer)| Asked {
+            node_id: peer.node_id,
+            raft_id: peer.raft_id,
+            answer,
+        })
+        .collect()
 }
 
 async fn ask_rejoin(ctx: &Ctx, peers: &Peers, why: &str) -> Result<u64, String> {
@@ -270,49 +206,34 @@ pub async fn answer_rejoin(
 }
 
 /// On the leader: removes every raft id of `request.node_id` and adds the node as a learner
-/// under a new raft id, which the leader promotes once it has caught up.
+/// under a new raft id (planned by `ferry_policy::replacement`), which the leader promotes
+/// once it has caught up.
 async fn replace(peers: &Peers, replica: &Replica, request: &Rejoin) -> Result<u64, String> {
     let node = &request.node_id;
-    let membership = replica.membership();
-    let in_config = |id: &u64| membership.voters.contains(id) || membership.learners.contains(id);
-    let (old, next, voter) = {
+    let plan = {
+        let membership = replica.membership();
         let state = replica.read();
-        let mut old: Vec<u64> = peers
+        let configured: Vec<(&str, u64)> = peers
             .configured()
             .iter()
-            .filter(|p| &p.node_id == node)
-            .map(|p| p.raft_id)
-            .chain(
-                state
-                    .members()
-                    .filter(|m| &m.node_id == node)
-                    .map(|m| m.raft_id),
-            )
-            .filter(in_config)
+            .map(|p| (p.node_id.as_str(), p.raft_id))
             .collect();
-        old.sort_unstable();
-        old.dedup();
-        let next = membership
-            .voters
-            .iter()
-            .chain(&membership.learners)
-            .copied()
-            .chain(state.known_raft_ids())
-            .chain(peers.configured().iter().map(|p| p.raft_id))
-            .chain([replica.raft_id()])
-            .max()
-            .unwrap_or(0)
-            + 1;
-        // It keeps its place: a voter comes back as a voter, a learner as a learner.
-        let voter = old.is_empty()
-            || old.iter().any(|id| {
-                membership.voters.contains(id) || state.member(*id).is_some_and(|m| m.voter)
-            });
-        (old, next, voter)
+        let members: Vec<(&str, u64, bool)> = state
+            .members()
+            .map(|m| (m.node_id.as_str(), m.raft_id, m.voter))
+            .collect();
+        let known_ids: Vec<u64> = state.known_raft_ids().collect();
+        ferry_policy::replacement(&Known {
+            node,
+            configured: &configured,
+            members: &members,
+            voters: &membership.voters,
+            learners: &membership.learners,
+            known_ids: &known_ids,
+            own: replica.raft_id(),
+        })
+        .map_err(|e| e.to_string())?
     };
-    if next > RAFT_ID_MAX {
-        return Err(format!("no raft id is left below {RAFT_ID_MAX}"));
-    }
     // Where the node is reached: its configured address where this leader has one (a node
     // may listen on a wildcard address, which nobody can dial), else what it says.
     let configured = peers.configured().iter().find(|p| &p.node_id == node);
@@ -342,28 +263,42 @@ async fn replace(peers: &Peers, replica: &Replica, request: &Rejoin) -> Result<u
         } else {
             MemberRole::Broker
         } as i32,
-        voter,
+        voter: plan.voter,
         relay_addr: relay_addr.clone(),
     };
+    let next = plan.add;
     let reason = format!("{node} rejoins under raft id {next}: {}", request.reason);
-    for id in &old {
+    for id in &plan.remove {
         // The leader counts a voter reachable when it heard from it within an election
-        // timeout: right after a leader change the survivors may not have answered yet. Ask
-        // again a few times.
+        // timeout: right after a leader change the survivors may not have answered yet, and
+        // it refuses a removal that would leave too few reachable. Ask again a few times.
         let mut attempts = 0;
         loop {
             match propose(replica, MembershipAction::Remove, member(*id), &reason).await {
-                Err(e) if e.contains("reachable") && attempts < REMOVE_ATTEMPTS_MAX => {
+                Err(ChangeError::Refused(_)) if attempts < REMOVE_ATTEMPTS_MAX => {
                     attempts += 1;
                     tokio::time::sleep(REMOVE_RETRY).await;
                 }
-                result => break result?,
+                result => break result.map_err(|e| e.to_string())?,
             }
         }
     }
-    propose(replica, MembershipAction::AddLearner, member(next), &reason).await?;
-    tracing::warn!(node = %node, old = ?old, raft_id = next, "member replaced: the new id catches up as a learner, then is promoted");
+    propose(replica, MembershipAction::AddLearner, member(next), &reason)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::warn!(node = %node, old = ?plan.remove, raft_id = next, "member replaced: the new id catches up as a learner, then is promoted");
     Ok(next)
+}
+
+/// Why a membership change of a replacement was not made.
+#[derive(Debug, thiserror::Error)]
+enum ChangeError {
+    #[error("the leader refused: {0}")]
+    Refused(String),
+    #[error("leadership changed; ask again")]
+    LeaderChanged,
+    #[error(transparent)]
+    Failed(ProposeError),
 }
 
 async fn propose(
@@ -371,18 +306,16 @@ async fn propose(
     action: MembershipAction,
     member: Member,
     reason: &str,
-) -> Result<(), String> {
+) -> Result<(), ChangeError> {
     let mut command =
         membership_command(action, member, format!("node:raft-{}", replica.raft_id()));
     if let Some(Kind::ChangeMembership(change)) = &mut command.kind {
         change.reason = reason.to_owned();
     }
     match replica.propose(command).await {
-        Ok(Outcome::Refused(r)) => Err(format!("the leader refused: {}", r.message)),
+        Ok(Outcome::Refused(r)) => Err(ChangeError::Refused(r.message)),
         Ok(_) => Ok(()),
-        Err(ProposeError::NoLeader | ProposeError::NotLeader { .. }) => {
-            Err("leadership changed; ask again".into())
-        }
-        Err(e) => Err(e.to_string()),
+        Err(ProposeError::NoLeader | ProposeError::NotLeader { .. }) => Err(ChangeError::LeaderChanged),
+        Err(e) => Err(ChangeError::Failed(e)),
     }
 }

@@ -10,6 +10,7 @@ use ferry_consensus::{
     Core, CoreConfig, MembershipError, Message, PeerProgress, ProposeError as CoreProposeError,
     SharedState, StateRole,
 };
+use ferry_policy::LeaderView;
 use ferry_proto::state::{command::Kind, ChangeMembership, Command, Member, MembershipAction};
 use ferry_state::{Outcome, Refusal, RefusalKind, StateMachine};
 use ferry_store::SledLog;
@@ -29,7 +30,7 @@ const READ_INDEX_RETRY: Duration = Duration::from_millis(200);
 /// Linearizable reads waiting at once; beyond it readers are told to retry.
 const READS_PENDING_MAX: usize = 4096;
 /// A snapshot sent to a peer and not answered within this long is sent again (see
-/// `Driver::retry_stalled_snapshots`). Far above the time a whole-state snapshot takes on a LAN.
+/// `ferry_policy::SnapshotRetry`). Far above the time a whole-state snapshot takes on a LAN.
 const SNAPSHOT_ANSWER_MAX: Duration = Duration::from_secs(5);
 /// Ticks between the leader's checks for learners to promote and membership facts to publish.
 const MEMBERSHIP_CHECK_TICKS: u64 = 5;
@@ -162,6 +163,15 @@ pub enum DriverExit {
     Stopped,
     /// The store failed; nothing after the last durable Ready was acknowledged.
     StorageFailed(String),
+}
+
+impl Status {
+    /// Milliseconds since this node's consensus epoch: the monotonic `now_ms` of its policies.
+    fn elapsed_ms(&self) -> u64 {
+        self.epoch
+            .get()
+            .map_or(0, |epoch| epoch.elapsed().as_millis() as u64)
+    }
 }
 
 impl Replica {
@@ -444,7 +454,7 @@ pub fn start_driver(
         ticks: 0,
         reads: HashMap::new(),
         reads_ready: Vec::new(),
-        snapshots_sent: HashMap::new(),
+        snapshot_retry: ferry_policy::SnapshotRetry::new(SNAPSHOT_ANSWER_MAX.as_millis() as u64),
     };
     let queue = queue.clone();
     let status = replica.status.clone();
@@ -501,8 +511,8 @@ struct Driver {
     /// Linearizable reads waiting for their read index, by request id: when they were last
     /// asked for, their deadline, and who waits.
     reads: HashMap<u64, PendingRead>,
-    /// On the leader: since when each peer has been sent a snapshot without answering it.
-    snapshots_sent: HashMap<u64, Instant>,
+    /// On the leader: when to give up on a snapshot a peer has not answered.
+    snapshot_retry: ferry_policy::SnapshotRetry,
     /// Reads that have their read index and wait for it to be applied.
     reads_ready: Vec<(u64, PendingRead)>,
 }
@@ -541,9 +551,7 @@ impl Driver {
                 self.retry_reads();
                 self.hand_off_if_witness();
                 if self.ticks.is_multiple_of(MEMBERSHIP_CHECK_TICKS) {
-                    self.promote_caught_up_learners();
-                    self.record_seen_members();
-                    self.retry_stalled_snapshots();
+                    self.leader_duties();
                     self.publish_membership();
                 }
             }
@@ -666,20 +674,57 @@ impl Driver {
         let _ = reply.send(result);
     }
 
-    /// The leader promotes learners that were added as future voters once they have caught up
-    /// (one change at a time: the core refuses a second while one is pending).
-    fn promote_caught_up_learners(&mut self) {
-        if self.core.role() != StateRole::Leader || self.core.has_pending_change() {
-            return;
+    /// What the leader's policies see: its configuration and its peers' progress.
+    fn leader_view<'a>(&self, voters: &'a [u64], progress: &'a [PeerProgress]) -> LeaderView<'a> {
+        LeaderView {
+            own: self.core.id(),
+            is_leader: self.core.role() == StateRole::Leader,
+            change_pending: self.core.has_pending_change(),
+            last_index: self.core.last_index(),
+            voters,
+            progress,
         }
-        let Some(member) = self
-            .core
-            .caught_up_learners()
-            .into_iter()
-            .find_map(|id| self.core.state().member(id).filter(|m| m.voter).cloned())
-        else {
-            return;
+    }
+
+    /// The leader's periodic membership duties, decided by `ferry-policy`: promote a learner
+    /// that caught up, record the members seen taking part, give up on unanswered snapshots.
+    fn leader_duties(&mut self) {
+        let (voters, progress) = (self.core.voters(), self.core.progress());
+        let view = self.leader_view(&voters, &progress);
+        let promote = {
+            let state = self.core.state();
+            ferry_policy::promotion(&view, |id| state.member(id).is_some_and(|m| m.voter))
+                .and_then(|id| state.member(id).cloned())
         };
+        let unseen = {
+            let state = self.core.state();
+            ferry_policy::unseen_members(&view, |id| state.was_seen(id))
+        };
+        let snapshotting: Vec<u64> = progress
+            .iter()
+            .filter(|p| p.snapshotting)
+            .map(|p| p.id)
+            .collect();
+        let now_ms = self.status.elapsed_ms();
+        let stalled = self
+            .snapshot_retry
+            .due(now_ms, view.is_leader, &snapshotting);
+        if let Some(member) = promote {
+            self.promote(member);
+        }
+        if !unseen.is_empty() {
+            self.record_seen(unseen);
+        }
+        for peer in stalled {
+            tracing::info!(peer, "snapshot not answered; sending again");
+            self.core
+                .report_snapshot(peer, ferry_consensus::SnapshotStatus::Failure);
+        }
+    }
+
+    /// Proposes the promotion of a learner that caught up (one change at a time: the policy
+    /// proposes none while another is pending).
+    fn promote(&mut self, member: Member) {
         let command = membership_command(
             MembershipAction::Promote,
             member.clone(),
@@ -694,60 +739,12 @@ impl Driver {
         }
     }
 
-    /// raft-rs holds a peer in "snapshot" state, sending it nothing else, until the peer
-    /// answers the snapshot or the application reports how its delivery went. Our transport
-    /// does not report it, and an answer lost with a dropped connection (a peer that just
-    /// rejoined or restarted) would leave the peer stuck for good: a snapshot unanswered for
-    /// `SNAPSHOT_ANSWER_MAX` is reported failed, and raft-rs probes the peer again.
-    fn retry_stalled_snapshots(&mut self) {
-        if self.core.role() != StateRole::Leader {
-            self.snapshots_sent.clear();
-            return;
-        }
-        let now = Instant::now();
-        let sending: Vec<u64> = self
-            .core
-            .progress()
-            .iter()
-            .filter(|p| p.snapshotting)
-            .map(|p| p.id)
-            .collect();
-        self.snapshots_sent.retain(|id, _| sending.contains(id));
-        for id in sending {
-            let since = *self.snapshots_sent.entry(id).or_insert(now);
-            if now.duration_since(since) >= SNAPSHOT_ANSWER_MAX {
-                tracing::info!(peer = id, "snapshot not answered; sending again");
-                self.core
-                    .report_snapshot(id, ferry_consensus::SnapshotStatus::Failure);
-                self.snapshots_sent.remove(&id);
-            }
-        }
-    }
-
-    /// The leader records members it has seen take part (a matched index) that the state
-    /// does not know as seen yet: an empty store must never take one of their ids again.
-    fn record_seen_members(&mut self) {
-        if self.core.role() != StateRole::Leader {
-            return;
-        }
-        let own = self.core.id();
-        let unseen: Vec<u64> = {
-            let state = self.core.state();
-            self.core
-                .progress()
-                .iter()
-                .filter(|p| p.matched > 0)
-                .map(|p| p.id)
-                .chain(std::iter::once(own))
-                .filter(|id| !state.was_seen(*id))
-                .collect()
-        };
-        if unseen.is_empty() {
-            return;
-        }
+    /// Records raft ids the leader has seen take part, so that an empty store never takes one
+    /// of them again (`MembersSeen`).
+    fn record_seen(&mut self, unseen: Vec<u64>) {
         let command = Command {
             now_ms: crate::now_ms(),
-            actor: format!("node:raft-{own}"),
+            actor: format!("node:raft-{}", self.core.id()),
             source: String::new(),
             kind: Some(Kind::MembersSeen(ferry_proto::state::MembersSeen {
                 raft_ids: unseen,
@@ -873,24 +870,22 @@ impl Driver {
         if !avoid || self.core.role() != StateRole::Leader {
             return;
         }
-        let own = self.core.id();
-        let last = self.core.last_index();
-        let voters = self.core.voters();
         // Brokers of the initial configuration, and those added since.
-        let added: Vec<u64> = self
-            .core
-            .state()
-            .members()
-            .filter(|m| m.role() == ferry_proto::state::MemberRole::Broker)
-            .map(|m| m.raft_id)
-            .collect();
-        let caught_up = self
+        let brokers: Vec<u64> = self
             .brokers
             .iter()
-            .chain(&added)
             .copied()
-            .find(|b| *b != own && voters.contains(b) && self.core.matched(*b) == Some(last));
-        if let Some(broker) = caught_up {
+            .chain(
+                self.core
+                    .state()
+                    .members()
+                    .filter(|m| m.role() == ferry_proto::state::MemberRole::Broker)
+                    .map(|m| m.raft_id),
+            )
+            .collect();
+        let (voters, progress) = (self.core.voters(), self.core.progress());
+        let view = self.leader_view(&voters, &progress);
+        if let Some(broker) = ferry_policy::handoff_target(&view, avoid, &brokers) {
             tracing::info!(
                 to = broker,
                 "handing leadership to a broker (this node is a witness or under maintenance)"

@@ -5,7 +5,8 @@
 //!
 //! Architecture invariant: no tokio, no quinn, no sled, no clock, no thread. Time is `tick()`;
 //! the only randomness raft-rs itself draws (election timeouts) can be pinned by configuration,
-//! which is what makes the simulation in `tests/sim.rs` reproducible from a seed.
+//! which is what makes the simulation in `ferry-policy`'s `tests/sim.rs` reproducible from a
+//! seed.
 //!
 //! [`StateMachine`]: ferry_state::StateMachine
 

@@ -129,7 +129,7 @@ impl<L: LogStore> Core<L> {
                 }
                 let last = self.last_index();
                 match self.progress().into_iter().find(|p| p.id == id) {
-                    Some(p) if is_caught_up(&p, last) => Ok(ConfChangeType::AddNode),
+                    Some(p) if p.caught_up(last) => Ok(ConfChangeType::AddNode),
                     Some(p) => {
                         refused(format!(
                         "raft id {id} is not caught up ({} of {last} entries{}); it is promoted \
@@ -193,7 +193,7 @@ impl<L: LogStore> Core<L> {
             .into_iter()
             .filter(|p| p.voter && p.id != self.id() && p.recent_active)
             .max_by_key(|p| (p.matched, std::cmp::Reverse(p.id)))
-            .filter(|p| is_caught_up(p, last))
+            .filter(|p| p.caught_up(last))
             .map(|p| p.id)
     }
 
@@ -219,16 +219,6 @@ impl<L: LogStore> Core<L> {
             .collect();
         out.sort_by_key(|p| p.id);
         out
-    }
-
-    /// On a leader: learners that have caught up with the log and could be promoted now.
-    pub fn caught_up_learners(&self) -> Vec<u64> {
-        let last = self.last_index();
-        self.progress()
-            .into_iter()
-            .filter(|p| !p.voter && is_caught_up(p, last))
-            .map(|p| p.id)
-            .collect()
     }
 
     /// Raft ids of the learners.
@@ -265,6 +255,13 @@ impl<L: LogStore> Core<L> {
     }
 }
 
-fn is_caught_up(p: &PeerProgress, last_index: u64) -> bool {
-    p.recent_active && !p.snapshotting && p.matched + PROMOTE_LAG_ENTRIES_MAX >= last_index
+impl PeerProgress {
+    /// Whether the peer is caught up with a leader whose log ends at `last_index`: heard from
+    /// lately, replicating normally (not being sent a snapshot), and at most
+    /// [`PROMOTE_LAG_ENTRIES_MAX`] entries behind. Only such a learner may be promoted.
+    pub fn caught_up(&self, last_index: u64) -> bool {
+        self.recent_active
+            && !self.snapshotting
+            && self.matched + PROMOTE_LAG_ENTRIES_MAX >= last_index
+    }
 }
