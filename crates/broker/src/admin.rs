@@ -4,7 +4,6 @@
 //! are open, because probes and scrapers rarely carry secrets; they reveal no secrets either.
 
 use crate::node::Ctx;
-use crate::replication::ProposeError;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -12,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use ferry_proto::state::{self as cmd, command::Kind};
+use ferry_replica::ProposeError;
 use ferry_state::{hash_secret, Outcome, RefusalKind};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -254,10 +254,7 @@ pub fn node_status(ctx: &Ctx) -> NodeStatus {
     NodeStatus {
         node_id: ctx.config.node_id.clone(),
         cluster_name: ctx.config.cluster_name.clone(),
-        role: match ctx.config.role {
-            crate::config::NodeRole::Broker => "broker".into(),
-            crate::config::NodeRole::Witness => "witness".into(),
-        },
+        role: ctx.config.role.name().into(),
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_secs: ctx.started.elapsed().as_secs(),
         relay_addr: ctx.config.relay_addr.to_string(),

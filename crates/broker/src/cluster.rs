@@ -77,10 +77,10 @@ pub struct LeaseSummary {
     pub failed_checks: Vec<String>,
 }
 
-use crate::config::NodeRole;
-use crate::health::{local_report, role_name, to_gate};
+use crate::health::{local_report, to_gate};
 use crate::node::Ctx;
 use ferry_gate::Policy;
+use ferry_gate::Role;
 use std::sync::atomic::Ordering;
 
 /// How a voter or learner this node has no link to is named (`raft-id-7`).
@@ -90,7 +90,7 @@ pub const UNNAMED_MEMBER_PREFIX: &str = "raft-id-";
 struct MemberInfo {
     node_id: String,
     raft_id: u64,
-    role: NodeRole,
+    role: Role,
     voter: bool,
 }
 
@@ -141,7 +141,7 @@ fn members(ctx: &Ctx) -> Vec<MemberInfo> {
         .map(|(raft_id, voter)| MemberInfo {
             node_id: format!("{UNNAMED_MEMBER_PREFIX}{raft_id}"),
             raft_id,
-            role: NodeRole::Broker,
+            role: Role::Broker,
             voter,
         })
         .collect();
@@ -178,10 +178,7 @@ pub fn gate_view(ctx: &Ctx) -> ferry_gate::Cluster {
             ferry_gate::Member {
                 node_id: m.node_id,
                 raft_id: m.raft_id,
-                role: match m.role {
-                    NodeRole::Broker => ferry_gate::Role::Broker,
-                    NodeRole::Witness => ferry_gate::Role::Witness,
-                },
+                role: m.role,
                 voter: m.voter,
                 report,
                 report_age_ms: age,
@@ -263,11 +260,7 @@ pub fn status(ctx: &Ctx) -> ClusterStatus {
             NodeSummary {
                 node_id: m.node_id.clone(),
                 raft_id: m.raft_id,
-                role: match m.role {
-                    ferry_gate::Role::Broker => role_name(NodeRole::Broker),
-                    ferry_gate::Role::Witness => role_name(NodeRole::Witness),
-                }
-                .into(),
+                role: m.role.name().into(),
                 voter: m.voter,
                 raft_role: raft_role.into(),
                 healthy: problems.is_empty(),
@@ -347,10 +340,7 @@ pub fn own_problems(ctx: &Ctx) -> Vec<String> {
     let own = ferry_gate::Member {
         node_id: ctx.config.node_id.clone(),
         raft_id: ctx.replica.raft_id(),
-        role: match ctx.config.role {
-            NodeRole::Broker => ferry_gate::Role::Broker,
-            NodeRole::Witness => ferry_gate::Role::Witness,
-        },
+        role: ctx.config.role,
         voter: false,
         report: Some(crate::health::to_gate(&crate::health::local_report(ctx))),
         report_age_ms: 0,

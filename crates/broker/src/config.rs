@@ -16,7 +16,7 @@ pub struct NodeConfig {
     pub node_id: String,
     /// Broker (serves hosts and clients) or witness (a voter that only stores the log).
     #[serde(default)]
-    pub role: NodeRole,
+    pub role: Role,
     /// Name of the cluster, shown in status output and used to key cached login tokens.
     pub cluster_name: String,
     /// Where the node keeps its store.
@@ -67,34 +67,9 @@ impl Faults {
     }
 }
 
-/// What a node does in the cluster.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeRole {
-    /// A Raft voter that serves hosts and clients and relays sessions.
-    #[default]
-    Broker,
-    /// A Raft voter that persists and applies the log and serves no traffic: it gives a pair
-    /// of brokers a third vote, and hands leadership to a broker whenever it wins it.
-    Witness,
-}
+pub use ferry_gate::Role;
 
-/// Another node of the cluster.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct PeerConfig {
-    /// Its node id; its certificate must carry this name.
-    pub node_id: String,
-    pub raft_id: u64,
-    /// Its peer listener.
-    pub peer_addr: SocketAddr,
-    #[serde(default)]
-    pub role: NodeRole,
-    /// Its relay listener (brokers only): handed to hosts and clients as a place to fail
-    /// over or move to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relay_addr: Option<SocketAddr>,
-}
+pub use ferry_peer::PeerConfig;
 
 /// Consensus settings. Every node of a cluster should use the same timing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -215,10 +190,25 @@ pub struct Limits {
     /// The node's memory limit: above it the node reports itself unhealthy and the restart
     /// gate does not count on it. 0: the machine's memory.
     pub memory_bytes_max: u64,
+    /// Raft messages queued per peer; beyond it they are dropped (Raft retransmits).
+    pub peer_raft_queue_max: usize,
+    /// Largest frame on a peer link: a Raft append (1 MiB of entries) or a whole-state
+    /// snapshot, so it bounds the state a cluster can hold.
+    pub peer_frame_bytes_max: usize,
+    /// Peer requests (forwarded proposals, store probes, rejoins, health reports) waiting for
+    /// this node; beyond it they are refused and the peer retries.
+    pub peer_request_queue_max: usize,
+    /// Sessions other brokers ask this node to carry, waiting to start; beyond it refused.
+    pub peer_relay_queue_max: usize,
+    /// Restart-gate questions from peers waiting for this node (as leader); beyond it refused.
+    pub peer_gate_queue_max: usize,
+    /// Incoming peer connections in their TLS handshake at once; beyond it refused.
+    pub peer_handshakes_max: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        let peer = ferry_peer::Limits::default();
         Self {
             connections_max: 20_000,
             unauthenticated_max: 512,
@@ -235,6 +225,12 @@ impl Default for Limits {
             udp_payload_bytes_max: ferry_transport::endpoint::UDP_PAYLOAD_BYTES_DEFAULT,
             session_resume_window_secs: 60,
             memory_bytes_max: 0,
+            peer_raft_queue_max: peer.raft_queue_max,
+            peer_frame_bytes_max: peer.frame_bytes_max,
+            peer_request_queue_max: peer.request_queue_max,
+            peer_relay_queue_max: peer.relay_queue_max,
+            peer_gate_queue_max: peer.gate_queue_max,
+            peer_handshakes_max: peer.handshakes_max,
         }
     }
 }
@@ -246,6 +242,18 @@ impl Limits {
 
     pub fn session_resume_window(&self) -> Duration {
         Duration::from_secs(self.session_resume_window_secs)
+    }
+
+    /// The bounds of the peer links.
+    pub fn peer(&self) -> ferry_peer::Limits {
+        ferry_peer::Limits {
+            raft_queue_max: self.peer_raft_queue_max,
+            frame_bytes_max: self.peer_frame_bytes_max,
+            request_queue_max: self.peer_request_queue_max,
+            relay_queue_max: self.peer_relay_queue_max,
+            gate_queue_max: self.peer_gate_queue_max,
+            handshakes_max: self.peer_handshakes_max,
+        }
     }
 }
 
@@ -313,6 +321,15 @@ impl NodeConfig {
                 l.session_resume_window_secs,
             ),
             ("gate.contact_max_ms", self.gate.contact_max_ms),
+            ("limits.peer_raft_queue_max", l.peer_raft_queue_max as u64),
+            ("limits.peer_frame_bytes_max", l.peer_frame_bytes_max as u64),
+            (
+                "limits.peer_request_queue_max",
+                l.peer_request_queue_max as u64,
+            ),
+            ("limits.peer_relay_queue_max", l.peer_relay_queue_max as u64),
+            ("limits.peer_gate_queue_max", l.peer_gate_queue_max as u64),
+            ("limits.peer_handshakes_max", l.peer_handshakes_max as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be greater than 0"));

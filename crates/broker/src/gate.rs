@@ -7,11 +7,11 @@
 //! the leader, and proposes the lease commands.
 
 use crate::node::Ctx;
-use crate::replication::ProposeError;
 use crate::supervisor::ServiceResult;
 use ferry_gate::{Steadiness, Verdict};
 use ferry_proto::peer::{GateRequest, GateResponse};
 use ferry_proto::state::{command::Kind, AcquireLease, ReleaseLease};
+use ferry_replica::ProposeError;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

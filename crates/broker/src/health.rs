@@ -115,7 +115,7 @@ pub fn local_report(ctx: &Ctx) -> HealthReport {
     HealthReport {
         node_id: ctx.config.node_id.clone(),
         raft_id: ctx.replica.raft_id(),
-        role: role_name(ctx.config.role).to_owned(),
+        role: ctx.config.role.name().to_owned(),
         started_at_ms: ctx.started_at_ms,
         boot_id: ctx.boot_id,
         services,
@@ -149,13 +149,6 @@ pub fn local_report(ctx: &Ctx) -> HealthReport {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().expect("never poisoned: no panics under the lock")
-}
-
-pub fn role_name(role: crate::config::NodeRole) -> &'static str {
-    match role {
-        crate::config::NodeRole::Broker => "broker",
-        crate::config::NodeRole::Witness => "witness",
-    }
 }
 
 /// The gate's view of a report.

@@ -13,21 +13,15 @@ pub mod gate;
 pub mod handoff;
 pub mod health;
 pub mod hosts;
+mod inbox;
 pub mod metrics;
 pub mod node;
-pub mod peer;
 pub mod rejoin;
 mod relay;
-pub mod replication;
 pub mod startup;
 pub mod supervisor;
 
 pub use config::NodeConfig;
 pub use node::{start, RunningNode};
 
-/// Wall-clock milliseconds since the Unix epoch: the `now_ms` stamped on commands.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use ferry_replica::now_ms;

@@ -4,11 +4,11 @@ use crate::auth::LoginThrottle;
 use crate::config::NodeConfig;
 use crate::hosts::HostRegistry;
 use crate::metrics::Metrics;
-use crate::peer::Peers;
-use crate::replication::{self, ProposeError, Replica};
 use crate::{admin, relay};
 use anyhow::Context as _;
+use ferry_peer::Peers;
 use ferry_proto::state::{command::Kind, CloseSession, Command, DetachSession};
+use ferry_replica::{ProposeError, Replica};
 use ferry_transport::{endpoint, tls};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -105,8 +105,8 @@ impl RunningNode {
 }
 
 /// The consensus settings of a node's config.
-pub fn raft_options(config: &NodeConfig) -> replication::RaftOptions {
-    replication::RaftOptions {
+pub fn raft_options(config: &NodeConfig) -> ferry_replica::RaftOptions {
+    ferry_replica::RaftOptions {
         raft_id: config.raft.id,
         voters: config.raft.initial_voters.clone(),
         tick: Duration::from_millis(config.raft.tick_ms),
@@ -119,7 +119,7 @@ pub fn raft_options(config: &NodeConfig) -> replication::RaftOptions {
         role: config.role,
         brokers: std::iter::once((config.raft.id, config.role))
             .chain(config.peers.iter().map(|p| (p.raft_id, p.role)))
-            .filter(|(_, role)| *role == crate::config::NodeRole::Broker)
+            .filter(|(_, role)| *role == ferry_gate::Role::Broker)
             .map(|(id, _)| id)
             .collect(),
     }
@@ -135,7 +135,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let (outbox, outbox_rx) = tokio::sync::mpsc::channel(OUTBOX_MAX);
     // The store is opened, verified and recovered by the "raft" service, in the background:
     // nothing below waits for it (docs/DESIGN.md, lessons L3, L4).
-    let (replica, queue) = replication::replica(&options);
+    let (replica, queue) = ferry_replica::replica(&options);
     let consensus = crate::startup::Consensus {
         options,
         queue,
@@ -143,14 +143,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         recovered_once: Default::default(),
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let (relays, incoming_relays) = tokio::sync::mpsc::channel(crate::peer::RELAY_QUEUE_MAX);
-    let (gates, incoming_gates) = tokio::sync::mpsc::channel(crate::peer::GATE_QUEUE_MAX);
+    let (inbox, queues) = ferry_peer::Inbox::new(&config.limits.peer());
     let reports = Arc::new(crate::health::Reports::default());
-    let inbox = crate::peer::Inbox {
-        relays,
-        reports: reports.clone(),
-        gates,
-    };
     // The consensus driver's messages for peers, drained by the "raft-outbox" service.
     let outbox_rx = Arc::new(tokio::sync::Mutex::new(outbox_rx));
     let peers = match config.peer_addr {
@@ -175,6 +169,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
                 &config.node_id,
                 &config.peers,
                 replica.clone(),
+                config.limits.peer(),
                 shutdown_rx.clone(),
             ))
         }
@@ -245,8 +240,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         quic,
         admin_listener,
         inbox,
-        incoming_relays,
-        incoming_gates,
+        queues,
         outbox_rx,
         raft_dir,
     );
@@ -262,7 +256,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
 }
 
 /// A queue's receiving end, shared by the attempts of the service that drains it.
-type SharedReceiver<T> = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<T>>>;
+pub(crate) type SharedReceiver<T> = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<T>>>;
 
 /// Starts every long-running part of the node under its supervisor (docs/DESIGN.md, lesson L2).
 #[allow(clippy::too_many_arguments)]
@@ -271,9 +265,8 @@ fn supervise_services(
     shutdown: &watch::Receiver<bool>,
     quic: quinn::Endpoint,
     admin_listener: tokio::net::TcpListener,
-    inbox: crate::peer::Inbox,
-    incoming_relays: tokio::sync::mpsc::Receiver<crate::peer::IncomingRelay>,
-    incoming_gates: tokio::sync::mpsc::Receiver<crate::peer::IncomingGate>,
+    inbox: ferry_peer::Inbox,
+    queues: ferry_peer::Queues,
     outbox: SharedReceiver<ferry_consensus::Message>,
     raft_dir: std::path::PathBuf,
 ) -> JoinSet<()> {
@@ -290,7 +283,7 @@ fn supervise_services(
         }};
     }
     // A witness serves no hosts or clients: its relay port stays closed.
-    if ctx.config.role == crate::config::NodeRole::Broker {
+    if ctx.config.role == ferry_gate::Role::Broker {
         supervise!("relay", |c, s| relay::serve(quic.clone(), c, s));
     } else {
         drop(quic);
@@ -314,15 +307,26 @@ fn supervise_services(
         supervise!("peer-links", |_c, s| {
             peers.clone().accept_loop(inbox.clone(), s)
         });
+        // What peers ask of this node: forwarded proposals, probes, rejoins, health reports.
+        let requests: SharedReceiver<_> = Arc::new(tokio::sync::Mutex::new(queues.requests));
+        supervise!("peer-requests", |c, s| {
+            crate::inbox::requests(c, requests.clone(), s)
+        });
         // Sessions other brokers ask this one to carry to hosts attached here.
-        let relays: SharedReceiver<_> = Arc::new(tokio::sync::Mutex::new(incoming_relays));
-        supervise!("relay-queue", |c, s| relay_queue(c, relays.clone(), s));
+        let relays: SharedReceiver<_> = Arc::new(tokio::sync::Mutex::new(queues.relays));
+        supervise!("relay-queue", |c, s| {
+            crate::inbox::relays(c, relays.clone(), s)
+        });
         // Gate questions followers ask this node as leader.
-        let gates: SharedReceiver<_> = Arc::new(tokio::sync::Mutex::new(incoming_gates));
-        supervise!("gate-queue", |c, s| gate_queue(c, gates.clone(), s));
+        let gates: SharedReceiver<_> = Arc::new(tokio::sync::Mutex::new(queues.gates));
+        supervise!("gate-queue", |c, s| crate::inbox::gates(
+            c,
+            gates.clone(),
+            s
+        ));
     } else {
         // A one-node cluster: nothing arrives from peers, so there are no queues to drain.
-        drop((inbox, incoming_relays, incoming_gates, outbox));
+        drop((inbox, queues, outbox));
     }
     supervise!("sessions", |c, s| sweep_sessions(c, s));
     supervise!("housekeeping", |c, s| housekeeping(c, raft_dir.clone(), s));
@@ -333,52 +337,6 @@ fn supervise_services(
     // and starts over from the store after a storage failure.
     supervise!("raft", |c, s| crate::startup::consensus_service(c, s));
     tasks
-}
-
-/// Service "relay-queue": starts carrying each session a peer asks this node to relay.
-async fn relay_queue(
-    ctx: Arc<Ctx>,
-    relays: SharedReceiver<crate::peer::IncomingRelay>,
-    mut shutdown: watch::Receiver<bool>,
-) -> crate::supervisor::ServiceResult {
-    let mut relays = relays.lock().await;
-    loop {
-        tokio::select! {
-            incoming = relays.recv() => match incoming {
-                Some(incoming) => drop(tokio::spawn(relay::carry_for_peer(ctx.clone(), incoming))),
-                None => return Err("the peer transport's relay queue closed".into()),
-            },
-            _ = shutdown.changed() => return Ok(()),
-        }
-    }
-}
-
-/// Service "gate-queue": answers the restart-gate questions peers send this node as leader.
-async fn gate_queue(
-    ctx: Arc<Ctx>,
-    gates: SharedReceiver<crate::peer::IncomingGate>,
-    mut shutdown: watch::Receiver<bool>,
-) -> crate::supervisor::ServiceResult {
-    let mut gates = gates.lock().await;
-    // Requests answered at once; the queue holds the rest (and refuses beyond it).
-    let answering = Arc::new(Semaphore::new(crate::peer::GATE_QUEUE_MAX));
-    loop {
-        tokio::select! {
-            request = gates.recv() => match request {
-                Some((request, reply)) => {
-                    let ctx = ctx.clone();
-                    let permit = answering.clone().acquire_owned().await
-                        .expect("never closed: the semaphore lives in this function");
-                    tokio::spawn(async move {
-                        let _ = reply.send(crate::gate::answer_peer(&ctx, request).await);
-                        drop(permit);
-                    });
-                }
-                None => return Err("the peer transport's gate queue closed".into()),
-            },
-            _ = shutdown.changed() => return Ok(()),
-        }
-    }
 }
 
 /// Sessions the state says this node carries lost their path when it restarted: mark them
@@ -575,7 +533,7 @@ impl Ctx {
         actor: String,
         source: String,
         kind: Kind,
-    ) -> Result<ferry_state::Outcome, replication::ProposeError> {
+    ) -> Result<ferry_state::Outcome, ferry_replica::ProposeError> {
         let command = Command {
             now_ms: crate::now_ms(),
             actor,

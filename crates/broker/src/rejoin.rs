@@ -8,12 +8,12 @@
 //! Until then the node serves what it can without consensus.
 
 use crate::node::Ctx;
-use crate::peer::Peers;
-use crate::replication::{membership_command, ProposeError, Replica};
+use ferry_peer::Peers;
 use ferry_policy::identity::Known;
 use ferry_policy::{Asked, Decision};
 use ferry_proto::peer::{Rejoin, RejoinReply, StoreProbe, StoreProbeReply};
 use ferry_proto::state::{command::Kind, Member, MemberRole, MembershipAction};
+use ferry_replica::{membership_command, ProposeError, Replica};
 use ferry_state::Outcome;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -137,10 +137,10 @@ async fn ask_rejoin(ctx: &Ctx, peers: &Peers, why: &str) -> Result<u64, String> 
         node_id: config.node_id.clone(),
         peer_addr: config.peer_addr.map(|a| a.to_string()).unwrap_or_default(),
         relay_addr: match config.role {
-            crate::config::NodeRole::Broker => config.relay_addr.to_string(),
-            crate::config::NodeRole::Witness => String::new(),
+            ferry_gate::Role::Broker => config.relay_addr.to_string(),
+            ferry_gate::Role::Witness => String::new(),
         },
-        witness: config.role == crate::config::NodeRole::Witness,
+        witness: config.role == ferry_gate::Role::Witness,
         reason: why.to_owned(),
     };
     peers.rejoin(&request).await.map_err(|errors| {
@@ -315,7 +315,9 @@ async fn propose(
     match replica.propose(command).await {
         Ok(Outcome::Refused(r)) => Err(ChangeError::Refused(r.message)),
         Ok(_) => Ok(()),
-        Err(ProposeError::NoLeader | ProposeError::NotLeader { .. }) => Err(ChangeError::LeaderChanged),
+        Err(ProposeError::NoLeader | ProposeError::NotLeader { .. }) => {
+            Err(ChangeError::LeaderChanged)
+        }
         Err(e) => Err(ChangeError::Failed(e)),
     }
 }

@@ -8,10 +8,10 @@
 //! the "raft" service as starting, with what it waits for.
 
 use crate::node::Ctx;
-use crate::replication::{self, DriverExit, EventQueue, RaftOptions, StartError};
 use crate::supervisor::ServiceResult;
 use ferry_consensus::Message;
 use ferry_gate::ServiceState;
+use ferry_replica::{DriverExit, EventQueue, RaftOptions, StartError};
 use ferry_store::{OpenError, SledLog};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -126,7 +126,7 @@ pub async fn consensus_service(
         consensus.outbox.clone(),
     );
     let started = blocking(move || {
-        Ok(replication::start_driver(
+        Ok(ferry_replica::start_driver(
             &replica, &queue, log, &options, outbox,
         ))
     })
@@ -276,7 +276,7 @@ pub fn force_new_cluster(config: &crate::NodeConfig) -> anyhow::Result<String> {
         dir.display()
     );
     let options = crate::node::raft_options(config);
-    let core = replication::recover(log, &options, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let core = ferry_replica::recover(log, &options, None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let snapshot = core
         .single_voter_snapshot()
         .map_err(|e| anyhow::anyhow!("cannot snapshot the state: {e}"))?;

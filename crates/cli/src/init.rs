@@ -4,7 +4,7 @@ use crate::args::InitArgs;
 use crate::Failure;
 use ferry_agent::config::{BrokerEntry, ClientConfig, WitnessEntry};
 use ferry_agent::error::exit;
-use ferry_broker::config::{Limits, NodeConfig, NodeRole, PeerConfig, RaftConfig};
+use ferry_broker::config::{Limits, NodeConfig, PeerConfig, RaftConfig, Role};
 use ferry_transport::certs::ClusterCa;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,15 +81,15 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
     let everyone: Vec<PeerConfig> = (0..total)
         .map(|i| {
             let (node_id, role) = if i < args.brokers {
-                (format!("b{}", i + 1), NodeRole::Broker)
+                (format!("b{}", i + 1), Role::Broker)
             } else {
-                (format!("w{}", i - args.brokers + 1), NodeRole::Witness)
+                (format!("w{}", i - args.brokers + 1), Role::Witness)
             };
             Ok(PeerConfig {
                 node_id,
                 raft_id: u64::from(i) + 1,
                 peer_addr: node_port(i, 2)?,
-                relay_addr: (role == NodeRole::Broker)
+                relay_addr: (role == Role::Broker)
                     .then(|| node_port(i, 0))
                     .transpose()?,
                 role,
@@ -126,12 +126,12 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
         )?);
         let admin_url = format!("http://{}", config.admin_addr);
         match node.role {
-            NodeRole::Broker => brokers.push(BrokerEntry {
+            Role::Broker => brokers.push(BrokerEntry {
                 node_id,
                 relay_addr: config.relay_addr,
                 admin_url,
             }),
-            NodeRole::Witness => witnesses.push(WitnessEntry { node_id, admin_url }),
+            Role::Witness => witnesses.push(WitnessEntry { node_id, admin_url }),
         }
     }
     let client = ClientConfig {

@@ -9,7 +9,7 @@ use crate::init::{config_text, node_config, write_file};
 use crate::Failure;
 use ferry_agent::config::{BrokerEntry, ClientConfig, WitnessEntry};
 use ferry_agent::error::exit;
-use ferry_broker::config::{NodeConfig, NodeRole, PeerConfig};
+use ferry_broker::config::{NodeConfig, PeerConfig, Role};
 use ferry_transport::certs::ClusterCa;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -71,15 +71,15 @@ pub fn run(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
     let ip = existing[0].relay_addr.ip();
     let addr = |offset: u16| SocketAddr::new(ip, relay_port + offset);
     let role = if args.join_as_witness {
-        NodeRole::Witness
+        Role::Witness
     } else {
-        NodeRole::Broker
+        Role::Broker
     };
     let node = PeerConfig {
         node_id: node_id.to_owned(),
         raft_id,
         peer_addr: addr(2),
-        relay_addr: (role == NodeRole::Broker).then(|| addr(0)),
+        relay_addr: (role == Role::Broker).then(|| addr(0)),
         role,
     };
     let peers: Vec<PeerConfig> = existing
@@ -89,7 +89,7 @@ pub fn run(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
                 node_id: c.node_id.clone(),
                 raft_id: c.raft.id,
                 peer_addr: c.peer_addr?,
-                relay_addr: (c.role == NodeRole::Broker).then_some(c.relay_addr),
+                relay_addr: (c.role == Role::Broker).then_some(c.relay_addr),
                 role: c.role,
             })
         })
@@ -151,12 +151,12 @@ fn add_to_client_config(path: &Path, node: &NodeConfig) -> Result<(), Failure> {
         toml::from_str(&text).map_err(|e| fail(format!("{} is invalid: {e}", path.display())))?;
     let admin_url = format!("http://{}", node.admin_addr);
     match node.role {
-        NodeRole::Broker => client.brokers.push(BrokerEntry {
+        Role::Broker => client.brokers.push(BrokerEntry {
             node_id: node.node_id.clone(),
             relay_addr: node.relay_addr,
             admin_url,
         }),
-        NodeRole::Witness => client.witnesses.push(WitnessEntry {
+        Role::Witness => client.witnesses.push(WitnessEntry {
             node_id: node.node_id.clone(),
             admin_url,
         }),

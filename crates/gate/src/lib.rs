@@ -58,11 +58,52 @@ pub struct Service {
     pub restarts: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a node does in the cluster (in its config file, `role = "broker"` or `"witness"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// A Raft voter (or learner) that serves hosts and clients and relays sessions.
+    #[default]
     Broker,
+    /// A Raft voter that persists and applies the log and serves no traffic: it gives a pair
+    /// of brokers a third vote, and hands leadership to a broker whenever it wins it.
     Witness,
+}
+
+impl From<ferry_proto::state::MemberRole> for Role {
+    fn from(role: ferry_proto::state::MemberRole) -> Self {
+        match role {
+            ferry_proto::state::MemberRole::Broker => Role::Broker,
+            ferry_proto::state::MemberRole::Witness => Role::Witness,
+        }
+    }
+}
+
+impl Role {
+    /// Its name in configs, reports and the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Broker => "broker",
+            Role::Witness => "witness",
+        }
+    }
+
+    /// As the member directory records it.
+    pub fn member_role(self) -> ferry_proto::state::MemberRole {
+        match self {
+            Role::Broker => ferry_proto::state::MemberRole::Broker,
+            Role::Witness => ferry_proto::state::MemberRole::Witness,
+        }
+    }
+
+    /// Parses [`Role::name`].
+    pub fn parse(name: &str) -> Option<Role> {
+        match name {
+            "broker" => Some(Role::Broker),
+            "witness" => Some(Role::Witness),
+            _ => None,
+        }
+    }
 }
 
 /// What a node says about itself.

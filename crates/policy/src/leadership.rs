@@ -102,7 +102,14 @@ mod tests {
     }
 
     /// (case, leads, change pending, progress, future voters or brokers, expected).
-    type Case = (&'static str, bool, bool, Vec<PeerProgress>, &'static [u64], Option<u64>);
+    type Case = (
+        &'static str,
+        bool,
+        bool,
+        Vec<PeerProgress>,
+        &'static [u64],
+        Option<u64>,
+    );
 
     #[test]
     fn promotion_table() {

@@ -73,6 +73,35 @@ pub enum RefusalKind {
     Expired,
 }
 
+impl From<RefusalKind> for ferry_proto::peer::RefusalKind {
+    fn from(kind: RefusalKind) -> Self {
+        use ferry_proto::peer::RefusalKind as Wire;
+        match kind {
+            RefusalKind::Invalid => Wire::Invalid,
+            RefusalKind::NotFound => Wire::NotFound,
+            RefusalKind::AlreadyExists => Wire::AlreadyExists,
+            RefusalKind::PermissionDenied => Wire::PermissionDenied,
+            RefusalKind::AlreadyUsed => Wire::AlreadyUsed,
+            RefusalKind::Expired => Wire::Expired,
+        }
+    }
+}
+
+/// A kind this build does not know reads as `Invalid` (prost maps unknown numbers there).
+impl From<ferry_proto::peer::RefusalKind> for RefusalKind {
+    fn from(kind: ferry_proto::peer::RefusalKind) -> Self {
+        use ferry_proto::peer::RefusalKind as Wire;
+        match kind {
+            Wire::Invalid => RefusalKind::Invalid,
+            Wire::NotFound => RefusalKind::NotFound,
+            Wire::AlreadyExists => RefusalKind::AlreadyExists,
+            Wire::PermissionDenied => RefusalKind::PermissionDenied,
+            Wire::AlreadyUsed => RefusalKind::AlreadyUsed,
+            Wire::Expired => RefusalKind::Expired,
+        }
+    }
+}
+
 impl Refusal {
     pub fn new(kind: RefusalKind, message: impl Into<String>) -> Self {
         Self {

@@ -11,4 +11,4 @@ pub mod mark;
 pub mod raft_log;
 pub mod record;
 
-pub use raft_log::{OpenError, Scan, SledLog};
+pub use raft_log::{OpenError, Scan, SledLog, StoreError};

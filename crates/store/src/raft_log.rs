@@ -73,8 +73,41 @@ pub enum OpenError {
     Unavailable(String),
 }
 
+/// A failure of the store. raft-rs carries it boxed in `StorageError::Other`; [`StoreError::of`]
+/// gets it back, so that callers tell damage from unavailability by its kind, never by its
+/// words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store's contents cannot be trusted (a checksum, a structural check or sled itself
+    /// failed): the node reopens the store, which then fails its start-up scan and is
+    /// quarantined.
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+    /// The store could not be read or written now (a full disk, an I/O error); nothing says
+    /// its contents are wrong.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// The store's own error inside a raft-rs error, if it is one.
+    pub fn of(e: &raft::Error) -> Option<&StoreError> {
+        match e {
+            raft::Error::Store(StorageError::Other(inner)) => inner.downcast_ref(),
+            _ => None,
+        }
+    }
+
+    /// Whether `e` says the store is damaged.
+    pub fn is_corrupt(e: &raft::Error) -> bool {
+        matches!(Self::of(e), Some(StoreError::Corrupt(_)))
+    }
+}
+
 fn store_error(e: impl std::fmt::Display) -> raft::Error {
-    raft::Error::Store(StorageError::Other(e.to_string().into()))
+    raft::Error::Store(StorageError::Other(Box::new(StoreError::Unavailable(
+        e.to_string(),
+    ))))
 }
 
 /// A sled error in words: its I/O errors as the OS says them ("No space left on device"),
@@ -92,12 +125,10 @@ fn sled_error(e: sled::Error) -> raft::Error {
     }
 }
 
-/// Prefix of every storage error that reports damage (the node reopens the store, which then
-/// fails its start-up scan and is quarantined).
-pub const CORRUPT_PREFIX: &str = "store is corrupt";
-
 fn corrupt(what: &str, e: impl std::fmt::Display) -> raft::Error {
-    store_error(format!("{CORRUPT_PREFIX}: {what}: {e}"))
+    raft::Error::Store(StorageError::Other(Box::new(StoreError::Corrupt(format!(
+        "{what}: {e}"
+    )))))
 }
 
 /// Classifies a sled error met while opening: I/O that may pass (a lock, a full disk, a
@@ -125,11 +156,10 @@ fn sled_open_error(e: sled::Error) -> OpenError {
 
 /// Maps an error of our own checks during open: damage stays damage, the rest is I/O.
 fn open_error(e: raft::Error) -> OpenError {
-    let text = e.to_string();
-    if text.contains(CORRUPT_PREFIX) {
-        OpenError::Damaged(text)
+    if StoreError::is_corrupt(&e) {
+        OpenError::Damaged(e.to_string())
     } else {
-        OpenError::Unavailable(text)
+        OpenError::Unavailable(e.to_string())
     }
 }
 

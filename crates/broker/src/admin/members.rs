@@ -6,12 +6,12 @@
 //! change made by the leader (followers forward it), audited in the state machine.
 
 use super::{propose, ApiError, ApiResult, ADMIN_ACTOR};
-use crate::config::NodeRole;
 use crate::node::Ctx;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use ferry_proto::state::{command::Kind, ChangeMembership, Member, MemberRole, MembershipAction};
+use ferry_gate::Role;
+use ferry_proto::state::{command::Kind, ChangeMembership, Member, MembershipAction};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,32 +48,18 @@ pub struct Members {
 }
 
 /// What this node knows of a raft id: its name, role and address.
-fn describe(ctx: &Ctx, raft_id: u64) -> (String, NodeRole, String) {
+fn describe(ctx: &Ctx, raft_id: u64) -> (String, Role, String) {
     let config = &ctx.config;
     if raft_id == config.raft.id {
         let addr = config.peer_addr.map(|a| a.to_string()).unwrap_or_default();
         return (config.node_id.clone(), config.role, addr);
     }
     if let Some(m) = ctx.replica.read().member(raft_id) {
-        return (m.node_id.clone(), role_of(m.role()), m.peer_addr.clone());
+        return (m.node_id.clone(), m.role().into(), m.peer_addr.clone());
     }
     match config.peers.iter().find(|p| p.raft_id == raft_id) {
         Some(p) => (p.node_id.clone(), p.role, p.peer_addr.to_string()),
-        None => (format!("raft-{raft_id}"), NodeRole::Broker, String::new()),
-    }
-}
-
-fn role_of(role: MemberRole) -> NodeRole {
-    match role {
-        MemberRole::Broker => NodeRole::Broker,
-        MemberRole::Witness => NodeRole::Witness,
-    }
-}
-
-fn role_name(role: NodeRole) -> &'static str {
-    match role {
-        NodeRole::Broker => "broker",
-        NodeRole::Witness => "witness",
+        None => (format!("raft-{raft_id}"), Role::Broker, String::new()),
     }
 }
 
@@ -99,7 +85,7 @@ pub(super) async fn list(State(ctx): State<Arc<Ctx>>) -> Json<Members> {
             MemberStatus {
                 node_id,
                 raft_id: id,
-                role: role_name(role).into(),
+                role: role.name().into(),
                 suffrage: suffrage.into(),
                 peer_addr,
                 promote_when_caught_up: suffrage == "learner"
@@ -135,7 +121,7 @@ pub struct AddMember {
     pub relay_addr: Option<SocketAddr>,
     /// "broker" (default) or "witness".
     #[serde(default)]
-    pub role: NodeRole,
+    pub role: Role,
     /// Keep it a learner (a non-voting broker that relays traffic) instead of promoting it.
     #[serde(default)]
     pub learner: bool,
@@ -170,10 +156,7 @@ pub(super) async fn add(
         raft_id: req.raft_id,
         node_id: req.node_id.clone(),
         peer_addr: req.peer_addr.to_string(),
-        role: match req.role {
-            NodeRole::Broker => MemberRole::Broker,
-            NodeRole::Witness => MemberRole::Witness,
-        } as i32,
+        role: req.role.member_role() as i32,
         voter: !req.learner,
         relay_addr: req.relay_addr.map(|a| a.to_string()).unwrap_or_default(),
     };
@@ -213,10 +196,7 @@ fn find(ctx: &Ctx, node_id: &str) -> Result<Member, ApiError> {
                 raft_id: id,
                 node_id: name,
                 peer_addr,
-                role: match role {
-                    NodeRole::Broker => MemberRole::Broker,
-                    NodeRole::Witness => MemberRole::Witness,
-                } as i32,
+                role: role.member_role() as i32,
                 voter: true,
                 relay_addr: String::new(),
             })

@@ -458,13 +458,6 @@ async fn resume_session(
     drop(slot);
 }
 
-/// A session's streams toward its host agent, after the agent's answer to `SessionStart`.
-pub(crate) type SessionStreams = (
-    quinn::SendStream,
-    quinn::RecvStream,
-    wire::SessionStartReply,
-);
-
 /// Where the host agent is now: attached here, or to the peer broker its presence names.
 fn route_to_host(ctx: &Ctx, host: &str) -> Option<Route> {
     if ctx.hosts.get(host).is_some() {
@@ -481,7 +474,7 @@ async fn start_session(
     route: &Route,
     host: &str,
     start: wire::SessionStart,
-) -> Result<SessionStreams, wire::Error> {
+) -> Result<ferry_peer::SessionStreams, wire::Error> {
     match route {
         Route::Local => start_on_host(ctx, host, start).await,
         Route::Peer(broker) => {
@@ -695,7 +688,7 @@ async fn start_on_host(
     ctx: &Ctx,
     host_name: &str,
     start: wire::SessionStart,
-) -> Result<SessionStreams, wire::Error> {
+) -> Result<ferry_peer::SessionStreams, wire::Error> {
     let unavailable = |why: String| error(ErrorCode::Unavailable, why);
     let host = ctx.hosts.get(host_name).ok_or_else(|| {
         unavailable(format!(
@@ -731,8 +724,8 @@ async fn start_on_host(
 }
 
 /// Carries a session another broker authorized and recorded, to a host attached here.
-pub(crate) async fn carry_for_peer(ctx: std::sync::Arc<Ctx>, incoming: crate::peer::IncomingRelay) {
-    let crate::peer::IncomingRelay {
+pub(crate) async fn carry_for_peer(ctx: std::sync::Arc<Ctx>, incoming: ferry_peer::IncomingRelay) {
+    let ferry_peer::IncomingRelay {
         request,
         mut send,
         recv,

@@ -9,7 +9,7 @@ mod account;
 mod client;
 mod host;
 
-pub(crate) use client::{carry_for_peer, SessionStreams};
+pub(crate) use client::carry_for_peer;
 
 use crate::node::Ctx;
 use ferry_proto::frame::FrameLimits;
@@ -215,7 +215,7 @@ pub(crate) fn refusal_to_wire(refusal: &ferry_state::Refusal) -> wire::Error {
 }
 
 /// The wire form of a failed proposal.
-pub(crate) fn propose_error_to_wire(error: &crate::replication::ProposeError) -> wire::Error {
+pub(crate) fn propose_error_to_wire(error: &ferry_replica::ProposeError) -> wire::Error {
     wire::Error::new(
         wire::ErrorCode::Unavailable,
         format!("broker cannot record this now: {error}"),
@@ -223,7 +223,7 @@ pub(crate) fn propose_error_to_wire(error: &crate::replication::ProposeError) ->
 }
 
 /// A request refused because this node could not confirm its state with a leader.
-pub(crate) fn stale(error: crate::replication::ProposeError) -> wire::Error {
+pub(crate) fn stale(error: ferry_replica::ProposeError) -> wire::Error {
     wire::Error::new(
         wire::ErrorCode::Unavailable,
         format!(
