@@ -168,7 +168,7 @@ async fn connect_to(
             Err(_) => return Err(Error::Unreachable("no answer within 5 s".into())),
             Ok(Err(e)) => {
                 let text = close::describe(&e);
-                return Err(if text.contains("certificate") {
+                return Err(if close::is_untrusted(&e) {
                     Error::Untrusted(format!(
                         "broker {} at {}: {text}",
                         broker.node_id, broker.relay_addr

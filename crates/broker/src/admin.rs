@@ -3,7 +3,7 @@
 //! `/v1/*` requires the bearer token from `admin.token`. `/healthz`, `/readyz` and `/metrics`
 //! are open, because probes and scrapers rarely carry secrets; they reveal no secrets either.
 
-use crate::node::Ctx;
+use crate::context::Ctx;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -148,6 +148,7 @@ async fn require_token(State(ctx): State<Arc<Ctx>>, request: Request, next: Next
 /// Proposes an admin command and maps a refusal to an HTTP status.
 async fn propose(ctx: &Ctx, kind: Kind) -> Result<Outcome, ApiError> {
     match ctx
+        .proposer
         .propose(ADMIN_ACTOR.into(), "admin-api".into(), kind)
         .await?
     {
@@ -239,7 +240,8 @@ fn raft_status(ctx: &Ctx) -> RaftStatus {
 }
 
 fn services(ctx: &Ctx) -> Vec<ServiceStatus> {
-    ctx.services
+    ctx.health
+        .services
         .snapshot()
         .into_iter()
         .map(|s| ServiceStatus {
@@ -256,13 +258,13 @@ pub fn node_status(ctx: &Ctx) -> NodeStatus {
         cluster_name: ctx.config.cluster_name.clone(),
         role: ctx.config.role.name().into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        uptime_secs: ctx.started.elapsed().as_secs(),
+        uptime_secs: ctx.health.started.elapsed().as_secs(),
         relay_addr: ctx.config.relay_addr.to_string(),
         admin_addr: ctx.config.admin_addr.to_string(),
         applied_index: ctx.replica.applied_index(),
         raft: raft_status(ctx),
         services: services(ctx),
-        hosts_attached: ctx.hosts.names(),
+        hosts_attached: ctx.sessions.hosts.names(),
         sessions_relayed: ctx.metrics.sessions_open.get().max(0) as u64,
         sessions_max: ctx.config.limits.sessions_max,
         users: counts.users,
@@ -422,7 +424,7 @@ async fn list_hosts(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
     let hosts: Vec<_> = state
         .hosts()
         .map(|h| {
-            let attached = ctx.hosts.get(&h.name);
+            let attached = ctx.sessions.hosts.get(&h.name);
             serde_json::json!({
                 "name": h.name, "groups": h.groups,
                 "enrolled": h.enrollment() == ferry_state::EnrollmentState::Enrolled,

@@ -77,8 +77,8 @@ pub struct LeaseSummary {
     pub failed_checks: Vec<String>,
 }
 
+use crate::context::Ctx;
 use crate::health::{local_report, to_gate};
-use crate::node::Ctx;
 use ferry_gate::Policy;
 use ferry_gate::Role;
 use std::sync::atomic::Ordering;
@@ -170,7 +170,7 @@ pub fn gate_view(ctx: &Ctx) -> ferry_gate::Cluster {
             let (report, age) = if m.node_id == ctx.config.node_id {
                 (Some(to_gate(&own)), 0)
             } else {
-                match ctx.reports.get(&m.node_id) {
+                match ctx.health.reports.get(&m.node_id) {
                     Some((r, age)) => (Some(to_gate(&r)), age.as_millis() as u64),
                     None => (None, 0),
                 }
@@ -230,7 +230,7 @@ pub fn status(ctx: &Ctx) -> ClusterStatus {
         if node_id == ctx.config.node_id {
             Some((local_report(ctx), std::time::Duration::ZERO))
         } else {
-            ctx.reports.get(node_id)
+            ctx.health.reports.get(node_id)
         }
     };
     let leader_id = ctx.replica.status().leader.load(Ordering::Acquire);
@@ -378,7 +378,7 @@ pub fn refresh_metrics(ctx: &Ctx, own: &ferry_proto::peer::HealthReport) {
     // Never heard from a leader: as long as the node has been up.
     m.leader_contact_seconds
         .set(own.leader_contact_ms.map_or_else(
-            || ctx.started.elapsed().as_secs_f64(),
+            || ctx.health.started.elapsed().as_secs_f64(),
             |ms| ms as f64 / 1000.0,
         ));
     m.apply_lag_entries

@@ -6,7 +6,7 @@
 //! The decisions themselves are `ferry-gate`'s (pure); this module gathers the inputs, asks
 //! the leader, and proposes the lease commands.
 
-use crate::node::Ctx;
+use crate::context::Ctx;
 use crate::supervisor::ServiceResult;
 use ferry_gate::{Steadiness, Verdict};
 use ferry_proto::peer::{GateRequest, GateResponse};
@@ -31,7 +31,7 @@ const ASK_LEADER_DEADLINE: Duration = Duration::from_secs(12);
 /// before trying again.
 const HANDOFF_RETRY: Duration = Duration::from_secs(5);
 
-/// The gate's memory on this node.
+/// The gate's memory on this node, and whether it drains.
 #[derive(Default)]
 pub struct GateState {
     /// Since when each member's checks have held (meaningful on the leader only).
@@ -42,6 +42,8 @@ pub struct GateState {
     acquiring: tokio::sync::Mutex<()>,
     /// This node is draining because it holds a lease taken while it ran.
     draining_for_lease: AtomicBool,
+    /// Set by a hand-off: new sessions and attachments are refused.
+    pub draining: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -189,9 +191,10 @@ async fn on_leader(ctx: &Ctx, request: &GateRequest) -> Result<GateAnswer, Leade
     }
     // The node's process now: it drains while it is this process.
     let boot_id = if request.node == ctx.config.node_id {
-        ctx.boot_id
+        ctx.health.boot_id
     } else {
-        ctx.reports
+        ctx.health
+            .reports
             .get(&request.node)
             .map_or(0, |(report, _)| report.boot_id)
     };
@@ -202,6 +205,7 @@ async fn on_leader(ctx: &Ctx, request: &GateRequest) -> Result<GateAnswer, Leade
         boot_id,
     });
     match ctx
+        .proposer
         .propose(request.actor.clone(), "admin-api".into(), lease)
         .await
     {
@@ -305,20 +309,37 @@ pub async fn release(
     actor: &str,
     source: &str,
     reason: String,
-) -> Result<(), String> {
+) -> Result<(), ReleaseError> {
     let release = Kind::ReleaseLease(ReleaseLease {
         node: node.to_owned(),
         reason,
         since_ms,
     });
     match ctx
+        .proposer
         .propose(actor.to_owned(), source.to_owned(), release)
         .await
     {
-        Ok(ferry_state::Outcome::Refused(r)) => Err(r.message),
+        Ok(ferry_state::Outcome::Refused(r)) if r.kind == ferry_state::RefusalKind::NotFound => {
+            Err(ReleaseError::NoLease(r.message))
+        }
+        Ok(ferry_state::Outcome::Refused(r)) => Err(ReleaseError::Refused(r.message)),
         Ok(_) => Ok(()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(ReleaseError::Failed(e)),
     }
+}
+
+/// Why a maintenance lease was not released.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    /// The node holds no lease (it was released already, or never taken).
+    #[error("{0}")]
+    NoLease(String),
+    /// The state refused it for another reason (an older lease than the one named).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Failed(ferry_replica::ProposeError),
 }
 
 /// Service "gate": on the leader, evaluates every member (so "steady" measures real time)
@@ -427,9 +448,9 @@ pub async fn gate_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Se
 /// node has not restarted since). Leases recorded without a boot id fall back to the clocks.
 fn taken_on_this_process(ctx: &Ctx, since_ms: u64, boot_id: u64) -> bool {
     if boot_id != 0 {
-        boot_id == ctx.boot_id
+        boot_id == ctx.health.boot_id
     } else {
-        since_ms >= ctx.started_at_ms
+        since_ms >= ctx.health.started_at_ms
     }
 }
 
@@ -448,7 +469,7 @@ fn follow_own_lease(ctx: &Arc<Ctx>) {
         Some((since, boot_id)) if !draining && taken_on_this_process(ctx, since, boot_id) => {
             ctx.gate.draining_for_lease.store(true, Ordering::Release);
             // New work is refused at once, whether or not the hand-off finds a target.
-            ctx.draining.store(true, Ordering::Release);
+            ctx.gate.draining.store(true, Ordering::Release);
             ctx.replica.set_avoid_leadership(true);
             tracing::warn!("maintenance lease taken: draining this node");
             let ctx = ctx.clone();
@@ -466,7 +487,7 @@ fn follow_own_lease(ctx: &Arc<Ctx>) {
         }
         None if draining => {
             ctx.gate.draining_for_lease.store(false, Ordering::Release);
-            ctx.draining.store(false, Ordering::Release);
+            ctx.gate.draining.store(false, Ordering::Release);
             ctx.replica.set_avoid_leadership(false);
             tracing::info!("maintenance lease released: serving again");
         }

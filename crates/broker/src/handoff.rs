@@ -3,7 +3,7 @@
 //! before leaving (make before break). Also the list of brokers endpoints learn at connect
 //! time, so that they can fail over to nodes their config file does not name.
 
-use crate::node::Ctx;
+use crate::context::Ctx;
 use ferry_proto::frame::FrameLimits;
 use ferry_proto::wire::{self, BrokerInfo, BrokerNotice, Role};
 use ferry_transport::framed;
@@ -89,7 +89,7 @@ pub fn known_brokers(ctx: &Ctx) -> Vec<BrokerInfo> {
 
 /// Whether this node is handing its endpoints off (it refuses new sessions and attachments).
 pub fn is_draining(ctx: &Ctx) -> bool {
-    ctx.draining.load(Ordering::Acquire)
+    ctx.gate.draining.load(Ordering::Acquire)
 }
 
 /// The refusal a draining node answers to new work.
@@ -139,14 +139,14 @@ pub async fn hand_off(
                 .to_owned()
         })?,
     };
-    ctx.draining.store(true, Ordering::Release);
+    ctx.gate.draining.store(true, Ordering::Release);
     tracing::warn!(to = %target.node_id, "draining: handing hosts and clients off");
     let notice = BrokerNotice {
         move_to: Some(target.clone()),
         reason: format!("broker {} is draining", ctx.config.node_id),
     };
-    let hosts_notified = ctx.notices.notify(Role::Host, &notice);
-    let hosts = ctx.hosts.names();
+    let hosts_notified = ctx.sessions.notices.notify(Role::Host, &notice);
+    let hosts = ctx.sessions.hosts.names();
     let deadline = Instant::now() + HOSTS_MOVE_DEADLINE.min(wait);
     while Instant::now() < deadline {
         // Moved means attached elsewhere, not merely gone from here: a client sent on before
@@ -164,7 +164,7 @@ pub async fn hand_off(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let clients_notified = ctx.notices.notify(Role::Client, &notice);
+    let clients_notified = ctx.sessions.notices.notify(Role::Client, &notice);
     let deadline = started + wait;
     while Instant::now() < deadline && ctx.metrics.sessions_open.get() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -173,7 +173,7 @@ pub async fn hand_off(
         target: target.node_id,
         hosts_notified,
         clients_notified,
-        hosts_remaining: ctx.hosts.len(),
+        hosts_remaining: ctx.sessions.hosts.len(),
         sessions_remaining: ctx.metrics.sessions_open.get(),
         elapsed_ms: started.elapsed().as_millis() as u64,
     })

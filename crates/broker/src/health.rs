@@ -1,7 +1,7 @@
 //! A node's health: what it reports about itself every half second to every peer (and uses
 //! for `/readyz` and metrics), the storage probe, and the reports received from peers.
 
-use crate::node::Ctx;
+use crate::context::Ctx;
 use crate::supervisor::ServiceResult;
 use ferry_gate::{Service, ServiceState};
 use ferry_proto::peer::{HealthReport, ServiceReport};
@@ -23,6 +23,23 @@ const PROBE_BYTES: usize = 4096;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Page size of /proc/self/statm (x86-64 and aarch64 Linux with 4 KiB pages).
 const PAGE_BYTES: u64 = 4096;
+
+/// The health of this node and what it knows of its peers'.
+pub struct Health {
+    /// Every supervised (and watched) service of this node and its state.
+    pub services: Arc<crate::supervisor::Services>,
+    /// The latest health report of each peer.
+    pub reports: Arc<Reports>,
+    /// Storage probe and quarantine findings.
+    pub local: LocalHealth,
+    /// When this process started (monotonic), for uptime.
+    pub started: Instant,
+    /// Wall-clock start of this process (ms since the Unix epoch), for status output.
+    pub started_at_ms: u64,
+    /// Random, nonzero, chosen at start: which process of this node a maintenance lease was
+    /// taken on (a different one has restarted since).
+    pub boot_id: u64,
+}
 
 /// Facts about the node that are not services: set by the storage probe and start-up.
 #[derive(Default)]
@@ -102,6 +119,7 @@ pub fn memory_limit_bytes(ctx: &Ctx) -> u64 {
 pub fn local_report(ctx: &Ctx) -> HealthReport {
     let status = ctx.replica.status();
     let services = ctx
+        .health
         .services
         .snapshot()
         .into_iter()
@@ -116,8 +134,8 @@ pub fn local_report(ctx: &Ctx) -> HealthReport {
         node_id: ctx.config.node_id.clone(),
         raft_id: ctx.replica.raft_id(),
         role: ctx.config.role.name().to_owned(),
-        started_at_ms: ctx.started_at_ms,
-        boot_id: ctx.boot_id,
+        started_at_ms: ctx.health.started_at_ms,
+        boot_id: ctx.health.boot_id,
         services,
         term: status.term.load(Ordering::Acquire),
         commit: status.commit.load(Ordering::Acquire),
@@ -127,15 +145,15 @@ pub fn local_report(ctx: &Ctx) -> HealthReport {
             .replica
             .since_leader_contact()
             .map(|d| d.as_millis() as u64),
-        storage_error: lock(&ctx.local_health.storage_error)
+        storage_error: lock(&ctx.health.local.storage_error)
             .clone()
             .unwrap_or_default(),
-        quarantine: lock(&ctx.local_health.quarantine)
+        quarantine: lock(&ctx.health.local.quarantine)
             .clone()
             .unwrap_or_default(),
         memory_rss_bytes: rss_bytes(),
         memory_limit_bytes: memory_limit_bytes(ctx),
-        hosts: ctx.hosts.len() as u64,
+        hosts: ctx.sessions.hosts.len() as u64,
         connections: ctx.metrics.connections_open.get().max(0) as u64,
         sessions: ctx.metrics.sessions_open.get().max(0) as u64,
         sessions_max: ctx.config.limits.sessions_max as u64,
@@ -202,7 +220,9 @@ pub async fn report_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> 
             peers.broadcast_health(&report);
             // Reports of nodes that left the cluster are forgotten with their links.
             let linked: Vec<String> = peers.all().into_iter().map(|p| p.node_id).collect();
-            ctx.reports.retain(|node| linked.iter().any(|l| l == node));
+            ctx.health
+                .reports
+                .retain(|node| linked.iter().any(|l| l == node));
         }
     }
 }
@@ -218,14 +238,14 @@ pub async fn storage_probe(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -
             _ = every.tick() => {}
             _ = shutdown.changed() => return Ok(()),
         }
-        let in_flight = ctx.local_health.probe_in_flight.clone();
+        let in_flight = ctx.health.local.probe_in_flight.clone();
         if in_flight.swap(true, Ordering::AcqRel) {
             let error = format!(
                 "an earlier probe write to {} has not finished (the disk hangs)",
                 path.display()
             );
             ctx.metrics.storage_writable.set(0);
-            *lock(&ctx.local_health.storage_error) = Some(error.clone());
+            *lock(&ctx.health.local.storage_error) = Some(error.clone());
             return Err(error);
         }
         let probe_path = path.clone();
@@ -254,7 +274,7 @@ pub async fn storage_probe(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -
             )),
         };
         ctx.metrics.storage_writable.set(i64::from(error.is_none()));
-        *lock(&ctx.local_health.storage_error) = error.clone();
+        *lock(&ctx.health.local.storage_error) = error.clone();
         if let Some(error) = error {
             return Err(error);
         }

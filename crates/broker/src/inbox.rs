@@ -2,8 +2,9 @@
 //! answered by the parts of the node that know: the replica (forwarded proposals), the
 //! amnesia guard's answers (`rejoin.rs`), the health reports, the restart gate and the relay.
 
-use crate::node::{Ctx, SharedReceiver};
+use crate::context::Ctx;
 use crate::supervisor::ServiceResult;
+use crate::supervisor::SharedReceiver;
 use ferry_peer::{IncomingGate, IncomingRelay, Request};
 use std::sync::Arc;
 use tokio::sync::{watch, Semaphore};
@@ -27,7 +28,7 @@ pub async fn requests(
             _ = shutdown.changed() => return Ok(()),
         };
         if let Request::Health { from, report } = request {
-            ctx.reports.store(&from, report);
+            ctx.health.reports.store(&from, report);
             continue;
         }
         let permit = answering
@@ -67,7 +68,7 @@ async fn answer(ctx: &Ctx, request: Request) {
             };
             let _ = reply.send(answer);
         }
-        Request::Health { from, report } => ctx.reports.store(&from, report),
+        Request::Health { from, report } => ctx.health.reports.store(&from, report),
     }
 }
 

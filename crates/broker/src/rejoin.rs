@@ -7,7 +7,7 @@
 //!
 //! Until then the node serves what it can without consensus.
 
-use crate::node::Ctx;
+use crate::context::Ctx;
 use ferry_peer::Peers;
 use ferry_policy::identity::Known;
 use ferry_policy::{Asked, Decision};
@@ -91,7 +91,8 @@ pub async fn settle(
             tracing::warn!(%waiting, "consensus cannot start yet");
             last_said = Some(waiting.clone());
         }
-        ctx.services
+        ctx.health
+            .services
             .report("raft", ferry_gate::ServiceState::Starting, waiting);
         tokio::select! {
             _ = tokio::time::sleep(ASK_EVERY) => {}
@@ -128,7 +129,7 @@ async fn probe(peers: &Arc<Peers>, raft_id: u64) -> Vec<Asked> {
 
 async fn ask_rejoin(ctx: &Ctx, peers: &Peers, why: &str) -> Result<u64, String> {
     let config = &ctx.config;
-    ctx.services.report(
+    ctx.health.services.report(
         "raft",
         ferry_gate::ServiceState::Starting,
         format!("rejoining under a new raft id ({why}): asking the peers for the leader"),

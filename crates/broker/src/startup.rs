@@ -7,7 +7,7 @@
 //! listener and the peer links run from the start; until the driver runs, the node reports
 //! the "raft" service as starting, with what it waits for.
 
-use crate::node::Ctx;
+use crate::context::Ctx;
 use crate::supervisor::ServiceResult;
 use ferry_consensus::Message;
 use ferry_gate::ServiceState;
@@ -56,7 +56,7 @@ pub async fn consensus_service(
     mut shutdown: watch::Receiver<bool>,
 ) -> ServiceResult {
     let dir = raft_dir(&ctx.config.data_dir);
-    ctx.services.report(
+    ctx.health.services.report(
         "raft",
         ServiceState::Starting,
         "opening and verifying the store".into(),
@@ -143,11 +143,12 @@ pub async fn consensus_service(
         }
         Err(StartError::Other(why)) => return Err(why),
     };
-    ctx.services
+    ctx.health
+        .services
         .report("raft", ServiceState::Running, String::new());
     if !consensus.recovered_once.swap(true, Ordering::AcqRel) {
         // In the background: with no leader yet (peers still starting), this waits.
-        tokio::spawn(crate::node::detach_orphaned_sessions(ctx.clone()));
+        tokio::spawn(crate::sweep::detach_orphaned_sessions(ctx.clone()));
     }
     let mut join = tokio::task::spawn_blocking(move || driver.join());
     let mut every = tokio::time::interval(REJOIN_CHECK_EVERY);
@@ -234,7 +235,8 @@ fn quarantine(ctx: &Ctx, dir: &Path, why: &str) -> Result<String, String> {
         target.display()
     );
     tracing::error!(quarantine = %target.display(), %why, "store damaged: quarantined");
-    *ctx.local_health
+    *ctx.health
+        .local
         .quarantine
         .lock()
         .expect("never poisoned: no panics under the lock") = Some(alarm);
@@ -267,19 +269,19 @@ fn move_aside(data_dir: &Path, dir: &Path, suffix: &str, note: &str) -> std::io:
 /// configuration is this node alone, holding the state its store had committed. The way back
 /// when a majority of the voters lost their stores (docs/OPERATIONS.md, "Lost stores"); the
 /// old store is kept in the quarantine directory. Returns what it did, in words.
-pub fn force_new_cluster(config: &crate::NodeConfig) -> anyhow::Result<String> {
+pub fn force_new_cluster(config: &crate::NodeConfig) -> Result<String, ForceError> {
     let dir = raft_dir(&config.data_dir);
-    let log = SledLog::open(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-    anyhow::ensure!(
-        log.raft_id().is_some(),
-        "the store in {} is empty: there is nothing to force a cluster from",
-        dir.display()
-    );
-    let options = crate::node::raft_options(config);
-    let core = ferry_replica::recover(log, &options, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let snapshot = core
-        .single_voter_snapshot()
-        .map_err(|e| anyhow::anyhow!("cannot snapshot the state: {e}"))?;
+    let open_error = |e: OpenError| ForceError::Open {
+        dir: dir.clone(),
+        detail: e.to_string(),
+    };
+    let log = SledLog::open(&dir).map_err(open_error)?;
+    if log.raft_id().is_none() {
+        return Err(ForceError::Empty { dir });
+    }
+    let options = raft_options(config);
+    let core = ferry_replica::recover(log, &options, None)?;
+    let snapshot = core.single_voter_snapshot().map_err(ForceError::Snapshot)?;
     // The new store keeps the highest term this id has seen (with no vote in it): it must
     // never vote again in a term it may have voted in already.
     let (raft_id, index, term) = (core.id(), core.applied(), core.term());
@@ -292,7 +294,7 @@ pub fn force_new_cluster(config: &crate::NodeConfig) -> anyhow::Result<String> {
     );
     // sled lets go of its lock a moment after the store is dropped; the move does not need it.
     let kept = move_aside(&config.data_dir, &dir, "-before-force-new-cluster", &note)?;
-    let mut log = SledLog::open(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let mut log = SledLog::open(&dir).map_err(open_error)?;
     log.initialize(raft_id, &[raft_id])?;
     ferry_consensus::LogStore::apply_snapshot(&mut log, &snapshot)?;
     let mut hard_state = raft::Storage::initial_state(&log)?.hard_state;
@@ -307,6 +309,24 @@ pub fn force_new_cluster(config: &crate::NodeConfig) -> anyhow::Result<String> {
         node = config.node_id,
         kept = kept.display()
     ))
+}
+
+/// Why `ferry debug force-new-cluster` did nothing (or stopped half-way: the old store is then
+/// in the quarantine directory, the message says where).
+#[derive(Debug, thiserror::Error)]
+pub enum ForceError {
+    #[error("{}: {detail}", .dir.display())]
+    Open { dir: PathBuf, detail: String },
+    #[error("the store in {dir} is empty: there is nothing to force a cluster from", dir = .dir.display())]
+    Empty { dir: PathBuf },
+    #[error(transparent)]
+    Recover(#[from] ferry_replica::StartError),
+    #[error("cannot snapshot the state: {0}")]
+    Snapshot(ferry_consensus::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("cannot write the new store: {0}")]
+    Store(#[from] raft::Error),
 }
 
 /// Writes `text` to `path` and makes the file and its directory entry durable.
@@ -333,7 +353,8 @@ fn count_quarantined(ctx: &Ctx) {
 /// configuration in its place (a voter again if it is meant to be one) and caught up.
 fn end_quarantine_once_caught_up(ctx: &Ctx) {
     let mut alarm = ctx
-        .local_health
+        .health
+        .local
         .quarantine
         .lock()
         .expect("never poisoned: no panics under the lock");
@@ -380,6 +401,27 @@ fn utc_stamp(ms: u64) -> String {
         rest % 3600 / 60,
         rest % 60
     )
+}
+
+/// The consensus settings of a node's config.
+pub fn raft_options(config: &crate::NodeConfig) -> ferry_replica::RaftOptions {
+    ferry_replica::RaftOptions {
+        raft_id: config.raft.id,
+        voters: config.raft.initial_voters.clone(),
+        tick: Duration::from_millis(config.raft.tick_ms),
+        election_ticks: config.raft.election_ticks,
+        election_jitter_ticks: config.raft.election_jitter_ticks,
+        heartbeat_ticks: config.raft.heartbeat_ticks,
+        snapshot_every_entries: config.limits.snapshot_every_entries,
+        queue_max: config.limits.proposal_queue_max,
+        propose_timeout: Duration::from_millis(config.raft.propose_timeout_ms),
+        role: config.role,
+        brokers: std::iter::once((config.raft.id, config.role))
+            .chain(config.peers.iter().map(|p| (p.raft_id, p.role)))
+            .filter(|(_, role)| *role == ferry_gate::Role::Broker)
+            .map(|(id, _)| id)
+            .collect(),
+    }
 }
 
 #[cfg(test)]

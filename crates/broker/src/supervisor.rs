@@ -27,6 +27,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// What a service attempt returns: `Err` (a sentence) when it failed and should be restarted.
 pub type ServiceResult = Result<(), String>;
 
+/// A queue's receiving end, shared by the attempts of the service that drains it (a restarted
+/// service takes the same queue).
+pub type SharedReceiver<T> = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<T>>>;
+
 struct Entry {
     state: ServiceState,
     detail: String,

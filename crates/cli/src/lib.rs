@@ -43,6 +43,18 @@ impl From<ferry_agent::Error> for Failure {
     }
 }
 
+impl From<ferry_broker::node::StartError> for Failure {
+    fn from(e: ferry_broker::node::StartError) -> Self {
+        Self::new(ferry_agent::error::exit::FAILURE, e.to_string())
+    }
+}
+
+impl From<ferry_broker::startup::ForceError> for Failure {
+    fn from(e: ferry_broker::startup::ForceError) -> Self {
+        Self::new(ferry_agent::error::exit::FAILURE, e.to_string())
+    }
+}
+
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
         Self::new(ferry_agent::error::exit::FAILURE, format!("{e:#}"))

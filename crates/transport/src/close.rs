@@ -32,6 +32,21 @@ impl CloseCode {
     }
 }
 
+/// TLS alerts that reject a certificate (RFC 8446 section 6.2): bad, unsupported, revoked,
+/// expired, unknown, unknown CA, required.
+const CERTIFICATE_ALERTS: [u8; 7] = [42, 43, 44, 45, 46, 48, 116];
+
+/// Whether the connection failed because a certificate was rejected (by either side): QUIC
+/// carries a TLS alert as the transport error code 0x100 + alert (RFC 9001 section 4.8).
+pub fn is_untrusted(error: &ConnectionError) -> bool {
+    let ConnectionError::TransportError(e) = error else {
+        return false;
+    };
+    CERTIFICATE_ALERTS
+        .iter()
+        .any(|&alert| e.code == quinn::TransportErrorCode::crypto(alert))
+}
+
 /// Turns a connection error into a sentence for a person, keeping the peer's reason.
 pub fn describe(error: &ConnectionError) -> String {
     match error {
@@ -43,7 +58,7 @@ pub fn describe(error: &ConnectionError) -> String {
                 format!("closed by peer: {reason}")
             }
         }
-        ConnectionError::TransportError(e) if e.to_string().contains("certificate") => format!(
+        ConnectionError::TransportError(e) if is_untrusted(error) => format!(
             "TLS handshake failed: {e}. The broker's certificate is not signed by the cluster CA \
              this config trusts; check that the config file belongs to this cluster"
         ),

@@ -6,7 +6,7 @@
 //! change made by the leader (followers forward it), audited in the state machine.
 
 use super::{propose, ApiError, ApiResult, ADMIN_ACTOR};
-use crate::node::Ctx;
+use crate::context::Ctx;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;

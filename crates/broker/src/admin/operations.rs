@@ -3,7 +3,7 @@
 //! switch.
 
 use super::{page, ApiError, ApiResult, ADMIN_ACTOR};
-use crate::node::Ctx;
+use crate::context::Ctx;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -138,12 +138,11 @@ pub(super) async fn undrain(
     )
     .await
     .map_err(|e| {
-        let status = if e.contains("holds no maintenance lease") {
-            StatusCode::NOT_FOUND
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
+        let status = match &e {
+            crate::gate::ReleaseError::NoLease(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
         };
-        ApiError::new(status, e)
+        ApiError::new(status, e.to_string())
     })?;
     Ok(Json(serde_json::json!({ "node": node, "released": true })))
 }
@@ -168,8 +167,9 @@ pub(super) async fn set_service_fault(
             "fault injection is disabled on this node ([faults] enabled = true is for tests only)",
         ));
     }
-    if !ctx.services.hold(&req.service, req.stopped) {
+    if !ctx.health.services.hold(&req.service, req.stopped) {
         let known: Vec<String> = ctx
+            .health
             .services
             .snapshot()
             .into_iter()

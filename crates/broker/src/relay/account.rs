@@ -8,7 +8,7 @@
 //! anonymous peer cannot grow the replicated state through these requests.
 
 use super::{frame_limits, propose_error_to_wire, refusal_to_wire, stale};
-use crate::node::Ctx;
+use crate::context::Ctx;
 use ferry_proto::state::{self as cmd, command::Kind};
 use ferry_proto::wire::{self, ErrorCode};
 use ferry_state::{hash_secret, Outcome, TokenCheck};
@@ -20,7 +20,7 @@ const PAGE_MARGIN_BYTES: usize = 1024;
 
 /// The user a valid token belongs to (a copy: the state moves on).
 async fn user_of(ctx: &Ctx, token: &str) -> Result<ferry_state::User, wire::Error> {
-    ctx.confirm_fresh().await.map_err(stale)?;
+    ctx.proposer.confirm_fresh().await.map_err(stale)?;
     let state = ctx.replica.read();
     match state.check_token(&hash_secret(token), crate::now_ms()) {
         TokenCheck::Valid(user) if user.disabled => Err(wire::Error::new(
@@ -107,7 +107,7 @@ pub(super) async fn logout(
     request: wire::Logout,
     remote: SocketAddr,
 ) -> Result<wire::LoggedOut, wire::Error> {
-    ctx.confirm_current().await.map_err(stale)?;
+    ctx.proposer.confirm_current().await.map_err(stale)?;
     let token_hash = hash_secret(&request.token);
     let user = match ctx.replica.read().check_token(&token_hash, crate::now_ms()) {
         TokenCheck::Valid(user) => user.name.clone(),
@@ -115,6 +115,7 @@ pub(super) async fn logout(
     };
     let revoke = Kind::RevokeToken(cmd::RevokeToken { token_hash });
     match ctx
+        .proposer
         .propose(format!("user:{user}"), remote.to_string(), revoke)
         .await
     {

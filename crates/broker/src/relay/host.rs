@@ -3,8 +3,8 @@
 
 use super::{frame_limits, propose_error_to_wire, refusal_to_wire, reject_input};
 use crate::auth;
+use crate::context::Ctx;
 use crate::hosts::AttachedHost;
-use crate::node::Ctx;
 use ferry_proto::state::{self as cmd, command::Kind};
 use ferry_proto::wire::{self, host_request, host_response, ErrorCode, HostResponse};
 use ferry_state::{hash_secret, NameKind, Outcome, SERVICES_PER_HOST_MAX};
@@ -50,10 +50,13 @@ pub(super) async fn serve(
                         {
                             drop(unauthenticated);
                             // The control stream now carries hand-off notices to the agent.
-                            let notices = ctx.notices.register(conn.stable_id(), wire::Role::Host);
+                            let notices = ctx
+                                .sessions
+                                .notices
+                                .register(conn.stable_id(), wire::Role::Host);
                             tokio::spawn(crate::handoff::forward(send, notices));
                             stay_attached(&ctx, &conn, &name, recv).await;
-                            ctx.notices.unregister(conn.stable_id());
+                            ctx.sessions.notices.unregister(conn.stable_id());
                         }
                         return;
                     }
@@ -111,6 +114,7 @@ async fn enroll(
         credential_hash: hash_secret(&credential),
     });
     match ctx
+        .proposer
         .propose(
             format!("host:{}", enroll.name),
             remote.to_string(),
@@ -156,7 +160,7 @@ async fn attach(
     if crate::handoff::is_draining(ctx) {
         return Err(crate::handoff::draining_error(ctx));
     }
-    ctx.confirm_fresh().await.map_err(super::stale)?;
+    ctx.proposer.confirm_fresh().await.map_err(super::stale)?;
     ctx.replica
         .read()
         .check_host_credential(&attach.name, &hash_secret(&attach.credential))
@@ -167,6 +171,7 @@ async fn attach(
         services: attach.services.clone(),
     });
     match ctx
+        .proposer
         .propose(
             format!("host:{}", attach.name),
             remote.to_string(),
@@ -178,7 +183,7 @@ async fn attach(
         Ok(_) => {}
         Err(e) => return Err(propose_error_to_wire(&e)),
     }
-    let replaced = ctx.hosts.attach(
+    let replaced = ctx.sessions.hosts.attach(
         &attach.name,
         AttachedHost {
             conn: conn.clone(),
@@ -188,7 +193,9 @@ async fn attach(
     if let Some(old) = replaced {
         CloseCode::Done.close(&old, "replaced by a newer connection of the same host");
     }
-    ctx.metrics.hosts_attached.set(ctx.hosts.len() as i64);
+    ctx.metrics
+        .hosts_attached
+        .set(ctx.sessions.hosts.len() as i64);
     tracing::info!(host = %attach.name, %remote, services = ?attach.services, "host attached");
     Ok(wire::Attached {
         node_id: ctx.config.node_id.clone(),
@@ -209,16 +216,19 @@ async fn stay_attached(
         _ = conn.closed() => {}
         _ = async { while let Ok(Some(_)) = control.read(&mut scratch).await {} } => {}
     }
-    ctx.hosts.detach(name, conn.stable_id());
-    ctx.metrics.hosts_attached.set(ctx.hosts.len() as i64);
+    ctx.sessions.hosts.detach(name, conn.stable_id());
+    ctx.metrics
+        .hosts_attached
+        .set(ctx.sessions.hosts.len() as i64);
     tracing::info!(host = %name, "host detached");
     // Unless the same host already attached here again, tell the cluster it is gone from here.
-    if ctx.hosts.get(name).is_none() {
+    if ctx.sessions.hosts.get(name).is_none() {
         let detach = Kind::DetachHost(cmd::DetachHost {
             name: name.to_owned(),
             broker: ctx.config.node_id.clone(),
         });
         if let Err(e) = ctx
+            .proposer
             .propose(format!("host:{name}"), String::new(), detach)
             .await
         {

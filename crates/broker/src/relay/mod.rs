@@ -8,10 +8,12 @@
 mod account;
 mod client;
 mod host;
+mod resume;
+mod session;
 
-pub(crate) use client::carry_for_peer;
+pub(crate) use session::carry_for_peer;
 
-use crate::node::Ctx;
+use crate::context::Ctx;
 use ferry_proto::frame::FrameLimits;
 use ferry_proto::wire::{self, hello_reply, HelloReply, Role};
 use ferry_proto::PROTOCOL_VERSION;
@@ -19,6 +21,40 @@ use ferry_transport::{framed, CloseCode};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::time::timeout;
+
+/// What the relay holds across connections.
+pub struct Sessions {
+    /// Host agents attached here, by host name.
+    pub hosts: crate::hosts::HostRegistry,
+    /// Control streams of connected endpoints, for hand-off notices.
+    pub notices: crate::handoff::NoticeBoard,
+    /// Failed-login bookkeeping; a std mutex because it is never held across an await.
+    pub throttle: std::sync::Mutex<crate::auth::LoginThrottle>,
+    /// One permit per session relayed at once (`limits.sessions_max`).
+    pub slots: Arc<tokio::sync::Semaphore>,
+    /// One permit per QUIC connection (`limits.connections_max`), kept across restarts of
+    /// the relay listener.
+    pub connection_slots: Arc<tokio::sync::Semaphore>,
+    /// One permit per connection not yet authenticated (`limits.unauthenticated_max`).
+    pub unauthenticated_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Sessions {
+    pub fn new(limits: &crate::config::Limits) -> Self {
+        use tokio::sync::Semaphore;
+        Self {
+            hosts: Default::default(),
+            notices: Default::default(),
+            throttle: std::sync::Mutex::new(crate::auth::LoginThrottle::new(
+                limits.login_failures_max,
+                std::time::Duration::from_secs(limits.login_lockout_secs),
+            )),
+            slots: Arc::new(Semaphore::new(limits.sessions_max)),
+            connection_slots: Arc::new(Semaphore::new(limits.connections_max)),
+            unauthenticated_slots: Arc::new(Semaphore::new(limits.unauthenticated_max)),
+        }
+    }
+}
 
 /// Longest close reason sent; QUIC carries it in one packet.
 const CLOSE_REASON_BYTES_MAX: usize = 400;
@@ -31,8 +67,8 @@ pub(crate) async fn serve(
     ctx: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
 ) -> crate::supervisor::ServiceResult {
-    let connection_slots = ctx.connection_slots.clone();
-    let unauthenticated_slots = ctx.unauthenticated_slots.clone();
+    let connection_slots = ctx.sessions.connection_slots.clone();
+    let unauthenticated_slots = ctx.sessions.unauthenticated_slots.clone();
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => match incoming {
@@ -149,10 +185,13 @@ async fn handle(
             // as unauthenticated once it has spoken the protocol.
             drop(unauthenticated);
             // The control stream stays open for hand-off notices.
-            let notices = ctx.notices.register(conn.stable_id(), Role::Client);
+            let notices = ctx
+                .sessions
+                .notices
+                .register(conn.stable_id(), Role::Client);
             tokio::spawn(crate::handoff::forward(send, notices));
             client::serve(conn.clone(), ctx.clone(), remote).await;
-            ctx.notices.unregister(conn.stable_id());
+            ctx.sessions.notices.unregister(conn.stable_id());
         }
         Role::Host => host::serve(conn, send, recv, ctx.clone(), remote, unauthenticated).await,
         Role::Unspecified => {
