@@ -7,6 +7,7 @@
 //! Architecture invariant: this is the only crate that names sled. It implements the consensus
 //! crate's storage seam and knows nothing of networking or of what the entries mean.
 
+mod error;
 pub mod mark;
 pub mod raft_log;
 pub mod record;
