@@ -96,7 +96,7 @@ pub struct RaftConfig {
     /// How long a write waits to be applied before the caller is told it timed out.
     pub propose_timeout_ms: u64,
     /// A node that heard from the leader this recently authorizes from its applied state;
-    /// beyond it, it first confirms with the leader (read_index). See `Ctx::confirm_fresh`.
+    /// beyond it, it first confirms with the leader (read_index). See `Proposer::confirm_fresh`.
     pub read_staleness_ms: u64,
 }
 

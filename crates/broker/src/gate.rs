@@ -25,7 +25,7 @@ const EVALUATE_EVERY: Duration = Duration::from_millis(500);
 /// How long the leader waits to confirm its leadership (read index) before answering.
 const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a follower keeps trying to reach a leader for a gate answer (covers one full
-/// exchange, `peer::GATE_TIMEOUT`, plus a leader change).
+/// exchange, `GATE_TIMEOUT` of `ferry-peer`, plus a leader change).
 const ASK_LEADER_DEADLINE: Duration = Duration::from_secs(12);
 /// After a failed hand-off (no broker to send endpoints to), how long a leased node waits
 /// before trying again.

@@ -1,9 +1,11 @@
 //! A Ferry broker node: accepts host agents and clients over QUIC, authenticates them against
 //! the replicated state, relays session streams, and serves the admin API.
 //!
-//! Architecture invariant: policy lives in `ferry-state` (who may do what) and, later, in the
-//! pure gate and session crates; this crate wires IO around them. Every task it spawns ends on
-//! shutdown, and every queue it owns is bounded.
+//! Architecture invariant: decisions live in the pure crates: who may do what in `ferry-state`,
+//! whether a node may restart in `ferry-gate`, the cluster decisions (promotion, identity,
+//! replacement, the session sweep) in `ferry-policy`; this crate wires IO around them and
+//! carries their decisions out. `node.rs` assembles the components and no module imports it.
+//! Every task it spawns ends on shutdown, and every queue it owns is bounded.
 
 pub mod admin;
 pub mod auth;

@@ -1,4 +1,5 @@
-//! The on-disk record format: `[format: u8 = 1][crc32c of payload: u32 BE][payload]`.
+//! The on-disk record format: `[format: u8 = 1][crc32 of payload: u32 BE][payload]`, with the
+//! IEEE CRC-32 (`crc32fast`).
 //!
 //! Sealed before writing, opened (and verified) after reading: a flipped bit or a truncated
 //! value is reported as corruption instead of being decoded into something plausible.

@@ -33,8 +33,10 @@ impl CloseCode {
 }
 
 /// TLS alerts that reject a certificate (RFC 8446 section 6.2): bad, unsupported, revoked,
-/// expired, unknown, unknown CA, required.
-const CERTIFICATE_ALERTS: [u8; 7] = [42, 43, 44, 45, 46, 48, 116];
+/// expired, unknown, unknown CA, access denied (a verifier's own refusal), decrypt error
+/// (rustls's alert for a certificate whose signature does not verify: one from another CA
+/// under the same name), required.
+const CERTIFICATE_ALERTS: [u8; 9] = [42, 43, 44, 45, 46, 48, 49, 51, 116];
 
 /// Whether the connection failed because a certificate was rejected (by either side): QUIC
 /// carries a TLS alert as the transport error code 0x100 + alert (RFC 9001 section 4.8).

@@ -3,7 +3,7 @@
 //! whoami`), and withdrawing the token on every broker (`ferry logout`).
 //!
 //! Each request carries the token; its holder is the authority. Reads follow the same
-//! freshness rule as opening a session (`Ctx::confirm_fresh`): a node out of touch with the
+//! freshness rule as opening a session (`Proposer::confirm_fresh`): a node out of touch with the
 //! leader answers only after a read index. A token that is unknown proposes nothing, so an
 //! anonymous peer cannot grow the replicated state through these requests.
 
