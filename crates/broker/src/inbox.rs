@@ -50,7 +50,11 @@ async fn answer(ctx: &Ctx, request: Request) {
             let _ = reply.send(ctx.replica.propose(command).await);
         }
         Request::Probe { probe, reply } => {
-            let _ = reply.send(crate::rejoin::answer_probe(&ctx.replica, &probe));
+            let _ = reply.send(crate::rejoin::answer_probe(
+                &ctx.config,
+                &ctx.replica,
+                &probe,
+            ));
         }
         Request::Rejoin {
             request,

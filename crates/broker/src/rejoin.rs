@@ -154,14 +154,21 @@ async fn ask_rejoin(ctx: &Ctx, peers: &Peers, why: &str) -> Result<u64, String> 
     })
 }
 
-/// A peer asks whether its raft id has taken part: answered from this node's applied state.
-pub fn answer_probe(replica: &Replica, probe: &StoreProbe) -> StoreProbeReply {
-    let initialized = replica.raft_id() != 0;
-    StoreProbeReply {
-        initialized,
-        seen: initialized && replica.read().was_seen(probe.raft_id),
-        fresh: !initialized && replica.is_fresh(),
-    }
+/// A peer asks whether its raft id has taken part: answered from this node's applied state
+/// (`ferry_policy::answer` says what counts).
+pub fn answer_probe(
+    config: &crate::NodeConfig,
+    replica: &Replica,
+    probe: &StoreProbe,
+) -> StoreProbeReply {
+    let raft_id = replica.raft_id();
+    ferry_policy::answer(&ferry_policy::Knowledge {
+        raft_id,
+        applied: replica.applied_index(),
+        never_had_store: replica.is_fresh(),
+        bootstrapped: raft_id == config.raft.id && !config.raft.initial_voters.is_empty(),
+        seen: replica.read().was_seen(probe.raft_id),
+    })
 }
 
 /// One replacement at a time on a leader: each is up to three membership changes in a row.

@@ -125,6 +125,37 @@ pub fn identity(
     }
 }
 
+/// What a node knows when a peer asks whether a raft id has taken part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Knowledge {
+    /// This node's raft id; 0 while its own identity is not settled.
+    pub raft_id: u64,
+    /// The index its state has applied.
+    pub applied: u64,
+    /// Its store is empty and its data directory never held one.
+    pub never_had_store: bool,
+    /// It runs under its configured raft id as one of a new cluster's initial voters.
+    pub bootstrapped: bool,
+    /// Its applied state records the asked id as seen (or retired).
+    pub seen: bool,
+}
+
+/// The answer to a store probe ([`identity`] reads it on the asking side). Only a node whose
+/// state holds something (an applied entry or snapshot) speaks for the cluster; a node that
+/// never had a store, or started a new cluster and has applied nothing yet, says it knows
+/// nothing because nothing happened (`fresh`); any other node (a learner added a moment ago,
+/// not caught up at all) says nothing useful: neither.
+pub fn answer(knows: &Knowledge) -> StoreProbeReply {
+    let initialized = knows.raft_id != 0 && knows.applied > 0;
+    let forming =
+        knows.raft_id == 0 && knows.never_had_store || knows.raft_id != 0 && knows.bootstrapped;
+    StoreProbeReply {
+        initialized,
+        seen: initialized && knows.seen,
+        fresh: !initialized && forming,
+    }
+}
+
 /// What the leader knows when a node asks to rejoin under a new raft id.
 #[derive(Debug, Clone, Copy)]
 pub struct Known<'a> {
@@ -385,6 +416,58 @@ mod tests {
             matches!(&wait, Decision::Wait { waiting } if waiting.contains("answered: b2; no answer: b3")),
             "{wait:?}"
         );
+    }
+
+    #[test]
+    fn answer_table() {
+        let knows = |raft_id, applied, never_had_store, bootstrapped, seen| Knowledge {
+            raft_id,
+            applied,
+            never_had_store,
+            bootstrapped,
+            seen,
+        };
+        // (case, what the node knows, expected (initialized, seen, fresh))
+        let cases = [
+            (
+                "caught up, not seen",
+                knows(2, 40, false, true, false),
+                (true, false, false),
+            ),
+            (
+                "caught up, seen",
+                knows(2, 40, false, false, true),
+                (true, true, false),
+            ),
+            (
+                "never had a store",
+                knows(0, 0, true, false, false),
+                (false, false, true),
+            ),
+            (
+                "lost its store, not settled",
+                knows(0, 0, false, false, false),
+                (false, false, false),
+            ),
+            (
+                "new cluster, nothing applied",
+                knows(2, 0, false, true, false),
+                (false, false, true),
+            ),
+            (
+                "learner added, nothing applied",
+                knows(7, 0, false, false, false),
+                (false, false, false),
+            ),
+        ];
+        for (case, knows, (initialized, seen, fresh)) in cases {
+            let got = answer(&knows);
+            assert_eq!(
+                (got.initialized, got.seen, got.fresh),
+                (initialized, seen, fresh),
+                "{case}"
+            );
+        }
     }
 
     #[test]

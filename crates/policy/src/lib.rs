@@ -17,7 +17,9 @@ pub mod leadership;
 pub mod snapshots;
 pub mod sweep;
 
-pub use identity::{identity, replacement, Asked, Decision, Known, Plan, PlanError, RAFT_ID_MAX};
+pub use identity::{
+    answer, identity, replacement, Asked, Decision, Knowledge, Known, Plan, PlanError, RAFT_ID_MAX,
+};
 pub use leadership::{handoff_target, promotion, unseen_members, LeaderView};
 pub use snapshots::SnapshotRetry;
 pub use sweep::{orphaned_at_restart, sweep, unreachable_brokers, SweepAction};

@@ -36,7 +36,6 @@ use ferry_policy::{
     handoff_target, identity, promotion, replacement, unseen_members, Asked, Decision, LeaderView,
     SnapshotRetry,
 };
-use ferry_proto::peer::StoreProbeReply;
 use ferry_proto::state::{
     command::Kind, AddGrant, ChangeMembership, Command, Member, MembersSeen, MembershipAction,
 };
@@ -81,6 +80,8 @@ struct Machine {
     empty: Option<Option<String>>,
     /// The round its process first starts (a node of a new cluster may start late).
     starts_at_round: usize,
+    /// Its whole data directory was lost: only its peers' record of its id protects it.
+    directory_lost: bool,
 }
 
 /// A replacement the leader carries out for a machine that must rejoin.
@@ -195,6 +196,7 @@ impl Sim {
                 } else {
                     0
                 },
+                directory_lost: false,
             })
             .collect();
         let witness = rng.gen_bool(0.5).then(|| rng.gen_range(0..n as usize));
@@ -440,6 +442,7 @@ impl Sim {
         // 'Start-up, damaged stores and rejoining') and not simulated.
         let lost = if recorded && self.rng.gen_bool(0.5) {
             self.stats.directories_lost += 1;
+            self.machines[m].directory_lost = true;
             None
         } else {
             Some("its data directory held a store before".to_owned())
@@ -449,6 +452,17 @@ impl Sim {
                 "round {}: wiped {} (slot {slot}), lost {lost:?}",
                 self.round, self.machines[m].name
             );
+            for peer in &self.machines {
+                let c = self.nodes[peer.slot].as_ref();
+                eprintln!(
+                    "  {} slot {} applied {:?} seen {:?} initial {:?}",
+                    peer.name,
+                    peer.slot,
+                    c.map(|c| c.applied()),
+                    c.map(|c| c.state().was_seen(configured)),
+                    peer.initial_voters
+                );
+            }
         }
         self.machines[m].empty = Some(lost);
     }
@@ -490,10 +504,21 @@ impl Sim {
                     let answer = self.nodes[peer.slot]
                         .as_ref()
                         .filter(|_| reachable)
-                        .map(|core| StoreProbeReply {
-                            initialized: true,
-                            seen: core.state().was_seen(machine.configured),
-                            fresh: false,
+                        .filter(|core| {
+                            // A peer that has not applied the record of an id whose whole
+                            // directory was lost answers wrongly: the guard's documented
+                            // blind window, not simulated (see `wipe`).
+                            !machine.directory_lost || core.state().was_seen(machine.configured)
+                        })
+                        .map(|core| {
+                            ferry_policy::answer(&ferry_policy::Knowledge {
+                                raft_id: core.id(),
+                                applied: core.applied(),
+                                never_had_store: false,
+                                bootstrapped: core.id() == peer.configured
+                                    && !peer.initial_voters.is_empty(),
+                                seen: core.state().was_seen(machine.configured),
+                            })
                         });
                     Asked {
                         node_id: peer.name.clone(),
@@ -519,6 +544,7 @@ impl Sim {
                 Decision::TakeConfigured => {
                     let machine = &mut self.machines[m];
                     machine.empty = None;
+                    machine.directory_lost = false;
                     let slot = machine.configured as usize - 1;
                     machine.slot = slot;
                     let log = if machine.initial_voters.is_empty() {
@@ -624,6 +650,7 @@ impl Sim {
             self.group[slot] = self.group[machine.slot];
             machine.slot = slot;
             machine.empty = None;
+            machine.directory_lost = false;
             self.nodes[slot] = Some(
                 Core::new(&self.configs[slot], MemLog::default()).expect("an empty core starts"),
             );
@@ -800,6 +827,7 @@ impl Sim {
                 slot: id as usize - 1,
                 empty: None,
                 starts_at_round: 0,
+                directory_lost: false,
             });
             (MembershipAction::AddLearner, id)
         } else {
