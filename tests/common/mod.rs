@@ -13,9 +13,9 @@ pub mod ssh;
 pub mod store;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
@@ -42,84 +42,15 @@ pub fn free_base_port() -> u16 {
     free_port_block(1)
 }
 
-/// A base port `p` such that, for each of `nodes` nodes i, UDP p+10i, TCP p+10i+1 and UDP
-/// p+10i+2 are free on 127.0.0.1.
+/// A base port for `nodes` nodes in `ferry init`'s layout, free on 127.0.0.1 (the harness's
+/// `free_port_block`).
 pub fn free_port_block(nodes: u8) -> u16 {
-    use rand::Rng;
-    wait_for("a free block of ports", Duration::from_secs(10), || {
-        let p: u16 = rand::thread_rng().gen_range(20_000..60_000);
-        let mut held = Vec::new();
-        for i in 0..u16::from(nodes) {
-            let base = p + 10 * i;
-            held.push((
-                UdpSocket::bind(("127.0.0.1", base)).ok()?,
-                TcpListener::bind(("127.0.0.1", base + 1)).ok()?,
-                UdpSocket::bind(("127.0.0.1", base + 2)).ok()?,
-            ));
-        }
-        Some(p)
-    })
+    ferry_harness::free_port_block(nodes.into()).expect("loopback has free ports")
 }
 
-/// A child process killed on drop, its output in `<dir>/<name>.log`.
-pub struct Proc {
-    pub name: String,
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Sends SIGTERM and waits (bounded) for a clean exit.
-    pub fn terminate(&mut self) -> ExitStatus {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let child = &mut self.child;
-        wait_for(
-            &format!("{} to exit", self.name),
-            Duration::from_secs(15),
-            || child.try_wait().ok().flatten(),
-        )
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Resident memory in KiB, from /proc.
-    pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "----- log of {} ({}) -----\n{}",
-                self.name,
-                self.log.display(),
-                self.log_text()
-            );
-        }
-    }
-}
+/// A child process killed on drop, its output in `<dir>/<name>.log` (the shared harness's
+/// `Process`).
+pub use ferry_harness::Process as Proc;
 
 /// Output of a finished command.
 #[derive(Debug)]
@@ -203,10 +134,14 @@ impl World {
 
     /// Admin API base URL of node `i` (from 1).
     pub fn admin_url_of(&self, i: u8) -> String {
-        format!(
-            "http://127.0.0.1:{}",
-            self.base_port + 10 * (u16::from(i) - 1) + 1
-        )
+        self.layout().admin_url(i.into())
+    }
+
+    /// `ferry init`'s port layout of this world's cluster.
+    pub fn layout(&self) -> ferry_harness::Layout {
+        ferry_harness::Layout {
+            base_port: self.base_port,
+        }
     }
 
     /// Starts broker b`i` and waits until its admin API answers (it need not have a leader).
@@ -257,14 +192,10 @@ impl World {
     /// A copy of client.toml that names only broker b<i>, so endpoints using it attach there.
     pub fn client_config_for(&self, i: u8) -> String {
         let text = std::fs::read_to_string(self.cluster().join("client.toml")).unwrap();
-        let mut blocks = text.split("[[brokers]]");
-        let header = blocks.next().unwrap().to_owned();
-        let node = format!("node_id = \"b{i}\"");
-        let block = blocks
-            .find(|b| b.contains(&node))
+        let only = ferry_harness::naming_only(&text, &format!("b{i}"))
             .expect("client.toml lists the node");
         let path = self.cluster().join(format!("client-b{i}.toml"));
-        std::fs::write(&path, format!("{header}[[brokers]]{block}")).unwrap();
+        std::fs::write(&path, only).unwrap();
         path.display().to_string()
     }
 
@@ -350,19 +281,9 @@ impl World {
     /// Starts a long-running `ferry` process (broker, host, connect).
     pub fn spawn(&self, name: &str, args: &[&str]) -> Proc {
         let log = self.path().join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = self
-            .command(args)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("spawn ferry");
-        Proc {
-            name: name.to_owned(),
-            child,
-            log,
-        }
+        // A fresh log per start: a test reads what this run of the process said.
+        std::fs::File::create(&log).unwrap();
+        Proc::spawn(name, self.command(args), &log).expect("spawn ferry")
     }
 
     /// Starts broker b1 and waits until its admin API answers.

@@ -1,10 +1,12 @@
 //! A Ferry cluster for the benches: `ferry init` in a temporary directory, brokers as real
-//! `ferry broker` child processes (killed when dropped, also when a scenario fails), and the
-//! admin-API calls the scenarios make. Every wait has a deadline.
+//! `ferry broker` child processes (`ferry_harness::Process`: killed when dropped, also when a
+//! scenario fails), and the admin-API calls the scenarios make. Every wait has a deadline.
+//! The ports, `ferry init`'s layout and the one-broker client configs come from
+//! `ferry-harness`, which the end-to-end tests share.
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Deadline of one admin-API call made while waiting for a condition: a dead node answers
@@ -37,7 +39,8 @@ impl Cluster {
             .prefix(&format!("ferry-bench-{name}-"))
             .tempdir()?;
         let files = dir.path().join("cluster");
-        let base = free_port_block(brokers)?;
+        let base = ferry_harness::free_port_block(brokers)?;
+        let layout = ferry_harness::Layout { base_port: base };
         ferry(
             &[
                 "init",
@@ -55,14 +58,13 @@ impl Cluster {
         let token = std::fs::read_to_string(files.join("admin.token"))?
             .trim()
             .to_owned();
-        // `ferry init`'s layout: node i (from 1) has its admin API on base + 10(i-1) + 1.
         let nodes = (1..=brokers)
             .map(|i| Broker {
                 name: format!("b{i}"),
                 config: files.join(format!("b{i}.toml")),
                 log: dir.path().join(format!("b{i}.log")),
-                child: None,
-                admin: format!("http://127.0.0.1:{}", base + 10 * (i - 1) + 1),
+                process: None,
+                admin: layout.admin_url(i),
             })
             .collect();
         Ok(Self {
@@ -104,14 +106,10 @@ impl Cluster {
     pub fn client_config_for(&self, node: usize) -> anyhow::Result<PathBuf> {
         let name = &self.nodes[node].name;
         let text = std::fs::read_to_string(self.client_config())?;
-        let mut blocks = text.split("[[brokers]]");
-        let header = blocks.next().unwrap_or_default().to_owned();
-        let wanted = format!("node_id = \"{name}\"");
-        let block = blocks
-            .find(|b| b.contains(&wanted))
+        let only = ferry_harness::naming_only(&text, name)
             .with_context(|| format!("client.toml lists no broker {name}"))?;
         let out = self.files().join(format!("client-{name}.toml"));
-        std::fs::write(&out, format!("{header}[[brokers]]{block}"))?;
+        std::fs::write(&out, only)?;
         Ok(out)
     }
 
@@ -213,48 +211,41 @@ impl Cluster {
     }
 }
 
-/// One `ferry broker` child process; killed (SIGKILL) when dropped.
+/// One `ferry broker` child process; killed (SIGKILL) when dropped (by its `Process`).
 pub(crate) struct Broker {
     /// Node id (`b1`, ...).
     pub name: String,
     config: PathBuf,
     /// Its stdout and stderr, appended across restarts.
     log: PathBuf,
-    child: Option<Child>,
+    /// The running process, if it runs.
+    process: Option<ferry_harness::Process>,
     /// Admin API base URL.
     pub admin: String,
 }
 
 impl Broker {
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        self.child = Some(
-            Command::new(std::env::current_exe()?)
-                .args(["broker", "--config", path(&self.config)])
-                .env("FERRY_LOG", "warn")
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .stdin(Stdio::null())
-                .spawn()
-                .with_context(|| format!("starting broker {}", self.name))?,
-        );
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .args(["broker", "--config", path(&self.config)])
+            .env("FERRY_LOG", "warn");
+        self.process = Some(ferry_harness::Process::spawn(
+            &self.name, command, &self.log,
+        )?);
         Ok(())
     }
 
-    /// SIGKILL (`Child::kill` on unix), then reaps the process.
+    /// SIGKILL, then reaps the process.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut process) = self.process.take() {
+            process.kill();
         }
     }
 
     /// Process id, while running.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.as_ref().map(ferry_harness::Process::pid)
     }
 
     /// Waits until the admin API accepts connections.
@@ -275,12 +266,6 @@ impl Broker {
             self.name,
             self.log.display()
         )
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -317,29 +302,6 @@ pub(crate) fn ferry(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A base port `p` such that for each of `nodes` nodes i, UDP p+10i, TCP p+10i+1 and UDP
-/// p+10i+2 (relay, admin, peers: `ferry init`'s layout) are free on 127.0.0.1.
-pub(crate) fn free_port_block(nodes: u16) -> anyhow::Result<u16> {
-    use rand::Rng;
-    'search: for _ in 0..100 {
-        let p: u16 = rand::thread_rng().gen_range(30_000..60_000);
-        let mut held = Vec::new();
-        for i in 0..nodes {
-            let base = p + 10 * i;
-            let (Ok(a), Ok(b), Ok(c)) = (
-                std::net::UdpSocket::bind(("127.0.0.1", base)),
-                std::net::TcpListener::bind(("127.0.0.1", base + 1)),
-                std::net::UdpSocket::bind(("127.0.0.1", base + 2)),
-            ) else {
-                continue 'search;
-            };
-            held.push((a, b, c));
-        }
-        return Ok(p);
-    }
-    bail!("no free block of ports found on 127.0.0.1")
 }
 
 pub(crate) async fn status(

@@ -10,10 +10,12 @@
 //! over one shared HTTP/1.1 client with keep-alive.
 
 use crate::report::{cpu_seconds, machine, Figure, Report};
-use anyhow::{bail, Context};
+use anyhow::bail;
+// A server of the run (a Ferry broker or an etcd member): killed when dropped.
+use ferry_harness::Process as Proc;
 use hdrhistogram::Histogram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub struct Options {
@@ -33,45 +35,17 @@ const VALUE: &str = "bench";
 /// The concurrency at which P4 is checked (docs/DESIGN.md section 8).
 const P4_PROPOSERS: usize = 256;
 
-/// A child process that is killed when dropped.
-struct Proc {
-    name: String,
-    child: Child,
+/// CPU seconds a server has used so far (NaN where /proc cannot say).
+fn cpu_of(proc: &Proc) -> f64 {
+    cpu_seconds(proc.pid()).unwrap_or(f64::NAN)
 }
 
-impl Proc {
-    fn spawn(name: String, command: &mut Command, log: &Path) -> anyhow::Result<Self> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        let child = command
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Proc { name, child })
+/// Fails if the server has exited.
+fn check_alive(proc: &mut Proc) -> anyhow::Result<()> {
+    if let Some(status) = proc.child.try_wait()? {
+        bail!("{} exited with {status}", proc.name);
     }
-
-    fn cpu_seconds(&self) -> f64 {
-        cpu_seconds(self.child.id()).unwrap_or(f64::NAN)
-    }
-
-    /// Fails if the process has exited.
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("{} exited with {status}", self.name);
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Ok(())
 }
 
 /// The system under load: how to address a write to node `i`.
@@ -167,7 +141,7 @@ async fn load(
     let start = Instant::now();
     let measure_from = start + WARMUP;
     let deadline = measure_from + measure;
-    let cpu_at = |procs: &[Proc]| -> Vec<f64> { procs.iter().map(Proc::cpu_seconds).collect() };
+    let cpu_at = |procs: &[Proc]| -> Vec<f64> { procs.iter().map(cpu_of).collect() };
     let tasks: Vec<_> = (0..proposers)
         .map(|p| {
             let (http, target, label) = (http.clone(), target.clone(), label.to_owned());
@@ -243,7 +217,7 @@ async fn load(
     level.bench_cpu = cpu_seconds(std::process::id())? - bench_before;
     level.seconds = end.duration_since(measure_from).as_secs_f64();
     for proc in procs.iter_mut() {
-        proc.check_alive()?;
+        check_alive(proc)?;
     }
     if level.writes == 0 {
         bail!("{label}: no write succeeded with {proposers} proposers");
@@ -389,7 +363,8 @@ fn path(p: &Path) -> &str {
 
 async fn start_ferry(dir: &Path, http: &reqwest::Client) -> anyhow::Result<(Target, Vec<Proc>)> {
     let cluster = dir.join("ferry");
-    let base = crate::cluster::free_port_block(NODES)?;
+    let base = ferry_harness::free_port_block(NODES)?;
+    let layout = ferry_harness::Layout { base_port: base };
     crate::cluster::ferry(
         &[
             "init",
@@ -411,14 +386,13 @@ async fn start_ferry(dir: &Path, http: &reqwest::Client) -> anyhow::Result<(Targ
     let mut admins = Vec::new();
     for i in 1..=NODES {
         let config = cluster.join(format!("b{i}.toml"));
-        procs.push(Proc::spawn(
-            format!("ferry broker b{i}"),
-            Command::new(std::env::current_exe()?)
-                .args(["broker", "--config", path(&config)])
-                .env("FERRY_LOG", "warn"),
-            &dir.join(format!("b{i}.log")),
-        )?);
-        admins.push(format!("http://127.0.0.1:{}", base + 10 * (i - 1) + 1));
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .args(["broker", "--config", path(&config)])
+            .env("FERRY_LOG", "warn");
+        let name = format!("ferry broker b{i}");
+        procs.push(Proc::spawn(&name, command, &dir.join(format!("b{i}.log")))?);
+        admins.push(layout.admin_url(i));
     }
     // Ready when some node leads and every node knows it.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -440,7 +414,7 @@ async fn start_ferry(dir: &Path, http: &reqwest::Client) -> anyhow::Result<(Targ
             break;
         }
         for proc in &mut procs {
-            proc.check_alive()?;
+            check_alive(proc)?;
         }
         if Instant::now() > deadline {
             bail!("the Ferry cluster elected no leader within 30 s (logs in {dir:?})");
@@ -487,34 +461,33 @@ async fn start_etcd(dir: &Path, http: &reqwest::Client) -> anyhow::Result<(Targe
         let data: PathBuf = dir.join(format!("etcd-{name}"));
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        procs.push(Proc::spawn(
-            format!("etcd {name}"),
-            Command::new("etcd").args([
-                "--name",
-                &name,
-                "--data-dir",
-                path(&data),
-                "--listen-client-urls",
-                &client_url,
-                "--advertise-client-urls",
-                &client_url,
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-                "--initial-cluster",
-                &initial_cluster,
-                "--initial-cluster-token",
-                "ferry-bench",
-                "--initial-cluster-state",
-                "new",
-                "--logger",
-                "zap",
-                "--log-level",
-                "warn",
-            ]),
-            &dir.join(format!("{name}.log")),
-        )?);
+        let mut command = Command::new("etcd");
+        command.args([
+            "--name",
+            &name,
+            "--data-dir",
+            path(&data),
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &initial_cluster,
+            "--initial-cluster-token",
+            "ferry-bench",
+            "--initial-cluster-state",
+            "new",
+            "--logger",
+            "zap",
+            "--log-level",
+            "warn",
+        ]);
+        let log = dir.join(format!("{name}.log"));
+        procs.push(Proc::spawn(&format!("etcd {name}"), command, &log)?);
         clients.push(client_url);
     }
     // Ready when every member answers /health with a leader elected.
@@ -535,7 +508,7 @@ async fn start_etcd(dir: &Path, http: &reqwest::Client) -> anyhow::Result<(Targe
             break;
         }
         for proc in &mut procs {
-            proc.check_alive()?;
+            check_alive(proc)?;
         }
         if Instant::now() > deadline {
             bail!("the etcd cluster was not healthy within 30 s (logs in {dir:?})");
