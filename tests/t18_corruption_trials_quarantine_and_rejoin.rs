@@ -56,7 +56,13 @@ fn t18_corruption_trials_every_damaged_node_starts_and_rejoins_with_every_acked_
         if trial % 2 == 0 {
             node.kill();
         } else {
-            node.terminate();
+            let exit = node.terminate();
+            assert_eq!(
+                exit.code(),
+                Some(0),
+                "{} exits cleanly on SIGTERM",
+                node.name
+            );
         }
         drop(node);
         let trial_seed = seed.wrapping_add(trial);

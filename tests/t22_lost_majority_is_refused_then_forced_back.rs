@@ -26,7 +26,14 @@ fn t22_a_lost_majority_is_refused_clearly_then_forced_back_from_the_survivor() {
 
     // Every node stops; b2 and b3 lose their stores.
     for node in nodes.iter_mut() {
-        node.take().unwrap().terminate();
+        let mut node = node.take().unwrap();
+        let exit = node.terminate();
+        assert_eq!(
+            exit.code(),
+            Some(0),
+            "{} exits cleanly on SIGTERM",
+            node.name
+        );
     }
     for name in ["b2", "b3"] {
         std::fs::remove_dir_all(w.data_dir(name).join("raft")).unwrap();
@@ -56,7 +63,8 @@ fn t22_a_lost_majority_is_refused_clearly_then_forced_back_from_the_survivor() {
     );
 
     // The manual recovery: stop b1, force a cluster of one from its store, start it.
-    nodes[0].take().unwrap().terminate();
+    let exit = nodes[0].take().unwrap().terminate();
+    assert_eq!(exit.code(), Some(0), "b1 exits cleanly on SIGTERM");
     let config = w.cluster().join("b1.toml");
     let config = config.to_str().unwrap();
     let refused = w.ferry(&["debug", "force-new-cluster", "--config", config]);

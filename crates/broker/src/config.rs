@@ -191,19 +191,52 @@ pub struct Limits {
     /// gate does not count on it. 0: the machine's memory.
     pub memory_bytes_max: u64,
     /// Raft messages queued per peer; beyond it they are dropped (Raft retransmits).
+    #[serde(skip_serializing_if = "peer_default::raft_queue")]
     pub peer_raft_queue_max: usize,
     /// Largest frame on a peer link: a Raft append (1 MiB of entries) or a whole-state
     /// snapshot, so it bounds the state a cluster can hold.
+    #[serde(skip_serializing_if = "peer_default::frame_bytes")]
     pub peer_frame_bytes_max: usize,
     /// Peer requests (forwarded proposals, store probes, rejoins, health reports) waiting for
     /// this node; beyond it they are refused and the peer retries.
+    #[serde(skip_serializing_if = "peer_default::request_queue")]
     pub peer_request_queue_max: usize,
     /// Sessions other brokers ask this node to carry, waiting to start; beyond it refused.
+    #[serde(skip_serializing_if = "peer_default::relay_queue")]
     pub peer_relay_queue_max: usize,
     /// Restart-gate questions from peers waiting for this node (as leader); beyond it refused.
+    #[serde(skip_serializing_if = "peer_default::gate_queue")]
     pub peer_gate_queue_max: usize,
     /// Incoming peer connections in their TLS handshake at once; beyond it refused.
+    #[serde(skip_serializing_if = "peer_default::handshakes")]
     pub peer_handshakes_max: usize,
+}
+
+/// Whether a peer limit holds its default: written configs leave those out, so that a node of
+/// an older version (which knows no `peer_*` limits) can still read a config written by this
+/// one during a rolling upgrade or a rollback.
+mod peer_default {
+    fn defaults() -> ferry_peer::Limits {
+        ferry_peer::Limits::default()
+    }
+    pub fn raft_queue(v: &usize) -> bool {
+        *v == defaults().raft_queue_max
+    }
+    pub fn frame_bytes(v: &usize) -> bool {
+        *v == defaults().frame_bytes_max
+    }
+    pub fn request_queue(v: &usize) -> bool {
+        *v == defaults().request_queue_max
+    }
+    pub fn relay_queue(v: &usize) -> bool {
+        *v == defaults().relay_queue_max
+    }
+    pub fn gate_queue(v: &usize) -> bool {
+        *v == defaults().gate_queue_max
+    }
+    pub fn handshakes(v: &usize) -> bool {
+        *v == defaults().handshakes_max
+    }
 }
 
 impl Default for Limits {
@@ -380,5 +413,30 @@ impl NodeConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config written with the default peer limits names none of them, so that a node of the
+    /// version before them (whose `limits` deny unknown fields) reads it; set ones are kept.
+    #[test]
+    fn default_peer_limits_are_not_written() {
+        let written = toml::to_string(&Limits::default()).expect("Limits serialize");
+        assert!(!written.contains("peer_"), "{written}");
+        let set = Limits {
+            peer_handshakes_max: 8,
+            ..Limits::default()
+        };
+        let written = toml::to_string(&set).expect("Limits serialize");
+        assert!(written.contains("peer_handshakes_max = 8"), "{written}");
+        let back: Limits = toml::from_str(&written).expect("what is written reads back");
+        assert_eq!(back.peer_handshakes_max, 8);
+        assert_eq!(
+            back.peer_raft_queue_max,
+            Limits::default().peer_raft_queue_max
+        );
     }
 }

@@ -11,7 +11,9 @@ use tokio::sync::{watch, Semaphore};
 
 /// Service "peer-requests": answers forwarded proposals, store probes and rejoins, and keeps
 /// the peers' health reports. Each request is answered on a task of its own, at most
-/// `limits.peer_request_queue_max` at once; the queue holds the rest (and refuses beyond it).
+/// `limits.peer_request_queue_max` at once; beyond that a request is dropped (its peer hears
+/// "busy" at once) rather than waited for, so that this loop never stops taking health
+/// reports.
 pub async fn requests(
     ctx: Arc<Ctx>,
     requests: SharedReceiver<Request>,
@@ -31,11 +33,10 @@ pub async fn requests(
             ctx.health.reports.store(&from, report);
             continue;
         }
-        let permit = answering
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed: the semaphore lives in this function");
+        let Ok(permit) = answering.clone().try_acquire_owned() else {
+            tracing::debug!("peer request dropped: too many in hand");
+            continue; // the reply is dropped: the peer answers its caller "busy"
+        };
         let ctx = ctx.clone();
         tokio::spawn(async move {
             answer(&ctx, request).await;

@@ -89,7 +89,8 @@ async fn carry_out(ctx: &Ctx, actions: Vec<ferry_policy::SweepAction>) {
                     .propose(actor.clone(), String::new(), detach)
                     .await
                 {
-                    tracing::warn!(session_id, error = %e, "could not detach a session");
+                    // The next sweep, a second later, tries again: no warning each time.
+                    tracing::debug!(session_id, error = %e, "could not detach a session");
                 }
             }
         }

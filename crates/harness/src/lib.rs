@@ -229,15 +229,6 @@ mod tests {
     }
 
     #[test]
-    fn a_free_block_is_free() {
-        let base = free_port_block(3).expect("loopback has free ports");
-        let layout = Layout { base_port: base };
-        for i in 1..=3 {
-            std::net::TcpListener::bind(("127.0.0.1", layout.admin_port(i))).expect("free");
-        }
-    }
-
-    #[test]
     fn a_process_dies_with_its_handle() {
         let dir = std::env::temp_dir().join(format!("ferry-harness-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");

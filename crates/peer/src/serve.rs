@@ -150,7 +150,7 @@ impl Peers {
                     Ok(command) => outcome_to_wire(
                         ask(&inbox, |reply| Request::Forward { command, reply })
                             .await
-                            .unwrap_or(Err(ProposeError::Busy)),
+                            .unwrap_or(Err(ProposeError::Overloaded)),
                     ),
                     Err(e) => outcome_to_wire(Err(ProposeError::Invalid(format!(
                         "undecodable command: {e}"

@@ -398,11 +398,8 @@ impl Sim {
         // knows of a learner still to be promoted or of fewer than three voters (a new leader
         // may not have applied the last change yet).
         let settled = self
-            .nodes
-            .iter()
-            .flatten()
-            .filter(|c| c.role() == StateRole::Leader)
-            .max_by_key(|c| c.term())
+            .leader()
+            .and_then(|l| self.nodes[l].as_ref())
             .is_some_and(|c| !c.has_pending_change());
         let whole = settled
             && self
@@ -467,16 +464,21 @@ impl Sim {
         self.machines[m].empty = Some(lost);
     }
 
-    /// The leader that a message from slot `from` would reach now, if any: the live leader of
-    /// the highest term in the same partition.
-    fn leader_reachable_from(&self, from: usize) -> Option<usize> {
+    /// The slot of the live leader of the highest term, if any (a deposed leader that has not
+    /// heard of the new term yet may still think it leads).
+    fn leader(&self) -> Option<usize> {
         self.nodes
             .iter()
             .flatten()
             .filter(|c| c.role() == StateRole::Leader)
             .max_by_key(|c| c.term())
             .map(|c| c.id() as usize - 1)
-            .filter(|&l| self.group[l] == self.group[from])
+    }
+
+    /// The leader that a message from slot `from` would reach now, if any: [`Sim::leader`], in
+    /// the same partition.
+    fn leader_reachable_from(&self, from: usize) -> Option<usize> {
+        self.leader().filter(|&l| self.group[l] == self.group[from])
     }
 
     /// Every machine with an empty store asks its peers whether its configured raft id took
@@ -704,14 +706,7 @@ impl Sim {
     /// the members it has seen, promote a caught-up learner, give up on an unanswered
     /// snapshot, and hand leadership away when it is the witness.
     fn leader_duties(&mut self) {
-        let Some(l) = self
-            .nodes
-            .iter()
-            .flatten()
-            .filter(|c| c.role() == StateRole::Leader)
-            .max_by_key(|c| c.term())
-            .map(|c| c.id() as usize - 1)
-        else {
+        let Some(l) = self.leader() else {
             return;
         };
         let now_ms = self.round as u64 * ROUND_MS;
@@ -789,14 +784,7 @@ impl Sim {
         if self.replacing.is_some() {
             return;
         }
-        let Some(leader) = self
-            .nodes
-            .iter()
-            .flatten()
-            .filter(|c| c.role() == StateRole::Leader)
-            .max_by_key(|c| c.term())
-            .map(|c| c.id() as usize - 1)
-        else {
+        let Some(leader) = self.leader() else {
             return;
         };
         let core = self.nodes[leader].as_ref().expect("found above");

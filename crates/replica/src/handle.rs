@@ -21,6 +21,9 @@ pub enum ProposeError {
     Timeout(Duration),
     #[error("the consensus queue is full; try again")]
     Busy,
+    /// The leader had too many forwarded requests in hand to take this one.
+    #[error("the leader has too many forwarded requests waiting; try again")]
+    Overloaded,
     #[error("the write could not be made durable: {0}")]
     Storage(String),
     /// The leader a proposal was forwarded to could not apply it (it says why).

@@ -38,8 +38,9 @@ impl CloseCode {
 /// under the same name), required.
 const CERTIFICATE_ALERTS: [u8; 9] = [42, 43, 44, 45, 46, 48, 49, 51, 116];
 
-/// Whether the connection failed because a certificate was rejected (by either side): QUIC
-/// carries a TLS alert as the transport error code 0x100 + alert (RFC 9001 section 4.8).
+/// Whether the connection failed because a certificate was rejected, as this side's TLS stack
+/// reports it: QUIC carries a TLS alert as the transport error code 0x100 + alert (RFC 9001
+/// section 4.8). A close the peer sends (`ConnectionClosed`) is not read here.
 pub fn is_untrusted(error: &ConnectionError) -> bool {
     let ConnectionError::TransportError(e) = error else {
         return false;

@@ -9,7 +9,7 @@
 
 use super::client::{answer_refused, error, respond, Counted, Refused};
 use super::refusal_to_wire;
-use super::session::{carry, route_to_host, start_session, Route};
+use super::session::{carry, route_to_host, session_slot, start_session, Route};
 use crate::context::Ctx;
 use ferry_proto::state::{self as cmd, command::Kind};
 use ferry_proto::wire::{self, client_response, ErrorCode};
@@ -67,7 +67,20 @@ pub(super) async fn resume_session(
     };
     let (route, (host_send, host_recv, reply)) = match reach_host(ctx, &session, start).await {
         Ok(reached) => reached,
-        Err(refused) => return answer_refused(ctx, &mut send, refused).await,
+        Err(Unreached::Retry(refused)) => return answer_refused(ctx, &mut send, refused).await,
+        Err(Unreached::Gone(refused)) => {
+            // Told first: the close goes through Raft, which may be slow during a failover.
+            let reason = format!("lost: {}", refused.error.message);
+            answer_refused(ctx, &mut send, refused).await;
+            let close = Kind::CloseSession(cmd::CloseSession {
+                session_id: session.id,
+                reason,
+                ..Default::default()
+            });
+            let actor = format!("node:{}", ctx.config.node_id);
+            let _ = ctx.proposer.propose(actor, String::new(), close).await;
+            return;
+        }
     };
     let resumed = client_response::Response::SessionResumed(wire::SessionResumed {
         received: reply.received,
@@ -127,29 +140,25 @@ fn admit(
                 true,
             )
         })?;
-    let slot = ctx
-        .sessions
-        .slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            let e = error(
-                ErrorCode::ResourceExhausted,
-                format!("broker {} is at its session limit", ctx.config.node_id),
-            );
-            (Refused::new("sessions_max", e), false)
-        })?;
+    let slot = session_slot(ctx).map_err(|refused| (refused, false))?;
     Ok((session, slot))
 }
 
+/// Why a resume could not reach its session on the host.
+enum Unreached {
+    /// Not now (the host is not attached anywhere, or did not answer): the client may retry.
+    Retry(Refused),
+    /// The host no longer holds the session: it is lost for good, and is to be closed.
+    Gone(Refused),
+}
+
 /// Reaches the session's host agent wherever it is attached, trying again while it is not
-/// attached anywhere yet or has just moved, until `RESUME_HOST_DEADLINE`. A host that no
-/// longer holds the session has lost it for good: the session is closed.
+/// attached anywhere yet or has just moved, until `RESUME_HOST_DEADLINE`.
 async fn reach_host(
     ctx: &Ctx,
     session: &Session,
     start: wire::SessionStart,
-) -> Result<(Option<Route>, ferry_peer::SessionStreams), Refused> {
+) -> Result<(Option<Route>, ferry_peer::SessionStreams), Unreached> {
     let deadline = Instant::now() + RESUME_HOST_DEADLINE;
     loop {
         let route = route_to_host(ctx, &session.host);
@@ -164,24 +173,17 @@ async fn reach_host(
             Ok(streams) => return Ok((route, streams)),
             Err(e) if matches!(e.code(), ErrorCode::NotFound | ErrorCode::PermissionDenied) => {
                 tracing::warn!(reason = %e.message, "resume refused by the host");
-                let close = Kind::CloseSession(cmd::CloseSession {
-                    session_id: session.id,
-                    reason: format!("lost: {}", e.message),
-                    ..Default::default()
-                });
-                let actor = format!("node:{}", ctx.config.node_id);
-                let _ = ctx.proposer.propose(actor, String::new(), close).await;
-                return Err(Refused {
+                return Err(Unreached::Gone(Refused {
                     error: e,
                     counted: Counted::Lost("host_gone"),
-                });
+                }));
             }
             Err(e) if Instant::now() >= deadline => {
                 tracing::info!(reason = %e.message, "resume failed: host unreachable");
-                return Err(Refused {
+                return Err(Unreached::Retry(Refused {
                     error: e,
                     counted: Counted::Not,
-                });
+                }));
             }
             Err(_) => tokio::time::sleep(RESUME_RETRY_DELAY).await,
         }

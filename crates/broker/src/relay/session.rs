@@ -48,6 +48,21 @@ pub(super) async fn open_session(
     drop(slot);
 }
 
+/// A place among the `limits.sessions_max` sessions this node relays at once, held while the
+/// session is relayed (opened or resumed).
+pub(super) fn session_slot(ctx: &Ctx) -> Result<tokio::sync::OwnedSemaphorePermit, Refused> {
+    ctx.sessions.slots.clone().try_acquire_owned().map_err(|_| {
+        let e = error(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "broker {} is at its limit of {} sessions; try again later or another broker",
+                ctx.config.node_id, ctx.config.limits.sessions_max
+            ),
+        );
+        Refused::new("sessions_max", e)
+    })
+}
+
 /// A session admitted and recorded, about to reach its host.
 struct Admitted {
     user: String,
@@ -75,23 +90,7 @@ async fn admit(
         .await
         .map_err(|e| Refused::new("state_unconfirmed", stale(e)))?;
     let (user, route) = authorize(ctx, open).map_err(|(label, e)| Refused::new(label, e))?;
-    let slot = ctx
-        .sessions
-        .slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            Refused::new(
-                "sessions_max",
-                error(
-                    ErrorCode::ResourceExhausted,
-                    format!(
-                    "broker {} is at its limit of {} sessions; try again later or another broker",
-                    ctx.config.node_id, ctx.config.limits.sessions_max
-                ),
-                ),
-            )
-        })?;
+    let slot = session_slot(ctx)?;
     let resume_secret = auth::new_secret();
     let opened = ctx
         .proposer
