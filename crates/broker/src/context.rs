@@ -1,7 +1,8 @@
 //! [`Ctx`]: the handles of a node's components, built and wired by `node.rs` and handed to the
 //! services and handlers that need them. Each handle is defined by the component that owns it
 //! (`Proposer` in `propose.rs`, `Health` in `health.rs`, `Sessions` in `relay/`, `GateState` in
-//! `gate.rs`); this module only groups them. Nothing here does anything.
+//! `gate.rs`); this module only groups them, and hands a component the few it needs
+//! (`Ctx::upkeep`). Nothing here does anything.
 
 use crate::config::NodeConfig;
 use crate::gate::GateState;
@@ -35,4 +36,18 @@ pub struct Ctx {
     pub consensus: Consensus,
     /// SHA-256 of the admin bearer token.
     pub admin_token_hash: Vec<u8>,
+}
+
+impl Ctx {
+    /// The handles the leader's upkeep (`sweep.rs`) needs.
+    pub fn upkeep(&self) -> crate::sweep::Upkeep {
+        crate::sweep::Upkeep {
+            node_id: self.config.node_id.clone(),
+            replica: self.replica.clone(),
+            proposer: self.proposer.clone(),
+            peers: self.peers.clone(),
+            metrics: self.metrics.clone(),
+            resume_window: self.config.limits.session_resume_window(),
+        }
+    }
 }

@@ -278,9 +278,12 @@ fn supervise_services(
         // A one-node cluster: nothing arrives from peers, so there are no queues to drain.
         drop((inbox, queues, outbox));
     }
-    supervise!("sessions", |c, s| crate::sweep::sweep_sessions(c, s));
+    supervise!("sessions", |c, s| crate::sweep::sweep_sessions(
+        c.upkeep(),
+        s
+    ));
     supervise!("housekeeping", |c, s| {
-        crate::sweep::housekeeping(c, raft_dir.clone(), s)
+        crate::sweep::housekeeping(c.upkeep(), raft_dir.clone(), s)
     });
     supervise!("storage", |c, s| crate::health::storage_probe(c, s));
     supervise!("health", |c, s| crate::health::report_loop(c, s));

@@ -7,7 +7,8 @@
 //!
 //! Until then the node serves what it can without consensus.
 
-use crate::context::Ctx;
+use crate::config::NodeConfig;
+use crate::supervisor::Services;
 use ferry_peer::Peers;
 use ferry_policy::identity::Known;
 use ferry_policy::{Asked, Decision};
@@ -39,11 +40,12 @@ pub struct Identity {
 /// `lost` says why it must rejoin whatever its peers say (its store was quarantined, or its data
 /// directory held a store before). `None` on shutdown.
 pub async fn settle(
-    ctx: &Arc<Ctx>,
+    config: &NodeConfig,
+    peers: Option<&Arc<Peers>>,
+    services: &Services,
     lost: Option<&str>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Identity> {
-    let config = &ctx.config;
     let configured = config.raft.id;
     // Once a peer said the configured id took part, the node rejoins whatever later answers
     // say: a later answer may come from a peer that has not caught up yet.
@@ -52,7 +54,7 @@ pub async fn settle(
     let mut last_said: Option<String> = None;
     loop {
         // Peers are asked only while the answer matters.
-        let answers = match (&ctx.peers, &lost) {
+        let answers = match (peers, &lost) {
             (Some(peers), None) => Some(probe(peers, configured).await),
             (Some(_), Some(_)) => Some(Vec::new()),
             (None, _) => None,
@@ -75,12 +77,9 @@ pub async fn settle(
                 });
             }
             Decision::Rejoin { why } => {
-                let peers = ctx
-                    .peers
-                    .as_ref()
-                    .expect("the policy rejoins only with peers");
+                let peers = peers.expect("the policy rejoins only with peers");
                 lost = Some(why.clone());
-                match ask_rejoin(ctx, peers, &why).await {
+                match ask_rejoin(config, peers, services, &why).await {
                     Ok(raft_id) => return Some(rejoined(raft_id, configured)),
                     Err(waiting) => waiting,
                 }
@@ -91,9 +90,7 @@ pub async fn settle(
             tracing::warn!(%waiting, "consensus cannot start yet");
             last_said = Some(waiting.clone());
         }
-        ctx.health
-            .services
-            .report("raft", ferry_gate::ServiceState::Starting, waiting);
+        services.report("raft", ferry_gate::ServiceState::Starting, waiting);
         tokio::select! {
             _ = tokio::time::sleep(ASK_EVERY) => {}
             _ = shutdown.changed() => return None,
@@ -127,9 +124,13 @@ async fn probe(peers: &Arc<Peers>, raft_id: u64) -> Vec<Asked> {
         .collect()
 }
 
-async fn ask_rejoin(ctx: &Ctx, peers: &Peers, why: &str) -> Result<u64, String> {
-    let config = &ctx.config;
-    ctx.health.services.report(
+async fn ask_rejoin(
+    config: &NodeConfig,
+    peers: &Peers,
+    services: &Services,
+    why: &str,
+) -> Result<u64, String> {
+    services.report(
         "raft",
         ferry_gate::ServiceState::Starting,
         format!("rejoining under a new raft id ({why}): asking the peers for the leader"),
@@ -156,11 +157,7 @@ async fn ask_rejoin(ctx: &Ctx, peers: &Peers, why: &str) -> Result<u64, String> 
 
 /// A peer asks whether its raft id has taken part: answered from this node's applied state
 /// (`ferry_policy::answer` says what counts).
-pub fn answer_probe(
-    config: &crate::NodeConfig,
-    replica: &Replica,
-    probe: &StoreProbe,
-) -> StoreProbeReply {
+pub fn answer_probe(config: &NodeConfig, replica: &Replica, probe: &StoreProbe) -> StoreProbeReply {
     let raft_id = replica.raft_id();
     ferry_policy::answer(&ferry_policy::Knowledge {
         raft_id,

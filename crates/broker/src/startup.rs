@@ -87,8 +87,14 @@ pub async fn consensus_service(
             })
         });
         ctx.replica.set_fresh(lost.is_none());
-        let Some(identity) = crate::rejoin::settle(&ctx, lost.as_deref(), &mut shutdown).await
-        else {
+        let settled = crate::rejoin::settle(
+            &ctx.config,
+            ctx.peers.as_ref(),
+            &ctx.health.services,
+            lost.as_deref(),
+            &mut shutdown,
+        );
+        let Some(identity) = settled.await else {
             return Ok(()); // shut down while waiting
         };
         let node = ctx.config.node_id.clone();
@@ -148,7 +154,7 @@ pub async fn consensus_service(
         .report("raft", ServiceState::Running, String::new());
     if !consensus.recovered_once.swap(true, Ordering::AcqRel) {
         // In the background: with no leader yet (peers still starting), this waits.
-        tokio::spawn(crate::sweep::detach_orphaned_sessions(ctx.clone()));
+        tokio::spawn(crate::sweep::detach_orphaned_sessions(ctx.upkeep()));
     }
     let mut join = tokio::task::spawn_blocking(move || driver.join());
     let mut every = tokio::time::interval(REJOIN_CHECK_EVERY);

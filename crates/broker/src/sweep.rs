@@ -2,16 +2,34 @@
 //! gone are detached, those not resumed in time are closed, as `ferry_policy::sweep` decides)
 //! and the purge of expired tokens; and this node's own orphans after a restart.
 
-use crate::context::Ctx;
+use crate::metrics::Metrics;
+use crate::propose::Proposer;
+use ferry_peer::Peers;
 use ferry_proto::state::{command::Kind, CloseSession, DetachSession};
+use ferry_replica::Replica;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// What the upkeep needs, and nothing more: built by `node.rs` from the node's handles.
+#[derive(Clone)]
+pub struct Upkeep {
+    /// This node's id: the actor of what it proposes, and whose orphans it detaches.
+    pub node_id: String,
+    /// The applied state, and whether this node leads.
+    pub replica: Replica,
+    pub proposer: Proposer,
+    /// Which brokers there are (none in a one-node cluster).
+    pub peers: Option<Arc<Peers>>,
+    pub metrics: Arc<Metrics>,
+    /// How long a detached session may wait for a resume (`limits.session_resume_window_secs`).
+    pub resume_window: Duration,
+}
+
 /// Sessions the state says this node carries lost their path when it restarted: mark them
 /// detached, so that they expire unless their endpoints resume them (here or elsewhere).
-pub async fn detach_orphaned_sessions(ctx: Arc<Ctx>) {
-    let actions = ferry_policy::orphaned_at_restart(&ctx.replica.read(), &ctx.config.node_id);
+pub async fn detach_orphaned_sessions(ctx: Upkeep) {
+    let actions = ferry_policy::orphaned_at_restart(&ctx.replica.read(), &ctx.node_id);
     carry_out(&ctx, actions).await;
 }
 
@@ -22,7 +40,7 @@ const SESSION_SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// and sessions detached for longer than the resume window are closed as lost
 /// (`ferry_policy::sweep`).
 pub async fn sweep_sessions(
-    ctx: Arc<Ctx>,
+    ctx: Upkeep,
     mut shutdown: watch::Receiver<bool>,
 ) -> crate::supervisor::ServiceResult {
     let mut every = tokio::time::interval(SESSION_SWEEP_EVERY);
@@ -39,7 +57,7 @@ pub async fn sweep_sessions(
         {
             continue;
         }
-        let window_ms = ctx.config.limits.session_resume_window().as_millis() as u64;
+        let window_ms = ctx.resume_window.as_millis() as u64;
         let unreachable = unreachable_brokers(&ctx);
         let actions = ferry_policy::sweep(
             &ctx.replica.read(),
@@ -52,8 +70,8 @@ pub async fn sweep_sessions(
 }
 
 /// Proposes what the session sweep decided, counting sessions lost.
-async fn carry_out(ctx: &Ctx, actions: Vec<ferry_policy::SweepAction>) {
-    let actor = format!("node:{}", ctx.config.node_id);
+async fn carry_out(ctx: &Upkeep, actions: Vec<ferry_policy::SweepAction>) {
+    let actor = format!("node:{}", ctx.node_id);
     for action in actions {
         match action {
             ferry_policy::SweepAction::Close { session_id, reason } => {
@@ -98,7 +116,7 @@ async fn carry_out(ctx: &Ctx, actions: Vec<ferry_policy::SweepAction>) {
 }
 
 /// Brokers the leader has not heard from within an election timeout (by node id).
-fn unreachable_brokers(ctx: &Ctx) -> Vec<String> {
+fn unreachable_brokers(ctx: &Upkeep) -> Vec<String> {
     let Some(peers) = &ctx.peers else {
         return Vec::new();
     };
@@ -112,7 +130,7 @@ fn unreachable_brokers(ctx: &Ctx) -> Vec<String> {
 
 /// Periodic upkeep: purge expired tokens, refresh gauges.
 pub async fn housekeeping(
-    ctx: Arc<Ctx>,
+    ctx: Upkeep,
     store_dir: std::path::PathBuf,
     mut shutdown: watch::Receiver<bool>,
 ) -> crate::supervisor::ServiceResult {
@@ -131,7 +149,7 @@ pub async fn housekeeping(
             .is_leader
             .load(std::sync::atomic::Ordering::Acquire)
         {
-            let actor = format!("node:{}", ctx.config.node_id);
+            let actor = format!("node:{}", ctx.node_id);
             let purge = Kind::PurgeExpired(Default::default());
             if let Err(e) = ctx.proposer.propose(actor, String::new(), purge).await {
                 tracing::warn!(error = %e, "token purge failed");
