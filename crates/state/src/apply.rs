@@ -76,6 +76,32 @@ impl StateMachine {
                 self.acquire_lease(c, &command.actor, now),
             ),
             Kind::ReleaseLease(c) => ("maintenance.release", c.node.clone(), self.release_lease(c)),
+            Kind::SetUserDisabled(c) => (
+                if c.disabled {
+                    "user.disable"
+                } else {
+                    "user.enable"
+                },
+                c.name.clone(),
+                self.set_user_disabled(c),
+            ),
+            Kind::RemoveUser(c) => ("user.remove", c.name.clone(), self.remove_user(c)),
+            Kind::SetPassword(c) => ("user.passwd", c.name.clone(), self.set_password(c)),
+            Kind::RevokeUserTokens(c) => (
+                "token.revoke_user",
+                c.user.clone(),
+                self.revoke_user_tokens(c),
+            ),
+            Kind::RemoveGrant(c) => (
+                "grant.remove",
+                format!("{}->{}", c.user_group, c.host_group),
+                self.remove_grant(c),
+            ),
+            Kind::KillSession(c) => (
+                "session.kill",
+                c.session_id.to_string(),
+                self.kill_session(c),
+            ),
             Kind::PurgeExpired(_) => ("purge", String::new(), Ok(self.purge_expired(now))),
             Kind::MembersSeen(c) => ("member.seen", String::new(), Ok(self.members_seen(c))),
             Kind::ChangeMembership(c) => (

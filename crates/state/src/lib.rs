@@ -11,6 +11,7 @@ mod members;
 mod names;
 mod queries;
 mod snapshot;
+mod withdraw;
 
 pub use ferry_proto::state::{
     command::Kind, AuditRecord, ChangeMembership, Command, EnrollmentState, Grant, Host,
