@@ -406,11 +406,16 @@ impl StateMachine {
     }
 
     fn close_session(&mut self, c: &pb::CloseSession, _now: u64) -> Applied {
-        // Closed sessions leave the table; their totals live on in the audit record.
-        self.sessions.remove(&c.session_id).ok_or_else(|| {
+        self.end_session(c.session_id)
+    }
+
+    /// Removes an open session: closed or killed sessions leave the table; their totals and
+    /// reasons live on in the audit record.
+    pub(crate) fn end_session(&mut self, session_id: u64) -> Applied {
+        self.sessions.remove(&session_id).ok_or_else(|| {
             Refusal::new(
                 RefusalKind::NotFound,
-                format!("no open session {}", c.session_id),
+                format!("no open session {session_id}"),
             )
         })?;
         Ok(Outcome::Applied)

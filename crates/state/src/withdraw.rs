@@ -70,13 +70,7 @@ impl StateMachine {
     }
 
     pub(crate) fn kill_session(&mut self, c: &pb::KillSession) -> Applied {
-        self.sessions.remove(&c.session_id).ok_or_else(|| {
-            Refusal::new(
-                RefusalKind::NotFound,
-                format!("no open session {}", c.session_id),
-            )
-        })?;
-        Ok(Outcome::Applied)
+        self.end_session(c.session_id)
     }
 
     /// Whether `session` may go on as the state stands: it is still open (not killed or
