@@ -1,6 +1,8 @@
 //! The leader's session sweep: sessions whose broker is gone are marked detached (their
-//! endpoints may resume them on another broker), and sessions detached for longer than the
-//! resume window are closed as lost.
+//! endpoints may resume them on another broker), sessions detached for longer than the
+//! resume window are closed as lost, and sessions no longer allowed (access withdrawn) are
+//! closed with the reason. (The brokers carrying a withdrawn session cut it themselves, from
+//! their own applied state; the sweep only clears the table.)
 
 use ferry_consensus::PeerProgress;
 use ferry_state::StateMachine;
@@ -36,30 +38,43 @@ pub fn unreachable_brokers(brokers: &[(String, u64)], progress: &[PeerProgress])
 }
 
 /// What the leader does with the sessions in `state` at `now_ms`: close those detached for
-/// `window_ms` or more, detach those still attached to an `unreachable` broker. Closes come
-/// first, in session order.
+/// `window_ms` or more and those no longer allowed, detach those still attached to an
+/// `unreachable` broker. Closes come first, in session order; a session is named once.
 pub fn sweep(
     state: &StateMachine,
     now_ms: u64,
     window_ms: u64,
     unreachable: &[String],
 ) -> Vec<SweepAction> {
-    let expired = state
-        .sessions_expired(now_ms, window_ms)
-        .map(|s| SweepAction::Close {
-            session_id: s.id,
-            reason: format!("lost: not resumed within {} s", window_ms / 1000),
-        });
+    // By session id, so that closes come in session order and name a session once.
+    let mut closes = std::collections::BTreeMap::new();
+    for s in state.sessions_expired(now_ms, window_ms) {
+        closes.insert(
+            s.id,
+            format!("lost: not resumed within {} s", window_ms / 1000),
+        );
+    }
+    for (s, why) in state.sessions_withdrawn() {
+        closes
+            .entry(s.id)
+            .or_insert_with(|| format!("access withdrawn: {}", why.message));
+    }
     let orphaned = state
         .sessions()
+        .filter(|s| !closes.contains_key(&s.id))
         .filter(|s| s.detached_at_ms == 0 && unreachable.contains(&s.broker))
         .map(|s| SweepAction::Detach {
             session_id: s.id,
             broker: s.broker.clone(),
             resumes: s.resumes,
             reason: format!("broker {} unreachable", s.broker),
-        });
-    expired.chain(orphaned).collect()
+        })
+        .collect::<Vec<_>>();
+    closes
+        .into_iter()
+        .map(|(session_id, reason)| SweepAction::Close { session_id, reason })
+        .chain(orphaned)
+        .collect()
 }
 
 /// Sessions the state says `node` carries, when `node` has just started: they lost their path
@@ -138,6 +153,7 @@ mod tests {
             Kind::AddGrant(pb::AddGrant {
                 user_group: "staff".into(),
                 host_group: "lab".into(),
+                services: vec![],
             }),
         );
         for broker in ["b1", "b2", "b2"] {
@@ -150,6 +166,7 @@ mod tests {
                     service: "ssh".into(),
                     broker: broker.into(),
                     resume_secret_hash: ferry_state::hash_secret("resume"),
+                    token_hash: ferry_state::hash_secret("token"),
                 }),
             );
         }
@@ -223,6 +240,49 @@ mod tests {
         );
         assert!(
             matches!(&actions[1], SweepAction::Detach { reason, broker, .. } if reason == "broker b2 unreachable" && broker == "b2")
+        );
+    }
+
+    #[test]
+    fn withdrawn_sessions_are_closed_once_with_the_reason() {
+        let mut state = state();
+        let ids: Vec<u64> = state.sessions().map(|s| s.id).collect();
+        for id in [ids[0], ids[2]] {
+            apply(
+                &mut state,
+                T0,
+                Kind::KillSession(pb::KillSession {
+                    session_id: id,
+                    reason: "offboarding".into(),
+                }),
+            );
+        }
+        let actions = sweep(&state, T0, WINDOW_MS, &["b1".into()]);
+        assert_eq!(summary(&state, &actions), [("close", 1), ("close", 3)]);
+        assert!(
+            matches!(&actions[0], SweepAction::Close { reason, .. } if reason.starts_with("access withdrawn: ") && reason.contains("killed by an administrator: offboarding")),
+            "{actions:?}"
+        );
+        // Expired and withdrawn: closed once, as lost.
+        let actions = sweep(&state, T0 + WINDOW_MS, WINDOW_MS, &[]);
+        assert_eq!(summary(&state, &actions), [("close", 1), ("close", 3)]);
+        assert!(
+            matches!(&actions[1], SweepAction::Close { reason, .. } if reason.starts_with("lost:")),
+            "{actions:?}"
+        );
+        // Removing the grant withdraws every session.
+        apply(
+            &mut state,
+            T0,
+            Kind::RemoveGrant(pb::RemoveGrant {
+                user_group: "staff".into(),
+                host_group: "lab".into(),
+            }),
+        );
+        let actions = sweep(&state, T0, WINDOW_MS, &[]);
+        assert_eq!(
+            summary(&state, &actions),
+            [("close", 1), ("close", 2), ("close", 3)]
         );
     }
 

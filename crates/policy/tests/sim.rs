@@ -282,6 +282,7 @@ impl Sim {
                 kind: Some(Kind::AddGrant(AddGrant {
                     user_group: format!("g{write}"),
                     host_group: "h".into(),
+                    services: vec![],
                 })),
             };
             match core.propose(&command, write) {
@@ -948,7 +949,7 @@ impl Sim {
                 let name = format!("g{m}");
                 nodes
                     .iter()
-                    .all(|c| c.state().grants().any(|(u, _)| u == name))
+                    .all(|c| c.state().grants().any(|g| g.user_group == name))
             });
             if caught_up && marked {
                 let first = nodes[0].state().clone();

@@ -102,6 +102,8 @@ impl StateMachine {
                 c.session_id.to_string(),
                 self.kill_session(c),
             ),
+            Kind::RemoveHost(c) => ("host.remove", c.name.clone(), self.remove_host(c)),
+            Kind::ReEnrollHost(c) => ("host.re_enroll", c.name.clone(), self.re_enroll_host(c)),
             Kind::PurgeExpired(_) => ("purge", String::new(), Ok(self.purge_expired(now))),
             Kind::MembersSeen(c) => ("member.seen", String::new(), Ok(self.members_seen(c))),
             Kind::ChangeMembership(c) => (
@@ -325,15 +327,33 @@ impl StateMachine {
     fn add_grant(&mut self, c: &pb::AddGrant) -> Applied {
         validate_name(NameKind::Group, &c.user_group)?;
         validate_name(NameKind::Group, &c.host_group)?;
-        // Granting twice is not an error: the operator's intent holds either way.
-        self.grants
-            .insert((c.user_group.clone(), c.host_group.clone()));
+        if c.services.len() > SERVICES_PER_HOST_MAX {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                format!(
+                    "a grant names at most {SERVICES_PER_HOST_MAX} services, not {}",
+                    c.services.len()
+                ),
+            ));
+        }
+        for service in &c.services {
+            validate_name(NameKind::Service, service)?;
+        }
+        // Granting twice is not an error: the operator's intent holds either way, and the
+        // latest list of services is the one that counts.
+        self.grants.insert(
+            (c.user_group.clone(), c.host_group.clone()),
+            sorted(&c.services),
+        );
         Ok(Outcome::Applied)
     }
 
     fn revoke_token(&mut self, c: &pb::RevokeToken) -> Applied {
         match self.tokens.remove(&c.token_hash) {
-            Some(_) => Ok(Outcome::Applied),
+            Some(_) => {
+                self.withdraw_sessions_of_token(&c.token_hash);
+                Ok(Outcome::Applied)
+            }
             None => Err(Refusal::new(
                 RefusalKind::NotFound,
                 "the token is not valid (expired, revoked, or never issued)",
@@ -380,7 +400,7 @@ impl StateMachine {
 
     fn open_session(&mut self, c: &pb::OpenSession, now: u64) -> Applied {
         validate_name(NameKind::Service, &c.service)?;
-        self.may_open(&c.user, &c.host)?;
+        self.may_open(&c.user, &c.host, &c.service)?;
         let id = self.next_session_id;
         self.next_session_id += 1;
         self.sessions.insert(
@@ -400,6 +420,8 @@ impl StateMachine {
                 close_reason: String::new(),
                 detached_at_ms: 0,
                 resumes: 0,
+                token_hash: c.token_hash.clone(),
+                withdrawn: String::new(),
             },
         );
         Ok(Outcome::SessionOpened { session_id: id })

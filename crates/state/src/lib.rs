@@ -19,7 +19,7 @@ pub use ferry_proto::state::{
     User,
 };
 pub use names::{validate_name, NameKind};
-pub use queries::{Counts, TokenCheck};
+pub use queries::{Counts, GrantView, TokenCheck};
 pub use snapshot::RestoreError;
 
 use sha2::{Digest, Sha256};
@@ -121,8 +121,9 @@ pub struct StateMachine {
     tokens: BTreeMap<Vec<u8>, Token>,
     /// Hosts by name, enrolled or pending.
     hosts: BTreeMap<String, Host>,
-    /// (user group, host group) pairs: members of the first may open sessions to the second.
-    grants: BTreeSet<(String, String)>,
+    /// (user group, host group) -> services: members of the first may open sessions to those
+    /// services of the second (every service when the list is empty). Lists are sorted.
+    grants: BTreeMap<(String, String), Vec<String>>,
     /// Open sessions by id; closed sessions leave only an audit record.
     sessions: BTreeMap<u64, Session>,
     /// The most recent audit records, oldest first, at most [`AUDIT_RETAINED_MAX`].

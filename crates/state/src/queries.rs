@@ -14,6 +14,15 @@ pub enum TokenCheck<'a> {
     Unknown,
 }
 
+/// One grant, as `StateMachine::grants` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantView<'a> {
+    pub user_group: &'a str,
+    pub host_group: &'a str,
+    /// The services it allows, sorted; empty allows every service.
+    pub services: &'a [String],
+}
+
 /// Sizes of the tables, for status output and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -43,8 +52,12 @@ impl StateMachine {
         self.hosts.values()
     }
 
-    pub fn grants(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.grants.iter().map(|(u, h)| (u.as_str(), h.as_str()))
+    pub fn grants(&self) -> impl Iterator<Item = GrantView<'_>> {
+        self.grants.iter().map(|((u, h), services)| GrantView {
+            user_group: u,
+            host_group: h,
+            services,
+        })
     }
 
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
@@ -143,13 +156,39 @@ impl StateMachine {
         Ok(host)
     }
 
-    /// Is one of `user`'s groups granted one of `host`'s groups?
-    fn granted(&self, user: &User, host: &Host) -> bool {
-        user.groups.iter().any(|ug| {
-            host.groups
-                .iter()
-                .any(|hg| self.grants.contains(&(ug.clone(), hg.clone())))
+    /// The service lists of the grants of one of `user`'s groups to one of `host`'s groups.
+    fn grants_between<'a>(
+        &'a self,
+        user: &'a User,
+        host: &'a Host,
+    ) -> impl Iterator<Item = &'a [String]> + 'a {
+        user.groups.iter().flat_map(move |ug| {
+            host.groups.iter().filter_map(move |hg| {
+                self.grants
+                    .get(&(ug.clone(), hg.clone()))
+                    .map(Vec::as_slice)
+            })
         })
+    }
+
+    /// Is one of `user`'s groups granted one of `host`'s groups (for some service)?
+    fn granted(&self, user: &User, host: &Host) -> bool {
+        self.grants_between(user, host).next().is_some()
+    }
+
+    /// Does a grant of one of `user`'s groups to one of `host`'s groups allow `service`?
+    fn granted_service(&self, user: &User, host: &Host, service: &str) -> bool {
+        self.grants_between(user, host)
+            .any(|services| services.is_empty() || services.iter().any(|s| s == service))
+    }
+
+    /// The services of `host` (as its agent exposed them) that `user` may open.
+    pub fn reachable_services(&self, user: &User, host: &Host) -> Vec<String> {
+        host.services
+            .iter()
+            .filter(|s| self.granted_service(user, host, s))
+            .cloned()
+            .collect()
     }
 
     /// The enrolled hosts `user` may open sessions to, by name, those after `after` (a page's
@@ -175,9 +214,10 @@ impl StateMachine {
             })
     }
 
-    /// May `user` open a session to `host`? Yes when one of the user's groups is granted one of
-    /// the host's groups.
-    pub fn may_open(&self, user: &str, host: &str) -> Result<(), Refusal> {
+    /// May `user` open a session to `service` on `host`? Yes when the user is enabled, the host
+    /// enrolled, and one of the user's groups is granted one of the host's groups for that
+    /// service.
+    pub fn may_open(&self, user: &str, host: &str, service: &str) -> Result<(), Refusal> {
         let u = self.users.get(user).ok_or_else(|| unknown_user(user))?;
         if u.disabled {
             return Err(Refusal::new(
@@ -200,6 +240,20 @@ impl StateMachine {
                      an administrator can run `ferry admin grant USERGROUP HOSTGROUP`",
                     u.groups.join(","),
                     h.groups.join(",")
+                ),
+            ));
+        }
+        if !self.granted_service(u, h, service) {
+            let allowed: Vec<&str> = self
+                .grants_between(u, h)
+                .flatten()
+                .map(String::as_str)
+                .collect();
+            return Err(Refusal::new(
+                RefusalKind::PermissionDenied,
+                format!(
+                    "user {user:?} may reach host {host:?} only for service(s) {}, not {service:?}",
+                    allowed.join(", ")
                 ),
             ));
         }

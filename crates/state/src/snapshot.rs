@@ -34,9 +34,10 @@ impl StateMachine {
             grants: self
                 .grants
                 .iter()
-                .map(|(u, h)| crate::Grant {
+                .map(|((u, h), services)| crate::Grant {
                     user_group: u.clone(),
                     host_group: h.clone(),
+                    services: services.clone(),
                 })
                 .collect(),
             sessions: self.sessions.values().cloned().collect(),
@@ -75,7 +76,9 @@ impl StateMachine {
             state.hosts.insert(host.name.clone(), host);
         }
         for grant in snapshot.grants {
-            state.grants.insert((grant.user_group, grant.host_group));
+            state
+                .grants
+                .insert((grant.user_group, grant.host_group), grant.services);
         }
         for session in snapshot.sessions {
             if session.id >= state.next_session_id {

@@ -41,6 +41,7 @@ fn grant(u: &str, h: &str) -> Kind {
     Kind::AddGrant(pb::AddGrant {
         user_group: u.into(),
         host_group: h.into(),
+        services: vec![],
     })
 }
 
@@ -51,6 +52,7 @@ fn open(user: &str, host: &str) -> Kind {
         service: "ssh".into(),
         broker: "b1".into(),
         resume_secret_hash: hash_secret("resume"),
+        token_hash: hash_secret("token"),
     })
 }
 

@@ -1,11 +1,15 @@
 //! Withdrawing what was granted: disabling and removing users, changing passwords, revoking
-//! a user's tokens, removing grants, killing sessions; and the question every broker asks of
-//! the sessions it carries once the state changed: is this session still allowed?
+//! a user's tokens, removing grants and hosts, re-enrolling hosts, killing sessions; and the
+//! question every broker asks of the sessions it carries once the state changed: is this
+//! session still allowed?
 //!
-//! A session is not ended here: the state only stops allowing it (or, for a killed session,
-//! forgets it). The brokers that carry it watch the applied state and close both ends.
+//! A session is not ended here: the state only stops allowing it, because its user, host or
+//! grant is gone, or because it is marked `withdrawn` (killed, its token revoked). The brokers
+//! that carry it watch the applied state and close both ends; the leader's sweep then closes
+//! it in the table (`ferry_policy::sweep`).
 
-use crate::{Outcome, Refusal, RefusalKind, Session, StateMachine};
+use crate::apply::unknown_host;
+use crate::{EnrollmentState, Outcome, Refusal, RefusalKind, Session, StateMachine};
 use ferry_proto::state as pb;
 
 type Applied = Result<Outcome, Refusal>;
@@ -51,13 +55,60 @@ impl StateMachine {
         if !self.users.contains_key(&c.user) {
             return Err(no_user(&c.user));
         }
-        self.tokens.retain(|_, t| t.user != c.user);
+        let revoked: Vec<Vec<u8>> = self
+            .tokens
+            .iter()
+            .filter(|(_, t)| t.user == c.user)
+            .map(|(hash, _)| hash.clone())
+            .collect();
+        for hash in &revoked {
+            self.tokens.remove(hash);
+            self.withdraw_sessions_of_token(hash);
+        }
+        Ok(Outcome::Applied)
+    }
+
+    /// Marks the sessions opened with the token `token_hash` withdrawn: revoking a token ends
+    /// what it opened. (An expired token is purged without this: expiry limits new sessions,
+    /// not live ones.)
+    pub(crate) fn withdraw_sessions_of_token(&mut self, token_hash: &[u8]) {
+        for session in self.sessions.values_mut() {
+            if !session.token_hash.is_empty() && session.token_hash == token_hash {
+                session.withdrawn = "the login token that opened it was revoked".into();
+            }
+        }
+    }
+
+    pub(crate) fn remove_host(&mut self, c: &pb::RemoveHost) -> Applied {
+        self.hosts
+            .remove(&c.name)
+            .ok_or_else(|| unknown_host(&c.name))?;
+        Ok(Outcome::Applied)
+    }
+
+    pub(crate) fn re_enroll_host(&mut self, c: &pb::ReEnrollHost) -> Applied {
+        if c.enrollment_token_hash.is_empty() {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                "enrollment token hash is empty",
+            ));
+        }
+        let host = self
+            .hosts
+            .get_mut(&c.name)
+            .ok_or_else(|| unknown_host(&c.name))?;
+        // Back to pending: the old credential stops working at once, its sessions end, and
+        // only the new one-time token enrolls the host again.
+        host.enrollment = EnrollmentState::Pending as i32;
+        host.credential_hash.clear();
+        host.enrollment_token_hash = c.enrollment_token_hash.clone();
+        host.enrollment_expires_at_ms = c.enrollment_expires_at_ms;
         Ok(Outcome::Applied)
     }
 
     pub(crate) fn remove_grant(&mut self, c: &pb::RemoveGrant) -> Applied {
         let grant = (c.user_group.clone(), c.host_group.clone());
-        if !self.grants.remove(&grant) {
+        if self.grants.remove(&grant).is_none() {
             return Err(Refusal::new(
                 RefusalKind::NotFound,
                 format!(
@@ -70,20 +121,46 @@ impl StateMachine {
     }
 
     pub(crate) fn kill_session(&mut self, c: &pb::KillSession) -> Applied {
-        self.end_session(c.session_id)
+        let session = self.sessions.get_mut(&c.session_id).ok_or_else(|| {
+            Refusal::new(
+                RefusalKind::NotFound,
+                format!("no open session {}", c.session_id),
+            )
+        })?;
+        session.withdrawn = if c.reason.is_empty() {
+            "killed by an administrator".into()
+        } else {
+            format!("killed by an administrator: {}", c.reason)
+        };
+        Ok(Outcome::Applied)
     }
 
-    /// Whether `session` may go on as the state stands: it is still open (not killed or
-    /// closed), its user exists and is not disabled, its host is still enrolled, and a grant
-    /// still covers them. The refusal says why not, for the ends' close reason and the audit.
-    pub fn session_allowed(&self, session: &Session) -> Result<(), Refusal> {
-        if !self.sessions.contains_key(&session.id) {
-            return Err(Refusal::new(
+    /// Whether the session with id `session_id` may go on as the state stands: it is still
+    /// open and not withdrawn (killed, its token revoked), its user exists and is enabled, its
+    /// host is still enrolled, and a grant still covers its service. The refusal says why not,
+    /// for the ends' close reason and the audit.
+    pub fn session_allowed(&self, session_id: u64) -> Result<&Session, Refusal> {
+        let session = self.sessions.get(&session_id).ok_or_else(|| {
+            Refusal::new(
                 RefusalKind::NotFound,
-                format!("session {} was ended", session.id),
+                format!("session {session_id} was ended"),
+            )
+        })?;
+        if !session.withdrawn.is_empty() {
+            return Err(Refusal::new(
+                RefusalKind::PermissionDenied,
+                format!("session {session_id} was {}", session.withdrawn),
             ));
         }
-        self.may_open(&session.user, &session.host)
+        self.may_open(&session.user, &session.host, &session.service)?;
+        Ok(session)
+    }
+
+    /// Open sessions that may no longer go on, with why: the leader closes them.
+    pub fn sessions_withdrawn(&self) -> impl Iterator<Item = (&Session, Refusal)> {
+        self.sessions
+            .values()
+            .filter_map(|s| self.session_allowed(s.id).err().map(|r| (s, r)))
     }
 }
 
@@ -126,6 +203,7 @@ mod tests {
             Kind::AddGrant(pb::AddGrant {
                 user_group: "staff".into(),
                 host_group: "lab".into(),
+                services: vec![],
             }),
             Kind::IssueToken(pb::IssueToken {
                 user: "alice".into(),
@@ -138,6 +216,7 @@ mod tests {
                 service: "ssh".into(),
                 broker: "b1".into(),
                 resume_secret_hash: hash_secret("resume"),
+                token_hash: hash_secret("alice-token"),
             }),
         ];
         for kind in steps {
@@ -217,7 +296,7 @@ mod tests {
                     reason: "offboarding".into(),
                 }),
                 None,
-                Some("was ended"),
+                Some("killed by an administrator: offboarding"),
             ),
             (
                 "kill twice",
@@ -227,6 +306,58 @@ mod tests {
                 }),
                 Some("no open session"),
                 None,
+            ),
+            (
+                "remove host",
+                Kind::RemoveHost(pb::RemoveHost { name: "pc1".into() }),
+                None,
+                Some("unknown host"),
+            ),
+            (
+                "re-enroll host",
+                Kind::ReEnrollHost(pb::ReEnrollHost {
+                    name: "pc1".into(),
+                    enrollment_token_hash: hash_secret("tok2"),
+                    enrollment_expires_at_ms: T0 + 1000,
+                }),
+                None,
+                Some("has not completed enrollment"),
+            ),
+            (
+                "narrow the grant to other services",
+                Kind::AddGrant(pb::AddGrant {
+                    user_group: "staff".into(),
+                    host_group: "lab".into(),
+                    services: vec!["vnc".into(), "rdp".into()],
+                }),
+                None,
+                Some("only for service(s) rdp, vnc, not \"ssh\""),
+            ),
+            (
+                "narrow the grant to its service",
+                Kind::AddGrant(pb::AddGrant {
+                    user_group: "staff".into(),
+                    host_group: "lab".into(),
+                    services: vec!["ssh".into()],
+                }),
+                None,
+                None,
+            ),
+            (
+                "revoke another token",
+                Kind::RevokeToken(pb::RevokeToken {
+                    token_hash: hash_secret("alice-token-2"),
+                }),
+                Some("not valid"),
+                None,
+            ),
+            (
+                "revoke its token",
+                Kind::RevokeToken(pb::RevokeToken {
+                    token_hash: hash_secret("alice-token"),
+                }),
+                None,
+                Some("token that opened it was revoked"),
             ),
             (
                 "new password",
@@ -252,7 +383,7 @@ mod tests {
                     user: "alice".into(),
                 }),
                 None,
-                None,
+                Some("token that opened it was revoked"),
             ),
         ];
         for (case, kind, refused, not_allowed) in cases {
@@ -271,7 +402,7 @@ mod tests {
                 audits_before + 1,
                 "{case}: audited"
             );
-            match (state.session_allowed(&session), not_allowed) {
+            match (state.session_allowed(session.id).map(|_| ()), not_allowed) {
                 (Ok(()), None) => {}
                 (Err(r), Some(fragment)) => {
                     assert!(r.message.contains(fragment), "{case}: {}", r.message)
