@@ -111,7 +111,7 @@ fn t15_incident_replayed_stopped_relay_on_b2_blocks_b1() {
         .find(|r| r["action"] == "maintenance.acquire.forced")
         .expect("the forced drain is audited");
     eprintln!("audit: {forced}");
-    assert_eq!(forced["actor"], "admin:carol@desk");
+    assert_eq!(forced["actor"], "token:init (carol@desk)");
     assert_eq!(forced["target"], "b1");
     let outcome = forced["outcome"].as_str().unwrap();
     assert!(

@@ -55,7 +55,7 @@ fn t16_drain_moves_20_sessions_then_restart_rejoins_and_releases_the_lease() {
     assert!(out.stderr.contains("b1 is drained"), "{out:?}");
     let status = w.cluster_status().unwrap();
     assert_eq!(status["leases"][0]["node"], "b1");
-    assert_eq!(status["leases"][0]["holder"], "admin:dana@ops");
+    assert_eq!(status["leases"][0]["holder"], "token:init (dana@ops)");
     assert_ne!(status["leader"], "b1", "leadership moved away from b1");
     assert_eq!(w.metric(1, "ferry_sessions_open", ""), 0.0);
     assert_eq!(w.metric(1, "ferry_draining", ""), 1.0);
@@ -166,8 +166,8 @@ fn t16_two_operators_draining_two_nodes_at_once_exactly_one_wins() {
     });
     eprintln!("ann: {ann:?}\nbob: {bob:?}");
     let (winner, loser, holder, held) = match (ann.code, bob.code) {
-        (0, 3) => ("b1", bob, "admin:ann@ops", "b1"),
-        (3, 0) => ("b2", ann, "admin:bob@ops", "b2"),
+        (0, 3) => ("b1", bob, "token:init (ann@ops)", "b1"),
+        (3, 0) => ("b2", ann, "token:init (bob@ops)", "b2"),
         codes => panic!("exactly one drain must win, got exit codes {codes:?}"),
     };
     assert!(

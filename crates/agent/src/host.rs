@@ -223,6 +223,19 @@ pub(crate) const SESSIONS_MAX: usize = 4096;
 const RETIRE_DEADLINE: Duration = Duration::from_secs(30);
 
 impl Agent {
+    /// Ends the sessions the cluster ended (killed, access withdrawn), relayed or waiting for
+    /// a resume: the local connection closes, and the far side is told why if a link is up.
+    fn end_sessions(&self, ended: &[wire::EndSession]) {
+        let sessions = self.sessions();
+        for end in ended {
+            if let Some(held) = sessions.get(&end.session_id) {
+                tracing::info!(session_id = end.session_id, reason = %end.reason, "the cluster ended the session");
+                held.session
+                    .abort(format!("the cluster ended the session: {}", end.reason));
+            }
+        }
+    }
+
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, HostSession>> {
         self.sessions
             .lock()
@@ -325,7 +338,7 @@ async fn attach_once(
                 Ok(wire::BrokerNotice {
                     move_to: Some(to), ..
                 }) => return Some(to),
-                Ok(_) => continue,
+                Ok(notice) => agent.end_sessions(&notice.end_sessions),
                 Err(_) => return None,
             }
         }

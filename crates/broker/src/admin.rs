@@ -1,30 +1,34 @@
 //! The admin API: HTTP+JSON for operators and `ferry admin`, plus health and metrics.
 //!
-//! `/v1/*` requires the bearer token from `admin.token`. `/healthz`, `/readyz` and `/metrics`
-//! are open, because probes and scrapers rarely carry secrets; they reveal no secrets either.
+//! `/v1/*` requires a bearer token whose role allows the request (`admin/access.rs`).
+//! `/healthz`, `/readyz` and `/metrics` are open, because probes and scrapers rarely carry
+//! secrets; they reveal no secrets either.
 
 use crate::context::Ctx;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use ferry_proto::state::{self as cmd, command::Kind};
+use ferry_proto::state::command::Kind;
 use ferry_replica::ProposeError;
-use ferry_state::{hash_secret, Outcome, RefusalKind};
+use ferry_state::{Outcome, RefusalKind};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::watch;
 
+mod access;
+mod accounts;
 mod members;
 mod operations;
 mod page;
+pub use access::{parse_role, required_role, role_name, Caller, INIT_TOKEN_NAME};
+pub use accounts::{AddGrant, AddUser, CreateToken, EnrollHost, Enrollment, SetPassword};
 pub use members::{MemberStatus, Members};
 
-/// Actor recorded in the audit log for admin API calls: "admin", or "admin:<name>" when the
-/// caller says who it is (`X-Ferry-Operator`, see [`actor`]). There is one admin token.
-const ADMIN_ACTOR: &str = "admin";
+/// Prefix of the audit log's actor for admin API calls: `token:<name of the bearer token>`.
+const ADMIN_ACTOR: &str = "token";
 
 /// Service "admin": serves the admin API on `listener`, or (restarted) binds the admin
 /// address again.
@@ -45,21 +49,53 @@ pub(crate) async fn serve(
             })?,
     };
     let app = router(ctx.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await
-        .map_err(|e| format!("the admin API failed: {e}"))
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.changed().await;
+    })
+    .await
+    .map_err(|e| format!("the admin API failed: {e}"))
 }
 
 pub fn router(ctx: Arc<Ctx>) -> Router {
     let api = Router::new()
         .route("/v1/status", get(status))
-        .route("/v1/users", get(list_users).post(add_user))
-        .route("/v1/hosts", get(list_hosts).post(enroll_host))
-        .route("/v1/grants", get(list_grants).post(add_grant))
-        .route("/v1/sessions", get(list_sessions))
+        .route(
+            "/v1/users",
+            get(accounts::list_users).post(accounts::add_user),
+        )
+        .route("/v1/users/{name}", delete(accounts::remove_user))
+        .route("/v1/users/{name}/disable", post(accounts::disable_user))
+        .route("/v1/users/{name}/enable", post(accounts::enable_user))
+        .route("/v1/users/{name}/password", put(accounts::set_password))
+        .route(
+            "/v1/users/{name}/tokens",
+            delete(accounts::revoke_user_tokens),
+        )
+        .route(
+            "/v1/hosts",
+            get(accounts::list_hosts).post(accounts::enroll_host),
+        )
+        .route("/v1/hosts/{name}", delete(accounts::remove_host))
+        .route("/v1/hosts/{name}/re-enroll", post(accounts::re_enroll_host))
+        .route(
+            "/v1/grants",
+            get(accounts::list_grants).post(accounts::add_grant),
+        )
+        .route(
+            "/v1/grants/{user_group}/{host_group}",
+            delete(accounts::remove_grant),
+        )
+        .route("/v1/sessions", get(accounts::list_sessions))
+        .route("/v1/sessions/{id}", delete(accounts::kill_session))
+        .route(
+            "/v1/tokens",
+            get(accounts::list_tokens).post(accounts::create_token),
+        )
+        .route("/v1/tokens/{name}", delete(accounts::revoke_token))
         .route("/v1/audit", get(audit))
         .route("/v1/state/digest", get(state_digest))
         .route("/v1/members", get(members::list).post(members::add))
@@ -83,7 +119,10 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
             "/v1/faults/services",
             axum::routing::post(operations::set_service_fault),
         )
-        .layer(middleware::from_fn_with_state(ctx.clone(), require_token));
+        .layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            access::require_token,
+        ));
     Router::new()
         .route("/", get(operations::status_page))
         .route("/status.json", get(operations::open_status))
@@ -127,29 +166,11 @@ impl From<ProposeError> for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-async fn require_token(State(ctx): State<Arc<Ctx>>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        // Comparing hashes: equal-time comparison of the token itself is not needed.
-        Some(token) if hash_secret(token.trim()) == ctx.admin_token_hash => next.run(request).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong admin token").into_response(),
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing bearer token; send `Authorization: Bearer <contents of admin.token>`",
-        )
-        .into_response(),
-    }
-}
-
-/// Proposes an admin command and maps a refusal to an HTTP status.
-async fn propose(ctx: &Ctx, kind: Kind) -> Result<Outcome, ApiError> {
+/// Proposes an admin command on behalf of `caller` and maps a refusal to an HTTP status.
+async fn propose(ctx: &Ctx, caller: &Caller, kind: Kind) -> Result<Outcome, ApiError> {
     match ctx
         .proposer
-        .propose(ADMIN_ACTOR.into(), "admin-api".into(), kind)
+        .propose(caller.actor(), caller.source(), kind)
         .await?
     {
         Outcome::Refused(r) => {
@@ -311,102 +332,6 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
         .into_response()
 }
 
-#[derive(Deserialize, Serialize, Debug)]
-#[serde(deny_unknown_fields)]
-pub struct AddUser {
-    pub name: String,
-    pub groups: Vec<String>,
-    pub password: String,
-}
-
-/// Shortest password accepted; longer is better, but a floor stops accidents like an empty one.
-const PASSWORD_CHARS_MIN: usize = 8;
-/// Longest password accepted; bounds the argon2 input (and the request) sensibly.
-const PASSWORD_BYTES_MAX: usize = 1024;
-
-async fn add_user(
-    State(ctx): State<Arc<Ctx>>,
-    Json(req): Json<AddUser>,
-) -> ApiResult<serde_json::Value> {
-    if req.password.chars().count() < PASSWORD_CHARS_MIN || req.password.len() > PASSWORD_BYTES_MAX
-    {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "the password must be {PASSWORD_CHARS_MIN} to {PASSWORD_BYTES_MAX} characters long"
-            ),
-        ));
-    }
-    let password = req.password;
-    let password_hash = tokio::task::spawn_blocking(move || crate::auth::hash_password(&password))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    propose(
-        &ctx,
-        Kind::AddUser(cmd::AddUser {
-            name: req.name.clone(),
-            groups: req.groups.clone(),
-            password_hash,
-        }),
-    )
-    .await?;
-    Ok(Json(
-        serde_json::json!({ "name": req.name, "groups": req.groups }),
-    ))
-}
-
-async fn list_users(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
-    let state = ctx.replica.read();
-    let users: Vec<_> = state
-        .users()
-        .map(|u| {
-            serde_json::json!({
-                "name": u.name, "groups": u.groups, "disabled": u.disabled,
-                "failed_logins": u.failed_logins,
-            })
-        })
-        .collect();
-    Json(serde_json::json!({ "users": users }))
-}
-
-#[derive(Deserialize, Serialize, Debug)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollHost {
-    pub name: String,
-    pub groups: Vec<String>,
-}
-
-#[derive(Deserialize, Serialize, Debug)]
-pub struct Enrollment {
-    pub name: String,
-    pub token: String,
-    pub expires_at_ms: u64,
-}
-
-async fn enroll_host(
-    State(ctx): State<Arc<Ctx>>,
-    Json(req): Json<EnrollHost>,
-) -> ApiResult<Enrollment> {
-    let token = crate::auth::new_secret();
-    let expires_at_ms = crate::now_ms() + ctx.config.limits.enrollment_ttl_secs * 1000;
-    propose(
-        &ctx,
-        Kind::CreateHost(cmd::CreateHost {
-            name: req.name.clone(),
-            groups: req.groups,
-            enrollment_token_hash: hash_secret(&token),
-            enrollment_expires_at_ms: expires_at_ms,
-        }),
-    )
-    .await?;
-    Ok(Json(Enrollment {
-        name: req.name,
-        token,
-        expires_at_ms,
-    }))
-}
-
 /// The applied index and a digest of the whole applied state: two nodes at the same applied
 /// index must have the same digest (the corruption trials compare them).
 async fn state_digest(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
@@ -417,69 +342,6 @@ async fn state_digest(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
         "applied": ctx.replica.applied_index(),
         "digest": hex::encode(state.digest()),
     }))
-}
-
-async fn list_hosts(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
-    let state = ctx.replica.read();
-    let hosts: Vec<_> = state
-        .hosts()
-        .map(|h| {
-            let attached = ctx.sessions.hosts.get(&h.name);
-            serde_json::json!({
-                "name": h.name, "groups": h.groups,
-                "enrolled": h.enrollment() == ferry_state::EnrollmentState::Enrolled,
-                "attached_broker": h.attached_broker,
-                // Replicated presence: attached to some broker of the cluster.
-                "connected": attached.is_some() || !h.attached_broker.is_empty(),
-                "services": attached.map(|a| a.services).unwrap_or_default(),
-            })
-        })
-        .collect();
-    Json(serde_json::json!({ "hosts": hosts }))
-}
-
-#[derive(Deserialize, Serialize, Debug)]
-#[serde(deny_unknown_fields)]
-pub struct AddGrant {
-    pub user_group: String,
-    pub host_group: String,
-}
-
-async fn add_grant(State(ctx): State<Arc<Ctx>>, Json(req): Json<AddGrant>) -> ApiResult<AddGrant> {
-    propose(
-        &ctx,
-        Kind::AddGrant(cmd::AddGrant {
-            user_group: req.user_group.clone(),
-            host_group: req.host_group.clone(),
-        }),
-    )
-    .await?;
-    Ok(Json(req))
-}
-
-async fn list_grants(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
-    let state = ctx.replica.read();
-    let grants: Vec<_> = state
-        .grants()
-        .map(|(u, h)| serde_json::json!({ "user_group": u, "host_group": h }))
-        .collect();
-    Json(serde_json::json!({ "grants": grants }))
-}
-
-async fn list_sessions(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
-    let state = ctx.replica.read();
-    let sessions: Vec<_> = state
-        .sessions()
-        .map(|s| {
-            serde_json::json!({
-                "id": s.id, "user": s.user, "host": s.host, "service": s.service,
-                "broker": s.broker, "opened_at_ms": s.opened_at_ms,
-                "state": if s.detached_at_ms == 0 { "relaying" } else { "waiting_for_resume" },
-                "detached_at_ms": s.detached_at_ms, "resumes": s.resumes,
-            })
-        })
-        .collect();
-    Json(serde_json::json!({ "sessions": sessions }))
 }
 
 #[derive(Deserialize)]

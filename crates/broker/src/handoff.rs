@@ -48,6 +48,14 @@ impl NoticeBoard {
         self.lock().remove(&conn_id);
     }
 
+    /// Queues `notice` for the endpoint of connection `conn_id`; false when it is not
+    /// registered or its queue is full.
+    pub fn notify_connection(&self, conn_id: usize, notice: BrokerNotice) -> bool {
+        self.lock()
+            .get(&conn_id)
+            .is_some_and(|(_, tx)| tx.try_send(notice).is_ok())
+    }
+
     /// Queues `notice` for every endpoint of `role`; returns how many got it.
     fn notify(&self, role: Role, notice: &BrokerNotice) -> usize {
         self.lock()
@@ -144,6 +152,7 @@ pub async fn hand_off(
     let notice = BrokerNotice {
         move_to: Some(target.clone()),
         reason: format!("broker {} is draining", ctx.config.node_id),
+        end_sessions: Vec::new(),
     };
     let hosts_notified = ctx.sessions.notices.notify(Role::Host, &notice);
     let hosts = ctx.sessions.hosts.names();

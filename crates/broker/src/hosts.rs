@@ -9,6 +9,9 @@ pub struct AttachedHost {
     pub conn: quinn::Connection,
     /// Services the agent exposes (names only; the agent alone knows their local addresses).
     pub services: Vec<String>,
+    /// SHA-256 of the credential it attached with: when the state no longer accepts it (the
+    /// host was removed or re-enrolled), the agent is disconnected.
+    pub credential_hash: Vec<u8>,
 }
 
 /// The hosts attached to this node. At most one connection per host name: a host that

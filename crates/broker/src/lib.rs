@@ -25,6 +25,7 @@ pub mod relay;
 pub mod startup;
 pub mod supervisor;
 pub mod sweep;
+pub mod withdraw;
 
 pub use config::NodeConfig;
 pub use node::{start, RunningNode};

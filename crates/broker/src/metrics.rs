@@ -86,6 +86,8 @@ pub struct Metrics {
     pub sessions_refused: Family<Reason, Counter>,
     pub sessions_open: Gauge,
     pub sessions_resumed: Counter,
+    /// Sessions this node cut because the state no longer allows them (`withdraw.rs`).
+    pub sessions_withdrawn: Counter,
     /// Seconds from a resume request to the session flowing again (host reached, offsets
     /// exchanged).
     pub resume_seconds: Histogram,
@@ -188,6 +190,12 @@ impl Metrics {
             sessions_resumed: register!(
                 "sessions_resumed",
                 "Sessions resumed through this node after their path broke or moved",
+                Counter::default()
+            ),
+            sessions_withdrawn: register!(
+                "sessions_withdrawn",
+                "Sessions this node cut because their access was withdrawn (killed, user \
+                 disabled or removed, token revoked, grant or host removed)",
                 Counter::default()
             ),
             resume_seconds: register!(

@@ -285,6 +285,7 @@ fn supervise_services(
     supervise!("housekeeping", |c, s| {
         crate::sweep::housekeeping(c.upkeep(), raft_dir.clone(), s)
     });
+    supervise!("withdraw", |c, s| crate::withdraw::watch_withdrawals(c, s));
     supervise!("storage", |c, s| crate::health::storage_probe(c, s));
     supervise!("health", |c, s| crate::health::report_loop(c, s));
     supervise!("gate", |c, s| crate::gate::gate_loop(c, s));

@@ -1,6 +1,6 @@
 //! `ferry admin`: a client of the admin API. Tries each broker in client.toml in turn.
 
-use crate::args::{AdminArgs, AdminCommand, HostCommand, UserCommand};
+use crate::args::{AdminArgs, AdminCommand};
 use crate::{CliResult, Failure};
 use ferry_agent::error::exit;
 use ferry_agent::ClientConfig;
@@ -133,6 +133,11 @@ impl AdminClient {
             .await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, Failure> {
+        self.call(|url| self.http.put(format!("{url}{path}")).json(body))
+            .await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Value, Failure> {
         self.call(|url| self.http.delete(format!("{url}{path}")))
             .await
@@ -227,63 +232,19 @@ pub async fn run(config: Option<&Path>, args: AdminArgs) -> CliResult {
                 print_status(&status);
             }
         }
-        AdminCommand::User(UserCommand::Add {
-            name,
-            groups,
-            password_stdin,
-        }) => {
-            let password = read_password(password_stdin)?;
-            let body = serde_json::json!({ "name": name, "groups": groups, "password": password });
-            client.post("/v1/users", &body).await?;
-            eprintln!("user {name:?} added (groups: {})", groups.join(", "));
-        }
-        AdminCommand::User(UserCommand::List) => {
-            let users = client.get("/v1/users").await?;
-            table(
-                json,
-                &users,
-                "users",
-                &["name", "groups", "disabled", "failed_logins"],
-            );
-        }
-        AdminCommand::Host(HostCommand::Enroll { name, groups }) => {
-            let body = serde_json::json!({ "name": name, "groups": groups });
-            let enrollment = client.post("/v1/hosts", &body).await?;
-            let token = enrollment["token"].as_str().unwrap_or_default();
-            // The token alone on stdout, so `TOKEN=$(ferry admin ... host enroll ...)` works.
-            println!("{token}");
-            eprintln!(
-                "one-time enrollment token for host {name:?}; on the host run:\n  \
-                 ferry host --config client.toml --name {name} --state-dir /var/lib/ferry \
-                 --enroll <token> --expose ssh=127.0.0.1:22"
-            );
-        }
-        AdminCommand::Host(HostCommand::List) => {
-            let hosts = client.get("/v1/hosts").await?;
-            table(
-                json,
-                &hosts,
-                "hosts",
-                &[
-                    "name",
-                    "groups",
-                    "enrolled",
-                    "connected",
-                    "attached_broker",
-                    "services",
-                ],
-            );
-        }
-        AdminCommand::Grant { group, host_group } => {
-            let body = serde_json::json!({ "user_group": group, "host_group": host_group });
-            client.post("/v1/grants", &body).await?;
-            eprintln!(
-                "users of group {group:?} may now open sessions to hosts of group {host_group:?}"
-            );
-        }
+        AdminCommand::User(command) => crate::access::user(&client, command, json).await?,
+        AdminCommand::Host(command) => crate::access::host(&client, command, json).await?,
+        AdminCommand::Grant(grant) => crate::access::grant(&client, grant, json).await?,
+        AdminCommand::Session(command) => crate::access::session(&client, command, json).await?,
+        AdminCommand::Token(command) => crate::access::token(&client, command, json).await?,
         AdminCommand::Grants => {
             let grants = client.get("/v1/grants").await?;
-            table(json, &grants, "grants", &["user_group", "host_group"]);
+            table(
+                json,
+                &grants,
+                "grants",
+                &["user_group", "host_group", "services"],
+            );
         }
         AdminCommand::Sessions => {
             let mut sessions = client.get("/v1/sessions").await?;
@@ -335,7 +296,7 @@ pub(crate) fn password_from_stdin() -> Result<String, Failure> {
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
-fn read_password(from_stdin: bool) -> Result<String, Failure> {
+pub(crate) fn read_password(from_stdin: bool) -> Result<String, Failure> {
     if from_stdin {
         return password_from_stdin();
     }

@@ -186,12 +186,19 @@ pub enum AdminCommand {
     /// Manage hosts.
     #[command(subcommand)]
     Host(HostCommand),
-    /// Allow users of GROUP to open sessions to hosts of HOSTGROUP.
-    Grant { group: String, host_group: String },
+    /// Allow users of GROUP to open sessions to hosts of HOSTGROUP (`grant GROUP HOSTGROUP
+    /// [--services ssh,vnc]`), or withdraw that (`grant remove GROUP HOSTGROUP`).
+    Grant(GrantArgs),
     /// List grants.
     Grants,
     /// List open sessions.
     Sessions,
+    /// End a session (`session kill ID`).
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Named admin API tokens with roles, and revoking a user's login tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Inspect and change the cluster's membership (one change at a time).
     #[command(subcommand)]
     Member(MemberCommand),
@@ -200,6 +207,62 @@ pub enum AdminCommand {
         /// Only records after this sequence number.
         #[arg(long, default_value_t = 0)]
         after: u64,
+    },
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct GrantArgs {
+    #[command(subcommand)]
+    pub command: Option<GrantCommand>,
+    /// The user group.
+    #[arg(required = true)]
+    pub group: Option<String>,
+    /// The host group.
+    #[arg(required = true)]
+    pub host_group: Option<String>,
+    /// Only these services (comma-separated, e.g. `ssh,vnc`); without it, every service.
+    /// Granting again replaces the list.
+    #[arg(long, value_delimiter = ',')]
+    pub services: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GrantCommand {
+    /// Withdraw a grant: the sessions it allowed end on every broker.
+    Remove { group: String, host_group: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCommand {
+    /// End a session on every broker, relayed or waiting for a resume; both ends close.
+    Kill {
+        id: u64,
+        /// Why, for the audit log and the ends' logs.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a named admin token with a role; prints the token alone on stdout, once.
+    /// Roles: read (status, lists, audit), operator (also drain, undrain, restart-check,
+    /// session kill), admin (also users, hosts, grants, members, tokens).
+    Create {
+        name: String,
+        #[arg(long, value_parser = ["read", "operator", "admin"])]
+        role: String,
+    },
+    /// List admin tokens: names, roles, who created them (never the tokens).
+    List,
+    /// Revoke a named admin token, or with --user every login token of a user (their sessions
+    /// opened with those tokens end).
+    Revoke {
+        #[arg(required_unless_present = "user", conflicts_with = "user")]
+        name: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
     },
 }
 
@@ -257,6 +320,19 @@ pub enum UserCommand {
     },
     /// List users.
     List,
+    /// Disable a user: no login, no new session, and their live sessions end on every broker.
+    Disable { name: String },
+    /// Enable a disabled user again.
+    Enable { name: String },
+    /// Remove a user and their login tokens; their live sessions end.
+    Remove { name: String },
+    /// Set a user's password (the old one stops working; tokens stay: `token revoke --user`).
+    Passwd {
+        name: String,
+        /// Read the password from the first line of stdin instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -270,6 +346,11 @@ pub enum HostCommand {
     },
     /// List hosts.
     List,
+    /// Remove a host: its agent is disconnected and refused everywhere, its sessions end.
+    Remove { name: String },
+    /// Issue a new one-time enrollment token for a host (alone, on stdout); its old
+    /// credential stops working at once.
+    ReEnroll { name: String },
 }
 
 #[derive(Args, Debug)]

@@ -104,6 +104,25 @@ impl StateMachine {
             ),
             Kind::RemoveHost(c) => ("host.remove", c.name.clone(), self.remove_host(c)),
             Kind::ReEnrollHost(c) => ("host.re_enroll", c.name.clone(), self.re_enroll_host(c)),
+            Kind::CreateAdminToken(c) => (
+                "token.create",
+                c.name.clone(),
+                self.create_admin_token(c, &command.actor, now),
+            ),
+            Kind::AdminForbidden(c) => (
+                "admin.forbidden",
+                c.request
+                    .chars()
+                    .take(crate::names::NAME_BYTES_MAX * 4)
+                    .collect(),
+                Err(Refusal::new(
+                    RefusalKind::PermissionDenied,
+                    c.reason.clone(),
+                )),
+            ),
+            Kind::RevokeAdminToken(c) => {
+                ("token.revoke", c.name.clone(), self.revoke_admin_token(c))
+            }
             Kind::PurgeExpired(_) => ("purge", String::new(), Ok(self.purge_expired(now))),
             Kind::MembersSeen(c) => ("member.seen", String::new(), Ok(self.members_seen(c))),
             Kind::ChangeMembership(c) => (
@@ -153,6 +172,12 @@ impl StateMachine {
             ),
             (Outcome::Applied, Some(Kind::ReleaseLease(c))) => format!("ok: {}", c.reason),
             (Outcome::Applied, Some(Kind::ChangeMembership(c))) if !c.reason.is_empty() => {
+                format!("ok: {}", c.reason)
+            }
+            (Outcome::Applied, Some(Kind::CloseSession(c))) if !c.reason.is_empty() => {
+                format!("ok: {}", c.reason)
+            }
+            (Outcome::Applied, Some(Kind::KillSession(c))) if !c.reason.is_empty() => {
                 format!("ok: {}", c.reason)
             }
             (Outcome::Applied, _) => "ok".to_owned(),

@@ -5,6 +5,7 @@
 //! hashed. Applying the same commands in the same order to the same snapshot therefore yields the
 //! same state on every node, which is what lets consensus (issue 2) replicate it.
 
+mod admin_tokens;
 mod apply;
 mod maintenance;
 mod members;
@@ -13,10 +14,11 @@ mod queries;
 mod snapshot;
 mod withdraw;
 
+pub use admin_tokens::ADMIN_TOKENS_MAX;
 pub use ferry_proto::state::{
-    command::Kind, AuditRecord, ChangeMembership, Command, EnrollmentState, Grant, Host,
-    MaintenanceLease, Member, MemberRole, MembershipAction, Session, SessionState, Snapshot, Token,
-    User,
+    command::Kind, AdminRole, AdminToken, AuditRecord, ChangeMembership, Command, EnrollmentState,
+    Grant, Host, MaintenanceLease, Member, MemberRole, MembershipAction, Session, SessionState,
+    Snapshot, Token, User,
 };
 pub use names::{validate_name, NameKind};
 pub use queries::{Counts, GrantView, TokenCheck};
@@ -141,6 +143,8 @@ pub struct StateMachine {
     seen_raft_ids: BTreeSet<u64>,
     /// Nodes under maintenance, by node id (see `maintenance.rs`).
     leases: BTreeMap<String, MaintenanceLease>,
+    /// Named admin API tokens, by name (see `admin_tokens.rs`).
+    admin_tokens: BTreeMap<String, AdminToken>,
 }
 
 impl StateMachine {

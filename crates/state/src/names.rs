@@ -14,6 +14,8 @@ pub enum NameKind {
     Group,
     Service,
     Node,
+    /// An admin API token's name.
+    Token,
 }
 
 impl NameKind {
@@ -24,6 +26,7 @@ impl NameKind {
             NameKind::Group => "group",
             NameKind::Service => "service",
             NameKind::Node => "node",
+            NameKind::Token => "token",
         }
     }
 }

@@ -48,6 +48,7 @@ impl StateMachine {
             retired_raft_ids: self.retired_raft_ids.iter().copied().collect(),
             leases: self.leases.values().cloned().collect(),
             seen_raft_ids: self.seen_raft_ids.iter().copied().collect(),
+            admin_tokens: self.admin_tokens.values().cloned().collect(),
         }
     }
 
@@ -109,6 +110,15 @@ impl StateMachine {
             }
             if state.members.insert(member.raft_id, member).is_some() {
                 return inconsistent("duplicate member".into());
+            }
+        }
+        for token in snapshot.admin_tokens {
+            if state
+                .admin_tokens
+                .insert(token.name.clone(), token)
+                .is_some()
+            {
+                return inconsistent("duplicate admin token".into());
             }
         }
         for lease in snapshot.leases {

@@ -164,6 +164,7 @@ fn a_single_node_core_on_sled_commits_and_recovers_its_state() {
                 kind: Some(Kind::AddGrant(AddGrant {
                     user_group: format!("g{i}"),
                     host_group: "h".into(),
+                    services: vec![],
                 })),
                 ..Default::default()
             };

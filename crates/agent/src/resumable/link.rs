@@ -77,8 +77,12 @@ pub(super) async fn link_writer(
             }
             continue;
         };
-        if write_frame(&mut send, frame, &mut encoded).await.is_err() {
-            return link_lost(&shared, generation, "writing");
+        match write_frame(&mut send, frame, &mut encoded).await {
+            Ok(()) => {}
+            Err(quinn::WriteError::Stopped(code)) if code == RESET_ENDED => {
+                return ended_by_cluster(&shared, generation);
+            }
+            Err(_) => return link_lost(&shared, generation, "writing"),
         }
     }
 }
@@ -134,6 +138,9 @@ pub(super) async fn link_reader(shared: Arc<Shared>, generation: u64, mut recv: 
                 }
                 return;
             }
+            Err(quinn::ReadError::Reset(code)) if code == RESET_ENDED => {
+                return ended_by_cluster(&shared, generation);
+            }
             Err(e) => {
                 return link_lost(&shared, generation, &format!("reading: {e}"));
             }
@@ -183,6 +190,15 @@ fn handle_chunk(shared: &Shared, generation: u64, decoder: &mut Decoder) -> bool
     shared.local_writer.notify_one();
     shared.local_reader.notify_one();
     true
+}
+
+/// A broker reset the link with [`RESET_ENDED`]: the cluster ended the session (killed, or
+/// its access withdrawn). Resuming would be refused, so the session ends here.
+fn ended_by_cluster(shared: &Shared, generation: u64) {
+    let mut core = lock(shared);
+    if core.generation == generation {
+        finish(shared, &mut core, Ending::Lost(ENDED_BY_CLUSTER.into()));
+    }
 }
 
 /// The current link failed: the session waits for a new one.

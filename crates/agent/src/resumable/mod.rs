@@ -19,6 +19,7 @@ mod link;
 
 use bytes::{Bytes, BytesMut};
 use ferry_session::{Decoder, Delivery, Frame, Stream};
+use ferry_transport::splice::RESET_ENDED;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -31,6 +32,9 @@ const ACK_INTERVAL: Duration = Duration::from_millis(20);
 const LOCAL_READ_BYTES_MAX: usize = 64 * 1024;
 /// Stream error code an endpoint uses when it leaves a link because the session moved on.
 pub const RESET_MOVED: quinn::VarInt = quinn::VarInt::from_u32(0x5e);
+/// Why a session the cluster ended (see [`RESET_ENDED`]) ended, as the endpoint says it.
+pub const ENDED_BY_CLUSTER: &str =
+    "the cluster ended the session: it was killed or its access was withdrawn";
 
 /// A QUIC stream pair that reaches the far endpoint, and what the far side has received.
 pub struct Link {
@@ -250,6 +254,16 @@ impl Session {
     pub fn end(&self, why: Ending) {
         let mut core = self.core();
         finish(&self.shared, &mut core, why);
+    }
+
+    /// Gives the session up for `why`: the far side is told (an Abort frame, if a link is up)
+    /// and the local connection is closed.
+    pub fn abort(&self, why: String) {
+        let mut core = self.core();
+        if core.phase != Phase::Ended {
+            core.stream.abort(why.clone());
+            finish(&self.shared, &mut core, Ending::Aborted(why));
+        }
     }
 
     /// Watches the session's phase.

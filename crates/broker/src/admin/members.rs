@@ -5,10 +5,11 @@
 //! stay). Removal retires the member's raft id for good. Every change is a Raft configuration
 //! change made by the leader (followers forward it), audited in the state machine.
 
-use super::{propose, ApiError, ApiResult, ADMIN_ACTOR};
+use super::{propose, ApiError, ApiResult, Caller};
 use crate::context::Ctx;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::Extension;
 use axum::Json;
 use ferry_gate::Role;
 use ferry_proto::state::{command::Kind, ChangeMembership, Member, MembershipAction};
@@ -129,6 +130,7 @@ pub struct AddMember {
 
 pub(super) async fn add(
     State(ctx): State<Arc<Ctx>>,
+    Extension(caller): Extension<Caller>,
     Json(req): Json<AddMember>,
 ) -> ApiResult<MemberChanged> {
     ferry_state::validate_name(ferry_state::NameKind::Host, &req.node_id)
@@ -160,7 +162,7 @@ pub(super) async fn add(
         voter: !req.learner,
         relay_addr: req.relay_addr.map(|a| a.to_string()).unwrap_or_default(),
     };
-    change(&ctx, MembershipAction::AddLearner, member, false).await?;
+    change(&ctx, &caller, MembershipAction::AddLearner, member, false).await?;
     let message = if req.learner {
         format!("{} added as a learner; it stays one", req.node_id)
     } else {
@@ -213,10 +215,11 @@ fn find(ctx: &Ctx, node_id: &str) -> Result<Member, ApiError> {
 
 pub(super) async fn promote(
     State(ctx): State<Arc<Ctx>>,
+    Extension(caller): Extension<Caller>,
     Path(node_id): Path<String>,
 ) -> ApiResult<MemberChanged> {
     let member = find(&ctx, &node_id)?;
-    change(&ctx, MembershipAction::Promote, member, false).await?;
+    change(&ctx, &caller, MembershipAction::Promote, member, false).await?;
     Ok(Json(MemberChanged {
         message: format!("{node_id} is now a voter"),
     }))
@@ -224,6 +227,7 @@ pub(super) async fn promote(
 
 pub(super) async fn remove(
     State(ctx): State<Arc<Ctx>>,
+    Extension(caller): Extension<Caller>,
     Path(node_id): Path<String>,
     Query(query): Query<RemoveQuery>,
 ) -> ApiResult<MemberChanged> {
@@ -231,7 +235,7 @@ pub(super) async fn remove(
     if query.force {
         tracing::warn!(node = %node_id, "forced removal: the quorum check is skipped");
     }
-    change(&ctx, MembershipAction::Remove, member, query.force).await?;
+    change(&ctx, &caller, MembershipAction::Remove, member, query.force).await?;
     Ok(Json(MemberChanged {
         message: format!(
             "{node_id} removed; its raft id is retired. Stop its process; to bring the machine \
@@ -242,6 +246,7 @@ pub(super) async fn remove(
 
 async fn change(
     ctx: &Ctx,
+    caller: &Caller,
     action: MembershipAction,
     member: Member,
     forced: bool,
@@ -252,7 +257,7 @@ async fn change(
         forced,
         reason: String::new(),
     });
-    propose(ctx, kind).await.map(drop).inspect_err(|e| {
-        tracing::info!(actor = ADMIN_ACTOR, error = %e.message, "membership change refused");
+    propose(ctx, caller, kind).await.map(drop).inspect_err(|e| {
+        tracing::info!(actor = %caller.actor(), error = %e.message, "membership change refused");
     })
 }

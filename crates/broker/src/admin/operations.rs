@@ -2,7 +2,7 @@
 //! status page, the restart gate, maintenance (drain and undrain), and the test-only service
 //! switch.
 
-use super::{page, ApiError, ApiResult, ADMIN_ACTOR};
+use super::{page, ApiError, ApiResult};
 use crate::context::Ctx;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -32,28 +32,6 @@ pub(super) async fn status_page(State(ctx): State<Arc<Ctx>>) -> Response {
         page::render(&crate::cluster::status(&ctx).redacted()),
     )
         .into_response()
-}
-
-/// Longest operator name accepted from `X-Ferry-Operator`.
-const OPERATOR_BYTES_MAX: usize = 64;
-
-/// Who is acting, for the audit log: "admin:<X-Ferry-Operator>" (`ferry admin` sends
-/// `$USER@hostname`), or "admin" without it. One admin token is shared; the name is the
-/// operator's word, recorded so that forced overrides can be traced to a person.
-fn actor(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
-    let Some(value) = headers.get("x-ferry-operator") else {
-        return Ok(ADMIN_ACTOR.to_owned());
-    };
-    let name = value.to_str().ok().filter(|v| {
-        !v.is_empty() && v.len() <= OPERATOR_BYTES_MAX && v.chars().all(|c| c.is_ascii_graphic())
-    });
-    match name {
-        Some(name) => Ok(format!("{ADMIN_ACTOR}:{name}")),
-        None => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("X-Ferry-Operator must be 1 to {OPERATOR_BYTES_MAX} printable ASCII characters without spaces"),
-        )),
-    }
 }
 
 impl From<crate::gate::GateError> for ApiError {
@@ -100,13 +78,10 @@ pub struct DrainRequest {
 pub(super) async fn drain(
     State(ctx): State<Arc<Ctx>>,
     axum::extract::Path(node): axum::extract::Path<String>,
-    headers: axum::http::HeaderMap,
+    axum::Extension(caller): axum::Extension<super::Caller>,
     Json(req): Json<DrainRequest>,
 ) -> Response {
-    let actor = match actor(&headers) {
-        Ok(actor) => actor,
-        Err(e) => return e.into_response(),
-    };
+    let actor = caller.actor();
     match crate::gate::acquire(&ctx, &node, &actor, req.force).await {
         Ok(answer) => Json(answer).into_response(),
         Err(crate::gate::GateError::Refused(answer)) => {
@@ -125,15 +100,15 @@ pub(super) async fn drain(
 pub(super) async fn undrain(
     State(ctx): State<Arc<Ctx>>,
     axum::extract::Path(node): axum::extract::Path<String>,
-    headers: axum::http::HeaderMap,
+    axum::Extension(caller): axum::Extension<super::Caller>,
 ) -> ApiResult<serde_json::Value> {
-    let actor = actor(&headers)?;
+    let actor = caller.actor();
     crate::gate::release(
         &ctx,
         &node,
         0,
         &actor,
-        "admin-api",
+        &caller.source(),
         format!("undrained by {actor}"),
     )
     .await

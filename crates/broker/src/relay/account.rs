@@ -60,7 +60,7 @@ pub(super) async fn list_hosts(
         let entry = wire::HostEntry {
             name: host.name.clone(),
             groups: host.groups.clone(),
-            services: host.services.clone(),
+            services: state.reachable_services(&user, host),
             online: !host.attached_broker.is_empty(),
             broker: host.attached_broker.clone(),
         };

@@ -188,6 +188,7 @@ async fn attach(
         AttachedHost {
             conn: conn.clone(),
             services: attach.services.clone(),
+            credential_hash: hash_secret(&attach.credential),
         },
     );
     if let Some(old) = replaced {

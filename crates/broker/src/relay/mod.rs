@@ -32,6 +32,8 @@ pub struct Sessions {
     pub throttle: std::sync::Mutex<crate::auth::LoginThrottle>,
     /// One permit per session relayed at once (`limits.sessions_max`).
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// The sessions relayed now, each with its cut switch (`withdraw.rs`).
+    pub carried: crate::withdraw::Carried,
     /// One permit per QUIC connection (`limits.connections_max`), kept across restarts of
     /// the relay listener.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
@@ -50,6 +52,7 @@ impl Sessions {
                 std::time::Duration::from_secs(limits.login_lockout_secs),
             )),
             slots: Arc::new(Semaphore::new(limits.sessions_max)),
+            carried: Default::default(),
             connection_slots: Arc::new(Semaphore::new(limits.connections_max)),
             unauthenticated_slots: Arc::new(Semaphore::new(limits.unauthenticated_max)),
         }

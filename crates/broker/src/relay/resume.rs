@@ -128,10 +128,12 @@ fn admit(
         let refused = Refused::new("draining", crate::handoff::draining_error(ctx));
         return Err((refused, false));
     }
-    let session = ctx
-        .replica
-        .read()
+    let state = ctx.replica.read();
+    // The secret first (a stranger learns nothing about the session), then whether the session
+    // may still go on: a resume re-checks authorization like an open.
+    let session = state
         .may_resume(resume.session_id, secret_hash)
+        .and_then(|s| state.session_allowed(s.id))
         .cloned()
         .map_err(|refusal| {
             tracing::warn!(reason = %refusal.message, "resume refused");
@@ -140,6 +142,7 @@ fn admit(
                 true,
             )
         })?;
+    drop(state);
     let slot = session_slot(ctx).map_err(|refused| (refused, false))?;
     Ok((session, slot))
 }

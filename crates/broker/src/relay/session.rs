@@ -90,6 +90,7 @@ async fn admit(
         .await
         .map_err(|e| Refused::new("state_unconfirmed", stale(e)))?;
     let (user, route) = authorize(ctx, open).map_err(|(label, e)| Refused::new(label, e))?;
+    let token_hash = hash_secret(&open.token);
     let slot = session_slot(ctx)?;
     let resume_secret = auth::new_secret();
     let opened = ctx
@@ -103,6 +104,7 @@ async fn admit(
                 service: open.service.clone(),
                 broker: ctx.config.node_id.clone(),
                 resume_secret_hash: hash_secret(&resume_secret),
+                token_hash,
             }),
         )
         .await;
@@ -206,7 +208,7 @@ fn authorize(
                 )),
             };
         state
-            .may_open(&user, &open.host)
+            .may_open(&user, &open.host, &open.service)
             .map_err(|r| ("not_granted", refusal_to_wire(&r)))?;
         // Presence is replicated: when the agent is attached to another broker, that broker
         // carries the session (it also checks the service, which only it knows).
@@ -312,10 +314,29 @@ pub(super) async fn carry(
     (client_send, client_recv): (quinn::SendStream, quinn::RecvStream),
     (host_send, host_recv): (quinn::SendStream, quinn::RecvStream),
 ) {
-    let (a, b) = splice_session(ctx, client_recv, host_send, host_recv, client_send).await;
+    let registration = ctx.sessions.carried.register(session_id);
+    let (a, b) = splice_session(
+        ctx,
+        client_recv,
+        host_send,
+        host_recv,
+        client_send,
+        registration.cut.clone(),
+    )
+    .await;
+    drop(registration);
     let up = *a.as_ref().unwrap_or(&0);
     let down = *b.as_ref().unwrap_or(&0);
     let actor = format!("node:{}", ctx.config.node_id);
+    if matches!(a, Err(splice::Error::Ended)) || matches!(b, Err(splice::Error::Ended)) {
+        // Withdrawn: the leader's sweep closes it with the reason; a detach would say less.
+        tracing::info!(
+            bytes_client_to_host = up,
+            bytes_host_to_client = down,
+            "session cut: its access was withdrawn"
+        );
+        return;
+    }
     let command = match (a, b) {
         (Ok(_), Ok(_)) => {
             tracing::info!(
@@ -399,6 +420,7 @@ pub(crate) async fn carry_for_peer(ctx: std::sync::Arc<Ctx>, incoming: ferry_pee
         recv,
     } = incoming;
     let start = request.start.unwrap_or_default();
+    let session_id = start.session_id;
     let span = tracing::info_span!("session", session_id = start.session_id, user = %start.user, host = %request.host, service = %start.service, resume = start.resume);
     async move {
         let peer_limits = ferry_proto::frame::FrameLimits::default();
@@ -424,7 +446,16 @@ pub(crate) async fn carry_for_peer(ctx: std::sync::Arc<Ctx>, incoming: ferry_pee
                     return;
                 }
                 tracing::info!("carrying a session for a peer broker");
-                let (up, down) = splice_session(&ctx, recv, host_send, host_recv, send).await;
+                let registration = ctx.sessions.carried.register(session_id);
+                let (up, down) = splice_session(
+                    &ctx,
+                    recv,
+                    host_send,
+                    host_recv,
+                    send,
+                    registration.cut.clone(),
+                )
+                .await;
                 tracing::info!(up = ?up, down = ?down, "peer session ended");
             }
         }
@@ -441,14 +472,15 @@ async fn splice_session(
     to_host: quinn::SendStream,
     from_host: quinn::RecvStream,
     to_client: quinn::SendStream,
+    cut: tokio::sync::watch::Receiver<bool>,
 ) -> (Result<u64, splice::Error>, Result<u64, splice::Error>) {
     ctx.metrics.sessions_open.inc();
     let _open = on_drop(|| {
         ctx.metrics.sessions_open.dec();
     });
     let (up, down) = tokio::join!(
-        splice::quic_to_quic(from_client, to_host),
-        splice::quic_to_quic(from_host, to_client),
+        splice::quic_to_quic(from_client, to_host, cut.clone()),
+        splice::quic_to_quic(from_host, to_client, cut),
     );
     let count = |direction, result: &Result<u64, splice::Error>| {
         ctx.metrics
