@@ -123,6 +123,9 @@ impl World {
                 &base_port.to_string(),
                 "--cluster-name",
                 "e2e",
+                // The tests' own HTTP helpers speak plain HTTP on loopback; `ferry admin`
+                // speaks HTTPS through client.toml.
+                "--admin-plain-http",
                 "--brokers",
                 &brokers.to_string(),
                 "--witnesses",

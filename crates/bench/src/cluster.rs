@@ -52,6 +52,7 @@ impl Cluster {
                 &brokers.to_string(),
                 "--cluster-name",
                 "bench",
+                "--admin-plain-http",
             ],
             None,
         )?;

@@ -376,6 +376,7 @@ async fn start_ferry(dir: &Path, http: &reqwest::Client) -> anyhow::Result<(Targ
             &NODES.to_string(),
             "--cluster-name",
             "bench",
+            "--admin-plain-http",
         ],
         None,
     )?;

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 mod access;
 mod accounts;
+mod listener;
 mod members;
 mod operations;
 mod page;
@@ -35,7 +36,7 @@ const ADMIN_ACTOR: &str = "token";
 pub(crate) async fn serve(
     listener: Option<tokio::net::TcpListener>,
     ctx: Arc<Ctx>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> crate::supervisor::ServiceResult {
     let listener = match listener {
         Some(listener) => listener,
@@ -49,15 +50,7 @@ pub(crate) async fn serve(
             })?,
     };
     let app = router(ctx.clone());
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = shutdown.changed().await;
-    })
-    .await
-    .map_err(|e| format!("the admin API failed: {e}"))
+    listener::serve(listener, ctx, app, shutdown).await
 }
 
 pub fn router(ctx: Arc<Ctx>) -> Router {

@@ -23,8 +23,12 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// UDP address of the QUIC listener for hosts and clients.
     pub relay_addr: SocketAddr,
-    /// TCP address of the admin API (HTTP+JSON, metrics, health).
+    /// TCP address of the admin API (HTTPS+JSON under the cluster CA, metrics, health).
     pub admin_addr: SocketAddr,
+    /// How the admin API serves: plain HTTP beside HTTPS (loopback only), its bounds.
+    /// Omitted from generated files while it holds the defaults.
+    #[serde(default, skip_serializing_if = "AdminApi::is_default")]
+    pub admin_api: AdminApi,
     /// The cluster CA certificate (PEM).
     pub ca_cert: PathBuf,
     /// This node's certificate (PEM), signed by the cluster CA.
@@ -51,6 +55,55 @@ pub struct NodeConfig {
     /// Test-only fault injection; off unless a test turns it on.
     #[serde(default, skip_serializing_if = "Faults::is_off")]
     pub faults: Faults,
+}
+
+/// The admin API's listener: TLS, and the bounds that keep slow or idle clients from holding
+/// it (`crates/broker/src/admin/listener.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminApi {
+    /// Also answer plain HTTP (beside HTTPS, on the same port). Allowed only when
+    /// `admin_addr` is a loopback address: for probes and scrapers on the node itself.
+    pub plain_http: bool,
+    /// Connections held at once. At the cap, a new connection displaces the oldest one that
+    /// has no request in progress, so idle or slow clients cannot shut operators out.
+    pub connections_max: usize,
+    /// Time a client has for the TLS handshake and each request's headers.
+    pub header_timeout_ms: u64,
+    /// Time a request's body may take to arrive.
+    pub body_timeout_ms: u64,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for AdminApi {
+    fn default() -> Self {
+        Self {
+            plain_http: false,
+            connections_max: 256,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 10_000,
+            idle_timeout_secs: 60,
+        }
+    }
+}
+
+impl AdminApi {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
 }
 
 /// Switches that let end-to-end tests create real failure conditions in a real process.
@@ -363,7 +416,27 @@ impl NodeConfig {
             ("limits.peer_relay_queue_max", l.peer_relay_queue_max as u64),
             ("limits.peer_gate_queue_max", l.peer_gate_queue_max as u64),
             ("limits.peer_handshakes_max", l.peer_handshakes_max as u64),
+            (
+                "admin_api.connections_max",
+                self.admin_api.connections_max as u64,
+            ),
+            (
+                "admin_api.header_timeout_ms",
+                self.admin_api.header_timeout_ms,
+            ),
+            ("admin_api.body_timeout_ms", self.admin_api.body_timeout_ms),
+            (
+                "admin_api.idle_timeout_secs",
+                self.admin_api.idle_timeout_secs,
+            ),
         ];
+        if self.admin_api.plain_http && !self.admin_addr.ip().is_loopback() {
+            return Err(format!(
+                "admin_api.plain_http is allowed only on a loopback admin_addr, not {}: \
+                 elsewhere the admin API answers HTTPS alone",
+                self.admin_addr
+            ));
+        }
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be greater than 0"));
         }

@@ -88,6 +88,11 @@ pub struct Metrics {
     pub sessions_resumed: Counter,
     /// Sessions this node cut because the state no longer allows them (`withdraw.rs`).
     pub sessions_withdrawn: Counter,
+    /// Admin API connections held now, refused (every one busy at the cap) and displaced
+    /// (the oldest idle one, to make room at the cap).
+    pub admin_connections_open: Gauge,
+    pub admin_connections_refused: Counter,
+    pub admin_connections_displaced: Counter,
     /// Seconds from a resume request to the session flowing again (host reached, offsets
     /// exchanged).
     pub resume_seconds: Histogram,
@@ -190,6 +195,22 @@ impl Metrics {
             sessions_resumed: register!(
                 "sessions_resumed",
                 "Sessions resumed through this node after their path broke or moved",
+                Counter::default()
+            ),
+            admin_connections_open: register!(
+                "admin_connections_open",
+                "Connections to the admin API held now",
+                Gauge::default()
+            ),
+            admin_connections_refused: register!(
+                "admin_connections_refused",
+                "Admin API connections closed at once: the cap was reached and every held \
+                 connection had a request in progress",
+                Counter::default()
+            ),
+            admin_connections_displaced: register!(
+                "admin_connections_displaced",
+                "Idle admin API connections closed to make room for a new one at the cap",
                 Counter::default()
             ),
             sessions_withdrawn: register!(

@@ -55,15 +55,27 @@ pub struct Registration<'a> {
 }
 
 impl Carried {
-    /// Registers session `session_id` as relayed here until the registration is dropped.
-    pub fn register(&self, session_id: u64) -> Registration<'_> {
+    /// Registers session `session_id`, which this node has seen in its applied state (it
+    /// opened or resumed it), as relayed here until the registration is dropped: from now on
+    /// its absence from the state means it ended.
+    pub fn register_known(&self, session_id: u64) -> Registration<'_> {
+        self.register(session_id, true)
+    }
+
+    /// Registers session `session_id`, carried for a peer broker that opened it: this node may
+    /// not have applied its opening yet, so its absence means nothing until it was seen.
+    pub fn register_unseen(&self, session_id: u64) -> Registration<'_> {
+        self.register(session_id, false)
+    }
+
+    fn register(&self, session_id: u64, seen: bool) -> Registration<'_> {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let (cut, cut_rx) = watch::channel(false);
         self.lock().insert(
             key,
             Entry {
                 session_id,
-                seen: false,
+                seen,
                 cut,
             },
         );

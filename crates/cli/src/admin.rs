@@ -84,7 +84,7 @@ impl AdminClient {
         if let Ok(operator) = reqwest::header::HeaderValue::from_str(&operator()) {
             headers.insert("x-ferry-operator", operator);
         }
-        let http = reqwest::Client::builder()
+        let http = https_client(&config)?
             .default_headers(headers)
             .timeout(REQUEST_TIMEOUT)
             .build()
@@ -178,6 +178,15 @@ impl AdminClient {
             format!("no admin API answered: {}", unreachable.join("; ")),
         ))
     }
+}
+
+/// An HTTP client that trusts the cluster's CA alone (the admin API is HTTPS under it).
+pub fn https_client(config: &ClientConfig) -> Result<reqwest::ClientBuilder, Failure> {
+    let trust = ferry_transport::tls::Trust::load(&config.ca_cert)
+        .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    let tls = ferry_transport::tls::https_client(&trust)
+        .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    Ok(reqwest::Client::builder().use_preconfigured_tls(tls))
 }
 
 /// Who runs this command, for the audit log: `FERRY_OPERATOR`, else `$USER@hostname`.

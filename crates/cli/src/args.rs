@@ -119,6 +119,15 @@ pub struct InitArgs {
     /// IP address the nodes listen on and certify.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind_ip: IpAddr,
+    /// IP address of the nodes' admin API (HTTPS under the cluster CA, certified too).
+    /// Loopback unless told otherwise: the admin API is for operators on the machine, or
+    /// behind a tunnel or a proxy that checks who they are.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub admin_ip: IpAddr,
+    /// Also answer plain HTTP on the admin API (beside HTTPS on the same port), for probes,
+    /// scrapers and a browser on the node itself. Allowed only with a loopback --admin-ip.
+    #[arg(long)]
+    pub admin_plain_http: bool,
     /// First port; node i uses base+10*(i-1) for QUIC and the next port for the admin API.
     #[arg(long, default_value_t = 7100)]
     pub base_port: u16,

@@ -30,6 +30,9 @@ pub async fn run(args: DevArgs) -> CliResult {
         brokers: 2,
         witnesses: 1,
         bind_ip: Ipv4Addr::LOCALHOST.into(),
+        admin_ip: Ipv4Addr::LOCALHOST.into(),
+        // The status page opens in a browser on this machine without the cluster's CA.
+        admin_plain_http: true,
         base_port: args.base_port,
         cluster_name: "dev".into(),
         join: None,
@@ -101,7 +104,7 @@ pub async fn run(args: DevArgs) -> CliResult {
     let client = cluster.client_config.display();
     let forward_port = args.base_port.saturating_sub(100).max(1024);
     println!(
-        "Ferry dev cluster is running: brokers b1 on {relay} (admin http://{admin_addr}) and b2,\n\
+        "Ferry dev cluster is running: brokers b1 on {relay} (admin https://{admin_addr}) and b2,\n\
          a witness w1, demo host {DEMO_HOST:?} exposing service {DEMO_SERVICE:?}, user {DEMO_USER:?}.\n\
          \n\
          In a second terminal, log in and forward a local port to the demo service:\n\

@@ -37,6 +37,16 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
             ),
         ));
     }
+    if args.admin_plain_http && !args.admin_ip.is_loopback() {
+        return Err(Failure::new(
+            exit::CONFIG,
+            format!(
+                "--admin-plain-http is allowed only with a loopback --admin-ip, not {}: \
+                 elsewhere the admin API answers HTTPS alone",
+                args.admin_ip
+            ),
+        ));
+    }
     let dir = &args.out;
     if dir.join("ca.pem").exists() {
         return Err(Failure::new(
@@ -76,6 +86,11 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
         })?;
         Ok(SocketAddr::new(args.bind_ip, p))
     };
+    let certified: Vec<std::net::IpAddr> = if args.admin_ip == args.bind_ip {
+        vec![args.bind_ip]
+    } else {
+        vec![args.bind_ip, args.admin_ip]
+    };
     // Brokers b1..bN take raft ids 1..N; witnesses w1..wW follow, with the next ports.
     let total = args.brokers + args.witnesses;
     let everyone: Vec<PeerConfig> = (0..total)
@@ -103,14 +118,15 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
         let node_id = node.node_id.clone();
         let port = |offset: u16| node_port(i, offset);
         let pair = ca
-            .issue_node(&node_id, &[args.bind_ip])
+            .issue_node(&node_id, &certified)
             .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
         write(&format!("{node_id}.pem"), &pair.cert_pem, false)?;
         write(&format!("{node_id}.key"), &pair.key_pem, true)?;
-        let config = node_config(
+        let admin_addr = SocketAddr::new(args.admin_ip, port(1)?.port());
+        let mut config = node_config(
             &args.cluster_name,
             node,
-            (port(0)?, port(1)?),
+            (port(0)?, admin_addr),
             (total > 1).then(|| port(2)).transpose()?,
             everyone
                 .iter()
@@ -119,12 +135,13 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
                 .collect(),
             everyone.iter().map(|p| p.raft_id).collect(),
         );
+        config.admin_api.plain_http = args.admin_plain_http;
         node_configs.push(write(
             &format!("{node_id}.toml"),
             &config_text(&config),
             false,
         )?);
-        let admin_url = format!("http://{}", config.admin_addr);
+        let admin_url = format!("https://{}", config.admin_addr);
         match node.role {
             Role::Broker => brokers.push(BrokerEntry {
                 node_id,
@@ -177,6 +194,7 @@ pub(crate) fn node_config(
         cert: format!("{node_id}.pem").into(),
         key: format!("{node_id}.key").into(),
         admin_token_file: "admin.token".into(),
+        admin_api: Default::default(),
         peer_addr,
         peers,
         limits: Limits::default(),

@@ -70,6 +70,13 @@ pub fn run(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
     }
     let ip = existing[0].relay_addr.ip();
     let addr = |offset: u16| SocketAddr::new(ip, relay_port + offset);
+    // The admin API as the first node's: same address and plain-HTTP choice.
+    let admin_ip = existing[0].admin_addr.ip();
+    let certified: Vec<std::net::IpAddr> = if admin_ip == ip {
+        vec![ip]
+    } else {
+        vec![ip, admin_ip]
+    };
     let role = if args.join_as_witness {
         Role::Witness
     } else {
@@ -95,7 +102,7 @@ pub fn run(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
         })
         .collect();
     let pair = ca
-        .issue_node(node_id, &[ip])
+        .issue_node(node_id, &certified)
         .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
     let write = |name: String, contents: &str, private: bool| {
         let path = dir.join(name);
@@ -109,14 +116,15 @@ pub fn run(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
     };
     write(format!("{node_id}.pem"), &pair.cert_pem, false)?;
     write(format!("{node_id}.key"), &pair.key_pem, true)?;
-    let config = node_config(
+    let mut config = node_config(
         &cluster_name,
         &node,
-        (addr(0), addr(1)),
+        (addr(0), SocketAddr::new(admin_ip, relay_port + 1)),
         Some(addr(2)),
         peers,
         Vec::new(),
     );
+    config.admin_api.plain_http = existing[0].admin_api.plain_http;
     let path = write(format!("{node_id}.toml"), &config_text(&config), false)?;
     add_to_client_config(&dir.join("client.toml"), &config)?;
     Ok(path)
@@ -149,7 +157,7 @@ fn add_to_client_config(path: &Path, node: &NodeConfig) -> Result<(), Failure> {
         .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
     let mut client: ClientConfig =
         toml::from_str(&text).map_err(|e| fail(format!("{} is invalid: {e}", path.display())))?;
-    let admin_url = format!("http://{}", node.admin_addr);
+    let admin_url = format!("https://{}", node.admin_addr);
     match node.role {
         Role::Broker => client.brokers.push(BrokerEntry {
             node_id: node.node_id.clone(),

@@ -471,7 +471,7 @@ impl StateMachine {
     fn resume_session(&mut self, c: &pb::ResumeSession) -> Applied {
         let session = self
             .sessions
-            .get_mut(&c.session_id)
+            .get(&c.session_id)
             .ok_or_else(|| session_gone(c.session_id))?;
         if session.resume_secret_hash != c.resume_secret_hash {
             return Err(Refusal::new(
@@ -479,6 +479,12 @@ impl StateMachine {
                 format!("wrong resume secret for session {}", c.session_id),
             ));
         }
+        // A withdrawn session is not resumed, even where a broker's view lagged.
+        self.session_allowed(c.session_id)?;
+        let session = self
+            .sessions
+            .get_mut(&c.session_id)
+            .expect("session_allowed found it");
         session.broker = c.broker.clone();
         session.detached_at_ms = 0;
         session.resumes += 1;

@@ -108,6 +108,31 @@ pub fn server(identity: Identity) -> Result<rustls::ServerConfig, Error> {
     Ok(config)
 }
 
+/// ALPN of the admin API: HTTP/1.1 over TLS.
+const HTTP_ALPN: &[u8] = b"http/1.1";
+
+/// TLS for a node's admin API (HTTPS): presents the node certificate; callers authenticate
+/// with bearer tokens inside.
+pub fn https_server(identity: Identity) -> Result<rustls::ServerConfig, Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = vec![HTTP_ALPN.to_vec()];
+    Ok(config)
+}
+
+/// TLS for `ferry admin` and other HTTPS callers of the admin API: verifies the node
+/// against the cluster CA.
+pub fn https_client(trust: &Trust) -> Result<rustls::ClientConfig, Error> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(trust.roots.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![HTTP_ALPN.to_vec()];
+    Ok(config)
+}
+
 /// TLS for a client or host agent: verifies the broker against the cluster CA.
 pub fn client(trust: &Trust) -> Result<rustls::ClientConfig, Error> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())

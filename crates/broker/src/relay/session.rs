@@ -314,7 +314,7 @@ pub(super) async fn carry(
     (client_send, client_recv): (quinn::SendStream, quinn::RecvStream),
     (host_send, host_recv): (quinn::SendStream, quinn::RecvStream),
 ) {
-    let registration = ctx.sessions.carried.register(session_id);
+    let registration = ctx.sessions.carried.register_known(session_id);
     let (a, b) = splice_session(
         ctx,
         client_recv,
@@ -446,7 +446,7 @@ pub(crate) async fn carry_for_peer(ctx: std::sync::Arc<Ctx>, incoming: ferry_pee
                     return;
                 }
                 tracing::info!("carrying a session for a peer broker");
-                let registration = ctx.sessions.carried.register(session_id);
+                let registration = ctx.sessions.carried.register_unseen(session_id);
                 let (up, down) = splice_session(
                     &ctx,
                     recv,
