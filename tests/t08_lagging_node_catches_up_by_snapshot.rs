@@ -46,6 +46,7 @@ async fn t08_a_node_that_missed_10000_writes_catches_up_from_a_snapshot() {
     // 10,000 writes through the leader's admin API while the lagging node is down.
     let token = std::fs::read_to_string(w.cluster().join("admin.token")).unwrap();
     let url = format!("{}/v1/grants", w.admin_url_of(leader));
+    ferry_transport::tls::install_default_provider();
     let client = reqwest::Client::new();
     let started = Instant::now();
     let tasks: Vec<_> = (0..WRITERS)

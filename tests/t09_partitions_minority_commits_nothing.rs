@@ -13,6 +13,7 @@ use std::time::Duration;
 async fn block(w: &World, node: u8, peers: &[u8]) {
     let token = std::fs::read_to_string(w.cluster().join("admin.token")).unwrap();
     let blocked: Vec<String> = peers.iter().map(|p| format!("b{p}")).collect();
+    ferry_transport::tls::install_default_provider();
     let response = reqwest::Client::new()
         .post(format!("{}/v1/faults/peers", w.admin_url_of(node)))
         .bearer_auth(token.trim())

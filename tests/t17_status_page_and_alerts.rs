@@ -338,6 +338,7 @@ ferry_quarantined{node=\"b1\"} 0
 ferry_store_quarantined_dirs{node=\"b1\"} 0
 ferry_leader_contact_seconds{node=\"b1\"} 0.2
 ferry_draining{node=\"b1\"} 0
+ferry_host_duplicate_attach_last_timestamp_seconds{node=\"b1\"} 0
 ";
 
 #[test]
@@ -398,6 +399,12 @@ fn t17_each_alert_fires_on_its_condition_alone() {
     check_rule(
         "FerryNodeUnhealthy",
         "ferry_node_healthy{node=\"b1\"} 0",
+        &[&[("node", "b1"), ("severity", "warning")]],
+    );
+    // Evaluated at 600 s (EVAL_TIME): a refusal at 300 s is recent.
+    check_rule(
+        "FerryHostDuplicateAttach",
+        "ferry_host_duplicate_attach_last_timestamp_seconds{node=\"b1\"} 300",
         &[&[("node", "b1"), ("severity", "warning")]],
     );
 }

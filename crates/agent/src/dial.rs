@@ -38,6 +38,20 @@ pub struct Dialer {
 
 impl Dialer {
     pub fn new(config: &ClientConfig, role: Role) -> Result<Self, Error> {
+        Self::build(config, role, None)
+    }
+
+    /// For a host agent: presents the host's own certificate (`certs::host_key`) in every
+    /// handshake, proving it holds the key the cluster pinned at enrollment.
+    pub fn host(config: &ClientConfig, identity: tls::Identity) -> Result<Self, Error> {
+        Self::build(config, Role::Host, Some(identity))
+    }
+
+    fn build(
+        config: &ClientConfig,
+        role: Role,
+        identity: Option<tls::Identity>,
+    ) -> Result<Self, Error> {
         let trust = tls::Trust::load(&config.ca_cert).map_err(|e| Error::Config(e.to_string()))?;
         let mut limits = config.transport_limits();
         if role == Role::Host {
@@ -48,8 +62,11 @@ impl Dialer {
             let sessions = crate::host::SESSIONS_MAX as u32;
             limits.streams_per_connection_max = sessions + sessions / 8 + 1;
         }
-        let endpoint =
-            endpoint::client(&trust, &limits).map_err(|e| Error::Local(e.to_string()))?;
+        let endpoint = match identity {
+            Some(identity) => endpoint::host(&trust, identity, &limits),
+            None => endpoint::client(&trust, &limits),
+        }
+        .map_err(|e| Error::Local(e.to_string()))?;
         Ok(Self {
             endpoint,
             brokers: std::sync::Mutex::new(config.brokers.clone()),

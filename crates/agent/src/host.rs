@@ -4,13 +4,11 @@
 
 use crate::dial::{closed_now, Connected, Dialer};
 use crate::resumable::{self, Ending, Link, Phase};
-use crate::token_cache::write_private;
 use crate::{ClientConfig, Error};
 use ferry_proto::frame::FrameLimits;
-use ferry_proto::wire::{self, host_request, host_response, ErrorCode, HostRequest, Role};
+use ferry_proto::wire::{self, host_request, host_response, ErrorCode, HostRequest};
 use ferry_transport::{close, framed};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,57 +37,6 @@ pub struct HostOptions {
     pub services: BTreeMap<String, SocketAddr>,
 }
 
-/// What the agent keeps on disk after enrollment.
-#[derive(Serialize, Deserialize)]
-struct Credential {
-    cluster_name: String,
-    host: String,
-    credential: String,
-}
-
-fn credential_path(opts: &HostOptions) -> PathBuf {
-    opts.state_dir.join("credential.toml")
-}
-
-fn load_credential(opts: &HostOptions) -> Result<Option<String>, Error> {
-    let path = credential_path(opts);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::Local(format!("cannot read {}: {e}", path.display()))),
-    };
-    let stored: Credential = toml::from_str(&text).map_err(|e| {
-        Error::Config(format!(
-            "{} is damaged ({e}); re-enroll the host",
-            path.display()
-        ))
-    })?;
-    if stored.host != opts.name || stored.cluster_name != opts.config.cluster_name {
-        return Err(Error::Config(format!(
-            "{} belongs to host {:?} of cluster {:?}, not {:?} of {:?}; use another --state-dir",
-            path.display(),
-            stored.host,
-            stored.cluster_name,
-            opts.name,
-            opts.config.cluster_name
-        )));
-    }
-    Ok(Some(stored.credential))
-}
-
-fn save_credential(opts: &HostOptions, credential: &str) -> Result<(), Error> {
-    let path = credential_path(opts);
-    let local = |e: std::io::Error| Error::Local(format!("cannot write {}: {e}", path.display()));
-    std::fs::create_dir_all(&opts.state_dir).map_err(local)?;
-    let stored = Credential {
-        cluster_name: opts.config.cluster_name.clone(),
-        host: opts.name.clone(),
-        credential: credential.to_owned(),
-    };
-    let text = toml::to_string(&stored).expect("a struct of strings serializes");
-    write_private(&path, text.as_bytes()).map_err(local)
-}
-
 /// Runs the agent until `shutdown` resolves or a broker refuses it for good (bad credential,
 /// used enrollment token, untrusted certificate).
 pub async fn run(
@@ -101,25 +48,17 @@ pub async fn run(
             "expose at least one service: --expose NAME=ADDR:PORT".into(),
         ));
     }
-    let mut credential = load_credential(&opts)?;
-    if credential.is_some() && opts.enroll_token.is_some() {
-        tracing::warn!(
-            "already enrolled (credential in {}); ignoring --enroll",
-            opts.state_dir.display()
-        );
-    }
-    if credential.is_none() && opts.enroll_token.is_none() {
-        return Err(Error::Config(format!(
-            "host {:?} is not enrolled yet: pass --enroll TOKEN (from `ferry admin host enroll {}`)",
-            opts.name, opts.name
-        )));
-    }
-    let dialer = Dialer::new(&opts.config, Role::Host)?;
+    let crate::enrollment::Start {
+        identity,
+        mut pending,
+    } = crate::enrollment::start(&opts)?;
+    let dialer = Dialer::host(&opts.config, identity)?;
     let agent = Arc::new(Agent {
         services: opts.services.clone(),
         sessions: Default::default(),
         stream_config: opts.config.session_stream_config(),
         attachments: tokio::sync::watch::channel(0).0,
+        instance: rand::thread_rng().gen_range(1..u64::MAX),
     });
     tokio::pin!(shutdown);
     let mut backoff = BACKOFF_FIRST;
@@ -130,7 +69,7 @@ pub async fn run(
         let attempt = attach_once(
             &dialer,
             &opts,
-            &mut credential,
+            &mut pending,
             agent.clone(),
             (target.take(), avoid.take()),
         );
@@ -195,6 +134,10 @@ struct Agent {
     /// Attachments made so far: a connection being retired stays up until the next one is
     /// made, so that the host is never attached nowhere while it moves.
     attachments: tokio::sync::watch::Sender<u64>,
+    /// This process among agents of the same host: a broker tells a reconnection (same
+    /// instance) from a second agent with a copy of the identity (another), and refuses the
+    /// second while the first is attached.
+    instance: u64,
 }
 
 struct HostSession {
@@ -269,7 +212,7 @@ impl Agent {
 async fn attach_once(
     dialer: &Dialer,
     opts: &HostOptions,
-    credential: &mut Option<String>,
+    pending: &mut Option<crate::enrollment::Pending>,
     agent: Arc<Agent>,
     (target, avoid): (Option<wire::BrokerInfo>, Option<String>),
 ) -> Result<AttachEnd, Error> {
@@ -290,22 +233,21 @@ async fn attach_once(
         ..
     } = connected;
     let services = &agent.services;
-    if credential.is_none() {
-        let token = opts.enroll_token.clone().unwrap_or_default();
+    if let Some(enrollment) = pending.as_ref() {
         let enroll = host_request::Request::Enroll(wire::Enroll {
             name: opts.name.clone(),
-            token,
+            token: enrollment.token.clone(),
         });
         match exchange(&conn, &mut send, &mut recv, enroll).await? {
-            host_response::Response::Enrolled(enrolled) => {
+            host_response::Response::Enrolled(_) => {
                 // Durable before use: a crash after attaching must not lose the only copy.
-                save_credential(opts, &enrolled.credential)?;
+                crate::enrollment::save(opts, enrollment)?;
                 eprintln!(
-                    "ferry: host {:?} enrolled; credential saved in {}",
+                    "ferry: host {:?} enrolled; its key is in {}",
                     opts.name,
                     opts.state_dir.display()
                 );
-                *credential = Some(enrolled.credential);
+                *pending = None;
             }
             _ => {
                 return Err(Error::Protocol(
@@ -316,8 +258,9 @@ async fn attach_once(
     }
     let attach = host_request::Request::Attach(wire::Attach {
         name: opts.name.clone(),
-        credential: credential.clone().unwrap_or_default(),
         services: services.keys().cloned().collect(),
+        instance: agent.instance,
+        ..Default::default()
     });
     match exchange(&conn, &mut send, &mut recv, attach).await? {
         host_response::Response::Attached(_) => {}

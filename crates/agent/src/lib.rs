@@ -8,6 +8,7 @@
 pub mod client;
 pub mod config;
 pub mod dial;
+mod enrollment;
 pub mod error;
 pub mod host;
 pub mod pool;

@@ -12,6 +12,8 @@ pub struct AttachedHost {
     /// SHA-256 of the credential it attached with: when the state no longer accepts it (the
     /// host was removed or re-enrolled), the agent is disconnected.
     pub credential_hash: Vec<u8>,
+    /// The agent process (`Attach.instance`), to tell its reconnection from a second agent.
+    pub instance: u64,
 }
 
 /// The hosts attached to this node. At most one connection per host name: a host that

@@ -88,6 +88,10 @@ pub struct Metrics {
     pub sessions_resumed: Counter,
     /// Sessions this node cut because the state no longer allows them (`withdraw.rs`).
     pub sessions_withdrawn: Counter,
+    /// Second agents refused because another agent with the same host identity is attached,
+    /// and when the last one was (Unix seconds; 0 never), for an alert on recent ones.
+    pub host_duplicate_attach: Counter,
+    pub host_duplicate_attach_last: Gauge,
     /// Admin API connections held now, refused (every one busy at the cap) and displaced
     /// (the oldest idle one, to make room at the cap).
     pub admin_connections_open: Gauge,
@@ -212,6 +216,18 @@ impl Metrics {
                 "admin_connections_displaced",
                 "Idle admin API connections closed to make room for a new one at the cap",
                 Counter::default()
+            ),
+            host_duplicate_attach: register!(
+                "host_duplicate_attach",
+                "Host agents refused because another agent with the same identity is attached \
+                 (a copied host key, or two agents configured alike)",
+                Counter::default()
+            ),
+            host_duplicate_attach_last: register!(
+                "host_duplicate_attach_last_timestamp_seconds",
+                "When this node last refused a second agent with a host's identity (Unix \
+                 seconds; 0 never)",
+                Gauge::default()
             ),
             sessions_withdrawn: register!(
                 "sessions_withdrawn",

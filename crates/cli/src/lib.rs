@@ -68,6 +68,7 @@ pub type CliResult = Result<(), Failure>;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     args::init_logging(&cli);
+    ferry_transport::tls::install_default_provider();
     // Brokers, host agents and forwards hold a socket per connection and session: thousands,
     // beyond the usual soft limit of 1024 open files. Like Go's runtime, take what the hard
     // limit allows.

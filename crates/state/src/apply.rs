@@ -305,6 +305,7 @@ impl StateMachine {
                 attached_broker: String::new(),
                 presence_epoch: 0,
                 services: Vec::new(),
+                attached_instance: 0,
             },
         );
         Ok(Outcome::Applied)
@@ -404,6 +405,7 @@ impl StateMachine {
             .get_mut(&c.name)
             .ok_or_else(|| unknown_host(&c.name))?;
         host.attached_broker = c.broker.clone();
+        host.attached_instance = c.instance;
         host.presence_epoch += 1;
         // An older node's command names no services: keep what is known.
         if !c.services.is_empty() {
@@ -419,6 +421,7 @@ impl StateMachine {
             .ok_or_else(|| unknown_host(&c.name))?;
         if host.attached_broker == c.broker {
             host.attached_broker.clear();
+            host.attached_instance = 0;
         }
         Ok(Outcome::Applied)
     }

@@ -468,6 +468,7 @@ fn attach(host: &str, broker: &str, services: &[&str]) -> Kind {
         name: host.into(),
         broker: broker.into(),
         services: services.iter().map(|s| s.to_string()).collect(),
+        instance: 1,
     })
 }
 

@@ -91,3 +91,22 @@ impl ClusterCa {
         })
     }
 }
+
+/// A host agent's own key and a self-signed certificate carrying it, made on the host at
+/// enrollment. The cluster pins the certificate (its SHA-256, see
+/// [`crate::tls::presented_certificate_hash`]); the agent proves it holds the key in every
+/// TLS handshake, so a copy of the certificate without the key is useless.
+pub fn host_key(host_name: &str) -> Result<PemPair, Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("ferry host {host_name}"));
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok(PemPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}

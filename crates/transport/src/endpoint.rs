@@ -160,7 +160,21 @@ pub fn peer(
 
 /// An endpoint that dials brokers, trusting only the cluster CA.
 pub fn client(trust: &tls::Trust, limits: &Limits) -> Result<quinn::Endpoint, Error> {
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls::client(trust)?)
+    dialer(tls::client(trust)?, limits)
+}
+
+/// An endpoint that dials brokers as a host agent: trusting only the cluster CA, presenting
+/// the host's own certificate.
+pub fn host(
+    trust: &tls::Trust,
+    identity: tls::Identity,
+    limits: &Limits,
+) -> Result<quinn::Endpoint, Error> {
+    dialer(tls::host_client(trust, identity)?, limits)
+}
+
+fn dialer(crypto: rustls::ClientConfig, limits: &Limits) -> Result<quinn::Endpoint, Error> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
         .map_err(|e| Error::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport(limits));

@@ -93,16 +93,27 @@ impl Trust {
     }
 }
 
+/// Makes ring the process's default TLS provider, for libraries that build their own rustls
+/// configuration (reqwest's plain clients in the benchmarks and tests). Ferry's own
+/// configurations name their provider. Idempotent.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// TLS for a broker's relay listener: presents the node certificate; endpoints authenticate
-/// inside the connection (passwords, tokens, host credentials), not with certificates.
+/// TLS for a broker's relay listener: presents the node certificate. Clients authenticate
+/// inside the connection (passwords, tokens); host agents present their own key's
+/// certificate, which the handshake proves they hold ([`KeyOfAnyClient`]) and the broker
+/// compares with the one pinned at enrollment.
 pub fn server(identity: Identity) -> Result<rustls::ServerConfig, Error> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
+        .with_client_cert_verifier(Arc::new(KeyOfAnyClient {
+            algorithms: provider().signature_verification_algorithms,
+        }))
         .with_single_cert(identity.chain, identity.key)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
@@ -133,7 +144,7 @@ pub fn https_client(trust: &Trust) -> Result<rustls::ClientConfig, Error> {
     Ok(config)
 }
 
-/// TLS for a client or host agent: verifies the broker against the cluster CA.
+/// TLS for a client: verifies the broker against the cluster CA.
 pub fn client(trust: &Trust) -> Result<rustls::ClientConfig, Error> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -141,6 +152,85 @@ pub fn client(trust: &Trust) -> Result<rustls::ClientConfig, Error> {
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
+}
+
+/// TLS for a host agent: verifies the broker against the cluster CA and presents the host's
+/// own certificate (`certs::host_key`), proving it holds the key.
+pub fn host_client(trust: &Trust, identity: Identity) -> Result<rustls::ClientConfig, Error> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(trust.roots.clone())
+        .with_client_auth_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// The relay listener's view of client certificates: optional (clients present none), and
+/// any well-formed one is accepted, because what it certifies is only its key. The handshake
+/// checks the client's signature with that key (so the client holds it); whose key it is, the
+/// broker decides by comparing the certificate with the one the cluster pinned for the host.
+#[derive(Debug)]
+struct KeyOfAnyClient {
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::server::danger::ClientCertVerifier for KeyOfAnyClient {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        rustls::server::ParsedCertificate::try_from(end_entity)?;
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// SHA-256 of the certificate the far end of `conn` presented (and proved it holds the key
+/// of), if it presented one: how a broker knows which host key a connection carries.
+pub fn presented_certificate_hash(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    let leaf = chain.first()?;
+    Some(
+        ring::digest::digest(&ring::digest::SHA256, leaf.as_ref())
+            .as_ref()
+            .to_vec(),
+    )
 }
 
 /// TLS for a broker's peer listener: presents the node certificate and requires the peer's,

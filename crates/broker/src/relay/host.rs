@@ -2,7 +2,6 @@
 //! on the control stream. Once attached, the broker opens one stream per session to the host.
 
 use super::{frame_limits, propose_error_to_wire, refusal_to_wire, reject_input};
-use crate::auth;
 use crate::context::Ctx;
 use crate::hosts::AttachedHost;
 use ferry_proto::state::{self as cmd, command::Kind};
@@ -36,7 +35,9 @@ pub(super) async fn serve(
                 }
             };
         let result = match request.request {
-            Some(host_request::Request::Enroll(e)) => enroll(&ctx, e, remote).await.map(Some),
+            Some(host_request::Request::Enroll(e)) => {
+                enroll(&ctx, &conn, e, remote).await.map(Some)
+            }
             Some(host_request::Request::Attach(a)) => {
                 let name = a.name.clone();
                 match attach(&ctx, &conn, a, remote).await {
@@ -101,17 +102,30 @@ pub(super) async fn serve(
     CloseCode::Protocol.close(&conn, "host did not attach");
 }
 
+/// The SHA-256 of the certificate the agent presented (and proved it holds the key of) in
+/// this connection's handshake: the host's identity.
+fn presented_key(conn: &quinn::Connection) -> Result<Vec<u8>, wire::Error> {
+    ferry_transport::tls::presented_certificate_hash(conn).ok_or_else(|| {
+        wire::Error::new(
+            ErrorCode::Unauthenticated,
+            "this agent presented no key of its own: hosts prove possession of a key; \
+             upgrade the agent and re-enroll the host",
+        )
+    })
+}
+
 async fn enroll(
     ctx: &Ctx,
+    conn: &quinn::Connection,
     enroll: wire::Enroll,
     remote: SocketAddr,
 ) -> Result<wire::Enrolled, wire::Error> {
     let label = |result| crate::metrics::Result_ { result };
-    let credential = auth::new_secret();
+    let key = presented_key(conn)?;
     let complete = Kind::CompleteEnrollment(cmd::CompleteEnrollment {
         name: enroll.name.clone(),
         enrollment_token_hash: hash_secret(&enroll.token),
-        credential_hash: hash_secret(&credential),
+        credential_hash: key.clone(),
     });
     match ctx
         .proposer
@@ -132,7 +146,9 @@ async fn enroll(
         Ok(_) => {
             ctx.metrics.enrollments.get_or_create(&label("ok")).inc();
             tracing::info!(host = %enroll.name, %remote, "host enrolled");
-            Ok(wire::Enrolled { credential })
+            Ok(wire::Enrolled {
+                credential: hex::encode(&key),
+            })
         }
         Err(e) => Err(propose_error_to_wire(&e)),
     }
@@ -160,15 +176,33 @@ async fn attach(
     if crate::handoff::is_draining(ctx) {
         return Err(crate::handoff::draining_error(ctx));
     }
+    let key = presented_key(conn)?;
     ctx.proposer.confirm_fresh().await.map_err(super::stale)?;
     ctx.replica
         .read()
-        .check_host_credential(&attach.name, &hash_secret(&attach.credential))
+        .check_host_credential(&attach.name, &key)
         .map_err(|r| refusal_to_wire(&r))?;
+    if let Some(broker) = attached_elsewhere(ctx, &attach) {
+        ctx.metrics.host_duplicate_attach.inc();
+        ctx.metrics
+            .host_duplicate_attach_last
+            .set((crate::now_ms() / 1000) as i64);
+        tracing::warn!(host = %attach.name, %remote, attached_to = %broker, "a second agent with the host's identity tried to attach; refused");
+        return Err(wire::Error::new(
+            ErrorCode::Unavailable,
+            format!(
+                "host {:?} is attached to broker {broker} by another agent with the same \
+                 identity; a second one is refused while the first is attached (if the first \
+                 died, this one gets in once its broker notices)",
+                attach.name
+            ),
+        ));
+    }
     let presence = Kind::AttachHost(cmd::AttachHost {
         name: attach.name.clone(),
         broker: ctx.config.node_id.clone(),
         services: attach.services.clone(),
+        instance: attach.instance,
     });
     match ctx
         .proposer
@@ -188,7 +222,8 @@ async fn attach(
         AttachedHost {
             conn: conn.clone(),
             services: attach.services.clone(),
-            credential_hash: hash_secret(&attach.credential),
+            credential_hash: key,
+            instance: attach.instance,
         },
     );
     if let Some(old) = replaced {
@@ -201,6 +236,36 @@ async fn attach(
     Ok(wire::Attached {
         node_id: ctx.config.node_id.clone(),
     })
+}
+
+/// How recently a peer broker must have reported its health for an attachment there to
+/// count as live (reports come every half second).
+const PEER_REPORT_FRESH: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The broker where another agent of this host (another instance) is attached and alive, if
+/// any: a second agent with a copy of the identity is refused, never silently preferred.
+/// A reconnection of the same agent (same instance: after its broker died, or moving on a
+/// drain) is not a duplicate; neither is an attachment whose connection or broker is gone.
+fn attached_elsewhere(ctx: &Ctx, attach: &wire::Attach) -> Option<String> {
+    let state = ctx.replica.read();
+    let host = state.host(&attach.name)?;
+    if host.attached_broker.is_empty()
+        || host.attached_instance == 0
+        || host.attached_instance == attach.instance
+    {
+        return None;
+    }
+    let live = if host.attached_broker == ctx.config.node_id {
+        ctx.sessions.hosts.get(&attach.name).is_some_and(|a| {
+            a.instance == host.attached_instance && a.conn.close_reason().is_none()
+        })
+    } else {
+        ctx.health
+            .reports
+            .get(&host.attached_broker)
+            .is_some_and(|(_, age)| age < PEER_REPORT_FRESH)
+    };
+    live.then(|| host.attached_broker.clone())
 }
 
 /// Holds the host registered until its connection or control stream ends.
