@@ -339,6 +339,8 @@ ferry_store_quarantined_dirs{node=\"b1\"} 0
 ferry_leader_contact_seconds{node=\"b1\"} 0.2
 ferry_draining{node=\"b1\"} 0
 ferry_host_duplicate_attach_last_timestamp_seconds{node=\"b1\"} 0
+ferry_certificate_expiry_timestamp_seconds{node=\"b1\",certificate=\"node\"} 31536000
+ferry_certificate_expiry_timestamp_seconds{node=\"b1\",certificate=\"ca\"} 315360000
 ";
 
 #[test]
@@ -400,6 +402,16 @@ fn t17_each_alert_fires_on_its_condition_alone() {
         "FerryNodeUnhealthy",
         "ferry_node_healthy{node=\"b1\"} 0",
         &[&[("node", "b1"), ("severity", "warning")]],
+    );
+    // Evaluated at 600 s (EVAL_TIME): a node certificate valid until 10 days later.
+    check_rule(
+        "FerryCertificateExpiresSoon",
+        "ferry_certificate_expiry_timestamp_seconds{node=\"b1\",certificate=\"node\"} 864600",
+        &[&[
+            ("node", "b1"),
+            ("certificate", "node"),
+            ("severity", "warning"),
+        ]],
     );
     // Evaluated at 600 s (EVAL_TIME): a refusal at 300 s is recent.
     check_rule(

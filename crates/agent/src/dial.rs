@@ -34,6 +34,65 @@ pub struct Dialer {
     /// The configured brokers, then those learned from brokers' `HelloAck`s.
     brokers: std::sync::Mutex<Vec<BrokerEntry>>,
     role: Role,
+    /// What each connection trusts and presents, read again when `ca_cert` changes.
+    tls: Trusted,
+}
+
+/// The CA bundle a dialer trusts, followed on disk: during a CA rotation the operator
+/// replaces `ca.pem` (old and new CA, then the new alone) and long-running agents and clients
+/// trust what it says from their next connection on, without a restart.
+struct Trusted {
+    ca_cert: std::path::PathBuf,
+    /// A host agent's own certificate and key, presented in every handshake.
+    identity: Option<tls::Identity>,
+    limits: endpoint::Limits,
+    /// The configuration built from `ca_cert` as it was last modified.
+    current: std::sync::Mutex<(Option<std::time::SystemTime>, quinn::ClientConfig)>,
+}
+
+/// A client configuration trusting the CAs in `ca_cert` (presenting `identity` if given).
+fn client_config(
+    ca_cert: &std::path::Path,
+    identity: Option<&tls::Identity>,
+    limits: &endpoint::Limits,
+) -> Result<quinn::ClientConfig, Error> {
+    let trust = tls::Trust::load(ca_cert).map_err(|e| Error::Config(e.to_string()))?;
+    let crypto = match identity {
+        Some(identity) => tls::host_client(&trust, identity.duplicate()),
+        None => tls::client(&trust),
+    }
+    .map_err(|e| Error::Config(e.to_string()))?;
+    endpoint::client_config(crypto, limits).map_err(|e| Error::Local(e.to_string()))
+}
+
+impl Trusted {
+    fn build(&self) -> Result<quinn::ClientConfig, Error> {
+        client_config(&self.ca_cert, self.identity.as_ref(), &self.limits)
+    }
+
+    /// The configuration for the next connection: rebuilt when `ca_cert` changed since, else
+    /// the last one. A file that cannot be read now (being replaced) leaves the last one.
+    fn config(&self) -> quinn::ClientConfig {
+        let modified = std::fs::metadata(&self.ca_cert)
+            .and_then(|m| m.modified())
+            .ok();
+        let mut current = self
+            .current
+            .lock()
+            .expect("never poisoned: no panics under the lock");
+        if modified.is_some() && modified != current.0 {
+            match self.build() {
+                Ok(config) => {
+                    tracing::info!(ca_cert = %self.ca_cert.display(), "trusting the CA bundle as it is now");
+                    *current = (modified, config);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the CA bundle again; trusting it as it was")
+                }
+            }
+        }
+        current.1.clone()
+    }
 }
 
 impl Dialer {
@@ -62,15 +121,26 @@ impl Dialer {
             let sessions = crate::host::SESSIONS_MAX as u32;
             limits.streams_per_connection_max = sessions + sessions / 8 + 1;
         }
-        let endpoint = match identity {
-            Some(identity) => endpoint::host(&trust, identity, &limits),
+        let endpoint = match &identity {
+            Some(identity) => endpoint::host(&trust, identity.duplicate(), &limits),
             None => endpoint::client(&trust, &limits),
         }
         .map_err(|e| Error::Local(e.to_string()))?;
+        let modified = std::fs::metadata(&config.ca_cert)
+            .and_then(|m| m.modified())
+            .ok();
+        let first = client_config(&config.ca_cert, identity.as_ref(), &limits)?;
+        let tls = Trusted {
+            ca_cert: config.ca_cert.clone(),
+            identity,
+            limits,
+            current: std::sync::Mutex::new((modified, first)),
+        };
         Ok(Self {
             endpoint,
             brokers: std::sync::Mutex::new(config.brokers.clone()),
             role,
+            tls,
         })
     }
 
@@ -124,10 +194,10 @@ impl Dialer {
         order.sort_by_key(|b| Some(b.node_id.as_str()) == avoid);
         let mut attempts = tokio::task::JoinSet::new();
         for (i, broker) in order.iter().cloned().enumerate() {
-            let (endpoint, role) = (self.endpoint.clone(), self.role);
+            let (endpoint, role, config) = (self.endpoint.clone(), self.role, self.tls.config());
             attempts.spawn(async move {
                 tokio::time::sleep(CONNECT_STAGGER * i as u32).await;
-                let result = connect_to(&endpoint, role, &broker).await;
+                let result = connect_to(&endpoint, config, role, &broker).await;
                 (broker, result)
             });
         }
@@ -162,7 +232,7 @@ impl Dialer {
             relay_addr,
             admin_url: String::new(),
         };
-        let connected = connect_to(&self.endpoint, self.role, &entry).await?;
+        let connected = connect_to(&self.endpoint, self.tls.config(), self.role, &entry).await?;
         self.learn(&connected.brokers);
         Ok(connected)
     }
@@ -174,12 +244,13 @@ impl Dialer {
 
 async fn connect_to(
     endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
     role: Role,
     broker: &BrokerEntry,
 ) -> Result<Connected, Error> {
     {
         let connecting = endpoint
-            .connect(broker.relay_addr, &broker.node_id)
+            .connect_with(config, broker.relay_addr, &broker.node_id)
             .map_err(|e| Error::Config(format!("cannot dial {}: {e}", broker.relay_addr)))?;
         let conn = match timeout(CONNECT_TIMEOUT, connecting).await {
             Err(_) => return Err(Error::Unreachable("no answer within 5 s".into())),

@@ -207,6 +207,9 @@ pub struct NodeStatus {
     pub grants: usize,
     pub sessions_open: usize,
     pub audit_records: usize,
+    /// When this node's certificate and its trusted CA stop being valid.
+    #[serde(default)]
+    pub certificates: crate::certificates::Expiry,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -287,6 +290,7 @@ pub fn node_status(ctx: &Ctx) -> NodeStatus {
         grants: counts.grants,
         sessions_open: counts.sessions_open,
         audit_records: counts.audit_records,
+        certificates: crate::certificates::Expiry::read(&ctx.config),
     }
 }
 

@@ -13,6 +13,11 @@ pub struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Certificate {
+    pub certificate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Result_ {
     pub result: &'static str,
 }
@@ -88,6 +93,9 @@ pub struct Metrics {
     pub sessions_resumed: Counter,
     /// Sessions this node cut because the state no longer allows them (`withdraw.rs`).
     pub sessions_withdrawn: Counter,
+    /// When this node's certificate and the cluster CA it trusts (the earliest of a bundle)
+    /// stop being valid (Unix seconds), for the alert that comes before.
+    pub certificate_expiry: Family<Certificate, Gauge>,
     /// Second agents refused because another agent with the same host identity is attached,
     /// and when the last one was (Unix seconds; 0 never), for an alert on recent ones.
     pub host_duplicate_attach: Counter,
@@ -228,6 +236,13 @@ impl Metrics {
                 "When this node last refused a second agent with a host's identity (Unix \
                  seconds; 0 never)",
                 Gauge::default()
+            ),
+            certificate_expiry: register!(
+                "certificate_expiry_timestamp_seconds",
+                "When a certificate this node uses stops being valid (Unix seconds): its own \
+                 (certificate=\"node\") and the earliest-expiring CA it trusts \
+                 (certificate=\"ca\")",
+                Family::default()
             ),
             sessions_withdrawn: register!(
                 "sessions_withdrawn",

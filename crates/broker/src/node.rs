@@ -160,6 +160,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let admin_addr = admin_listener.local_addr().map_err(StartError::LocalAddr)?;
 
     let metrics = Arc::new(Metrics::new(&node_id));
+    let expiry = crate::certificates::Expiry::read(&config);
+    expiry.export(&metrics);
+    expiry.warn(crate::now_ms());
     let proposer = crate::propose::Proposer::new(
         replica.clone(),
         peers.clone(),

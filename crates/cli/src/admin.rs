@@ -464,4 +464,17 @@ fn print_status(s: &Value) {
         cell(&s["grants"]),
         cell(&s["audit_records"])
     );
+    let expires = |key: &str| match s["certificates"][key].as_u64() {
+        Some(ms) if ms > 0 => format!(
+            "{} ({})",
+            crate::time::rfc3339(ms),
+            crate::time::relative(ms, crate::time::now_ms())
+        ),
+        _ => "unknown".into(),
+    };
+    println!(
+        "certificate expires {}; CA {}",
+        expires("node_certificate_expires_at_ms"),
+        expires("ca_expires_at_ms")
+    );
 }

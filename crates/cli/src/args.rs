@@ -144,6 +144,22 @@ pub struct InitArgs {
     /// With --join: its raft id (default: one past the highest in --out).
     #[arg(long, requires = "join")]
     pub raft_id: Option<u64>,
+    /// How long node certificates are valid (`365d`, `90d`); renew them before with --renew.
+    #[arg(long, value_name = "DURATION", default_value = "365d", value_parser = duration)]
+    pub cert_validity: std::time::Duration,
+    /// Instead of a new cluster: issue node NODE_ID a new key and certificate from the CA in
+    /// --out (valid for --cert-validity), replacing its files; restart the node through a
+    /// drain to use them.
+    #[arg(long, value_name = "NODE_ID", conflicts_with_all = ["join", "rotate_ca", "retire_old_ca"])]
+    pub renew: Option<String>,
+    /// Instead of a new cluster: start a CA rotation. A new CA signs from now on; ca.pem
+    /// trusts the new and the old CA until --retire-old-ca (docs/OPERATIONS.md, "Rotating
+    /// certificates").
+    #[arg(long, conflicts_with_all = ["join", "retire_old_ca"])]
+    pub rotate_ca: bool,
+    /// Instead of a new cluster: end a CA rotation; ca.pem trusts the new CA alone.
+    #[arg(long, conflicts_with = "join")]
+    pub retire_old_ca: bool,
 }
 
 #[derive(Args, Debug)]

@@ -38,6 +38,10 @@ pub async fn run(args: DevArgs) -> CliResult {
         join: None,
         join_as_witness: false,
         raft_id: None,
+        cert_validity: ferry_transport::certs::NODE_VALIDITY_DEFAULT,
+        renew: None,
+        rotate_ca: false,
+        retire_old_ca: false,
     })?;
     // Two brokers and a witness, each a complete node with its own ports and store.
     let mut nodes = Vec::new();

@@ -70,7 +70,7 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
         Ok(path)
     };
 
-    let ca = ClusterCa::generate(&args.cluster_name)
+    let ca = ClusterCa::generate(&args.cluster_name, None)
         .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
     write("ca.pem", &ca.cert_pem(), false)?;
     // Kept to sign certificates of nodes added later; guard it like the cluster itself.
@@ -118,7 +118,7 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
         let node_id = node.node_id.clone();
         let port = |offset: u16| node_port(i, offset);
         let pair = ca
-            .issue_node(&node_id, &certified)
+            .issue_node(&node_id, &certified, args.cert_validity)
             .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
         write(&format!("{node_id}.pem"), &pair.cert_pem, false)?;
         write(&format!("{node_id}.key"), &pair.key_pem, true)?;

@@ -40,7 +40,7 @@ pub fn run(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
             .map_err(|e| config_error(format!("cannot read {}: {e}", dir.join(name).display())))
     };
     let cluster_name = existing[0].cluster_name.clone();
-    let ca = ClusterCa::load(&cluster_name, &read("ca.key")?)
+    let ca = ClusterCa::load(&read("ca.pem")?, &read("ca.key")?)
         .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
     // Raft ids are never reused: one past the highest any config in DIR has used.
     let raft_id = args
@@ -102,7 +102,7 @@ pub fn run(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
         })
         .collect();
     let pair = ca
-        .issue_node(node_id, &certified)
+        .issue_node(node_id, &certified, args.cert_validity)
         .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
     let write = |name: String, contents: &str, private: bool| {
         let path = dir.join(name);

@@ -8,6 +8,7 @@ mod access;
 mod account;
 mod admin;
 mod args;
+mod certificates;
 mod debug;
 mod dev;
 mod init;

@@ -13,6 +13,48 @@ pub async fn dispatch(cli: Cli) -> CliResult {
     let config = cli.config.as_deref();
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
+        Command::Init(args) if args.renew.is_some() => {
+            let node_id = args.renew.clone().unwrap_or_default();
+            let cert = crate::certificates::renew(&args, &node_id)?;
+            let until = ferry_transport::certs::not_after(
+                &std::fs::read_to_string(&cert).unwrap_or_default(),
+            )
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| crate::time::rfc3339(d.as_millis() as u64))
+            .unwrap_or_default();
+            println!("{}", cert.display());
+            eprintln!(
+                "node {node_id}: a new key and certificate (valid until {until}) in {}.\n  \
+                 Copy them to the node if it runs elsewhere, then restart it through a drain:\n  \
+                 ferry admin drain {node_id} --wait; restart the node; ferry admin undrain {node_id}",
+                args.out.display()
+            );
+            Ok(())
+        }
+        Command::Init(args) if args.rotate_ca => {
+            crate::certificates::rotate(&args)?;
+            eprintln!(
+                "a new CA signs from now on; {} trusts the new and the old CA. Next:\n  \
+                 1. give every node, client and host the new ca.pem (clients and agents read it \
+                 at their next connection, nodes at their next start);\n  \
+                 2. for each node: ferry init --out {} --renew NODE, copy, restart it through a drain;\n  \
+                 3. ferry init --out {} --retire-old-ca, give out ca.pem again, restart the nodes once more.",
+                args.out.join("ca.pem").display(),
+                args.out.display(),
+                args.out.display()
+            );
+            Ok(())
+        }
+        Command::Init(args) if args.retire_old_ca => {
+            crate::certificates::retire(&args)?;
+            eprintln!(
+                "{} trusts the new CA alone. Give it to every node, client and host, and restart \
+                 the nodes one at a time through a drain.",
+                args.out.join("ca.pem").display()
+            );
+            Ok(())
+        }
         Command::Init(args) if args.join.is_some() => {
             let node_id = args.join.clone().unwrap_or_default();
             let path = crate::join::run(&args, &node_id)?;

@@ -61,6 +61,13 @@ pub fn describe(error: &ConnectionError) -> String {
                 format!("closed by peer: {reason}")
             }
         }
+        // TLS alert 45: certificate expired (RFC 8446 section 6.2).
+        ConnectionError::TransportError(e) if e.code == quinn::TransportErrorCode::crypto(45) => {
+            format!(
+                "TLS handshake failed: {e}. The broker's certificate has expired: its operator \
+                 must renew it (`ferry init --out DIR --renew NODE`, then restart the node)"
+            )
+        }
         ConnectionError::TransportError(e) if is_untrusted(error) => format!(
             "TLS handshake failed: {e}. The broker's certificate is not signed by the cluster CA \
              this config trusts; check that the config file belongs to this cluster"

@@ -158,6 +158,19 @@ pub fn peer(
     Ok(endpoint)
 }
 
+/// A QUIC client configuration from a TLS one, with Ferry's transport limits: for dialing
+/// with a configuration newer than the endpoint's default (a CA bundle read again).
+pub fn client_config(
+    crypto: rustls::ClientConfig,
+    limits: &Limits,
+) -> Result<quinn::ClientConfig, Error> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+        .map_err(|e| Error::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport(limits));
+    Ok(config)
+}
+
 /// An endpoint that dials brokers, trusting only the cluster CA.
 pub fn client(trust: &tls::Trust, limits: &Limits) -> Result<quinn::Endpoint, Error> {
     dialer(tls::client(trust)?, limits)
@@ -174,10 +187,7 @@ pub fn host(
 }
 
 fn dialer(crypto: rustls::ClientConfig, limits: &Limits) -> Result<quinn::Endpoint, Error> {
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
-        .map_err(|e| Error::Quic(e.to_string()))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport(limits));
+    let config = client_config(crypto, limits)?;
     let addr: SocketAddr = "0.0.0.0:0".parse().expect("literal socket address");
     let mut endpoint = bind(addr, None, limits, None)?;
     endpoint.set_default_client_config(config);
