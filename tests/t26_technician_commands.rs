@@ -301,3 +301,41 @@ fn t26_the_client_config_is_found_without_flags_and_flags_go_anywhere() {
     ])
     .fails(8, "no node \"b9\"");
 }
+
+#[test]
+fn t26_passwd_changes_the_own_password_once_the_current_one_verifies() {
+    let w = World::init();
+    let _broker = w.start_broker();
+    w.add_user("alice", "staff", PASSWORD);
+    w.login("alice", PASSWORD).ok();
+    let config = w.client_config();
+    let passwd = |input: &str| {
+        w.ferry_with(
+            &["passwd", "--config", &config, "--password-stdin"],
+            Some(input),
+            &[],
+        )
+    };
+    passwd("not it\nsomething new 1\n").fails(4, "the current password is wrong");
+    passwd(&format!("{PASSWORD}\nshort\n")).fails(1, "8 to 1024 characters");
+    passwd(&format!("{PASSWORD}\nsomething new 2\n")).ok();
+    w.login("alice", PASSWORD).fails(4, "");
+    w.login("alice", "something new 2").ok();
+    let audit = w.admin(&["audit", "--json"]).ok();
+    let audit: Value = serde_json::from_str(&audit).unwrap();
+    let records = audit["records"].as_array().unwrap();
+    assert!(
+        records.iter().any(|r| r["action"] == "user.passwd"
+            && r["actor"] == "user:alice"
+            && r["outcome"] == "ok"),
+        "{audit:#}"
+    );
+    assert!(
+        records.iter().any(|r| r["action"] == "login.failed"
+            && r["outcome"]
+                .as_str()
+                .unwrap()
+                .contains("wrong current password")),
+        "a wrong current password counts as a failed login: {audit:#}"
+    );
+}

@@ -12,6 +12,22 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// Hashes a password with argon2id (the crate's defaults: 19 MiB, 2 passes, as OWASP advises).
+/// Shortest password accepted; longer is better, but a floor stops accidents like an empty one.
+pub const PASSWORD_CHARS_MIN: usize = 8;
+/// Longest password accepted; bounds the argon2 input (and the request) sensibly.
+pub const PASSWORD_BYTES_MAX: usize = 1024;
+
+/// What is wrong with `password` as a new password, if anything.
+pub fn new_password_problem(password: &str) -> Option<String> {
+    (password.chars().count() < PASSWORD_CHARS_MIN || password.len() > PASSWORD_BYTES_MAX).then(
+        || {
+            format!(
+                "the password must be {PASSWORD_CHARS_MIN} to {PASSWORD_BYTES_MAX} characters long"
+            )
+        },
+    )
+}
+
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut OsRng);
     Ok(Argon2::default()

@@ -143,3 +143,28 @@ pub async fn logout(config: Option<&Path>) -> CliResult {
     }
     Ok(())
 }
+
+/// `ferry passwd`: changes the logged-in user's own password on the cluster.
+pub async fn passwd(config: Option<&Path>, args: crate::args::PasswdArgs) -> CliResult {
+    let (_, config) = ClientConfig::find_and_load(config)?;
+    let cached = token_cache::load(&config.cluster_name)?;
+    let (current, new) = if args.password_stdin {
+        let current = crate::admin::password_from_stdin()?;
+        let new = crate::admin::password_from_stdin()?;
+        (current, new)
+    } else {
+        let current = rpassword::prompt_password("Current password: ").map_err(|e| {
+            Failure::new(
+                exit::FAILURE,
+                format!("cannot read the password: {e} (use --password-stdin)"),
+            )
+        })?;
+        (current, crate::admin::read_password(false)?)
+    };
+    client::change_password(&config, &cached.token, &current, &new).await?;
+    eprintln!(
+        "password of {:?} changed on cluster {:?}; tokens already issued stay valid",
+        cached.user, config.cluster_name
+    );
+    Ok(())
+}

@@ -59,6 +59,9 @@ pub enum Command {
     Whoami(WhoamiArgs),
     /// Log out: revoke your login token on every broker and delete the cached copy.
     Logout,
+    /// Change your own password (the current one is asked first). Tokens already issued
+    /// stay valid; `ferry logout` ends the one cached here.
+    Passwd(PasswdArgs),
     /// Open a session to a service on a host, on a local port or on stdio.
     Connect(ConnectArgs),
     /// Measure Ferry against a baseline in the same run.
@@ -429,6 +432,14 @@ pub struct LoginArgs {
     #[arg(long)]
     pub user: String,
     /// Read the password from the first line of stdin (else $FERRY_PASSWORD, else a prompt).
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PasswdArgs {
+    /// Read the current password from the first line of stdin and the new one from the
+    /// second, instead of prompting.
     #[arg(long)]
     pub password_stdin: bool,
 }

@@ -104,6 +104,7 @@ pub async fn dispatch(cli: Cli) -> CliResult {
         Command::Ls(args) => account::list(config, args).await,
         Command::Whoami(args) => account::whoami(config, args).await,
         Command::Logout => account::logout(config).await,
+        Command::Passwd(args) => account::passwd(config, args).await,
         Command::Connect(args) => connect(config, args).await,
         Command::Bench(args) => {
             let report = match args.scenario {

@@ -140,3 +140,21 @@ pub async fn logout(config: &ClientConfig, token: &str) -> Result<bool, Error> {
         _ => Err(unexpected("a logout")),
     }
 }
+
+/// Changes the token holder's own password; the current one must verify.
+pub async fn change_password(
+    config: &ClientConfig,
+    token: &str,
+    current_password: &str,
+    new_password: &str,
+) -> Result<(), Error> {
+    let change = client_request::Request::ChangePassword(wire::ChangePassword {
+        token: token.to_owned(),
+        current_password: current_password.to_owned(),
+        new_password: new_password.to_owned(),
+    });
+    match ask(config, change).await? {
+        client_response::Response::PasswordChanged(_) => Ok(()),
+        _ => Err(unexpected("a password change")),
+    }
+}

@@ -3,7 +3,7 @@
 
 mod account;
 
-pub use account::{list_hosts, login, logout, who_am_i};
+pub use account::{change_password, list_hosts, login, logout, who_am_i};
 
 use crate::dial::{closed_now, Dialer};
 use crate::pool::{Notice, Opened, Pool};

@@ -23,22 +23,13 @@ pub struct AddUser {
     pub password: String,
 }
 
-/// Shortest password accepted; longer is better, but a floor stops accidents like an empty one.
-pub const PASSWORD_CHARS_MIN: usize = 8;
-/// Longest password accepted; bounds the argon2 input (and the request) sensibly.
-pub const PASSWORD_BYTES_MAX: usize = 1024;
 /// Longest reason accepted for killing a session (it goes into the audit log).
 const KILL_REASON_BYTES_MAX: usize = 200;
 
 /// Checks a new password's length and hashes it with argon2id off the async threads.
 pub async fn hash_new_password(password: String) -> Result<String, ApiError> {
-    if password.chars().count() < PASSWORD_CHARS_MIN || password.len() > PASSWORD_BYTES_MAX {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "the password must be {PASSWORD_CHARS_MIN} to {PASSWORD_BYTES_MAX} characters long"
-            ),
-        ));
+    if let Some(problem) = crate::auth::new_password_problem(&password) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, problem));
     }
     tokio::task::spawn_blocking(move || crate::auth::hash_password(&password))
         .await

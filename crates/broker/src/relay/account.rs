@@ -130,3 +130,69 @@ pub(super) async fn logout(
         Err(e) => Err(propose_error_to_wire(&e)),
     }
 }
+
+/// Changes the token holder's own password (`ferry passwd`). The current password must verify,
+/// like a login, under the same throttle (a stolen token alone does not change the password);
+/// the new one is hashed here and replicated. Tokens already issued stay valid.
+pub(super) async fn change_password(
+    ctx: &Ctx,
+    request: wire::ChangePassword,
+    remote: SocketAddr,
+) -> Result<wire::PasswordChanged, wire::Error> {
+    let user = user_of(ctx, &request.token).await?;
+    let source = remote.ip();
+    ctx.sessions
+        .throttle
+        .lock()
+        .expect("no code panics while holding the throttle lock")
+        .check(&user.name, source, std::time::Instant::now())
+        .map_err(|why| wire::Error::new(ErrorCode::ResourceExhausted, why))?;
+    if let Some(problem) = crate::auth::new_password_problem(&request.new_password) {
+        return Err(wire::Error::new(ErrorCode::InvalidArgument, problem));
+    }
+    let (stored, current, new) = (
+        user.password_hash.clone(),
+        request.current_password,
+        request.new_password,
+    );
+    let hashed = tokio::task::spawn_blocking(move || {
+        crate::auth::verify_password(&stored, &current)
+            .then(|| crate::auth::hash_password(&new).ok())
+            .flatten()
+    })
+    .await
+    .ok()
+    .flatten();
+    let actor = format!("user:{}", user.name);
+    let Some(password_hash) = hashed else {
+        ctx.sessions
+            .throttle
+            .lock()
+            .expect("no code panics while holding the throttle lock")
+            .record_failure(&user.name, source, std::time::Instant::now());
+        let failed = Kind::LoginFailed(cmd::LoginFailed {
+            user: user.name.clone(),
+            reason: "wrong current password (passwd)".into(),
+        });
+        let _ = ctx
+            .proposer
+            .propose(actor, remote.to_string(), failed)
+            .await;
+        return Err(wire::Error::new(
+            ErrorCode::PermissionDenied,
+            "the current password is wrong; nothing was changed",
+        ));
+    };
+    let set = Kind::SetPassword(cmd::SetPassword {
+        name: user.name.clone(),
+        password_hash,
+    });
+    match ctx.proposer.propose(actor, remote.to_string(), set).await {
+        Ok(Outcome::Refused(r)) => Err(refusal_to_wire(&r)),
+        Ok(_) => {
+            tracing::info!(user = %user.name, %remote, "password changed by its user");
+            Ok(wire::PasswordChanged {})
+        }
+        Err(e) => Err(propose_error_to_wire(&e)),
+    }
+}

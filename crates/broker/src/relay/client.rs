@@ -55,6 +55,10 @@ async fn request(
             super::account::logout(&ctx, logout, remote).await,
             Response::LoggedOut,
         ),
+        Some(Request::ChangePassword(change)) => one_shot(
+            super::account::change_password(&ctx, change, remote).await,
+            Response::PasswordChanged,
+        ),
         // Requests whose stream goes on to carry a session.
         Some(Request::OpenSession(open)) => {
             return super::session::open_session(&ctx, open, send, recv, remote).await;
