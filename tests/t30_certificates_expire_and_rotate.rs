@@ -183,3 +183,94 @@ fn t30_the_ca_rotates_under_a_live_session() {
     }
     stale.kill();
 }
+
+#[test]
+fn t30_a_removed_nodes_certificate_is_refused_by_clients_hosts_and_peers() {
+    let w = World::init_brokers(3);
+    let _nodes: Vec<Proc> = (1..=3).map(|i| w.start_node(i)).collect();
+    for i in 1..=3 {
+        ready(&w, i);
+    }
+    w.add_user("alice", "staff", PASSWORD);
+    w.admin(&["grant", "staff", "lab"]).ok();
+    let token = w.enroll("pc1", "lab");
+    let via_b1 = w.client_config_for(1);
+    let via_b3 = w.client_config_for(3);
+    let mut host = w.start_host_via(&via_b1, "pc1", Some(&token), &[("echo", echo_server())]);
+    w.login_via(&via_b1, "alice", PASSWORD).ok();
+    w.ferry(&["ls", "--config", &via_b3]).ok();
+
+    // b3 is removed from the cluster but keeps running, with its still-valid certificate.
+    w.admin_on(1, &["member", "remove", "b3"]).ok();
+    // Endpoints learn it from any broker they reach, and remember it.
+    w.ferry(&["ls", "--config", &via_b1]).ok();
+    let out = w.ferry(&["ls", "--config", &via_b3]);
+    out.fails(7, "broker b3 was removed from the cluster");
+    // The host agent learns it when it next connects (here: restarted), and keeps it in its
+    // state directory.
+    host.kill();
+    let mut again = w.spawn(
+        "host-pc1-again",
+        &[
+            "host",
+            "--config",
+            &via_b1,
+            "--name",
+            "pc1",
+            "--state-dir",
+            &w.path().join("host-pc1").display().to_string(),
+            "--expose",
+            "echo=127.0.0.1:9",
+        ],
+    );
+    let remembered = w.path().join("host-pc1").join("retired-nodes");
+    wait_for(
+        "the host agent to remember b3",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&remembered)
+                .ok()
+                .filter(|t| t.lines().any(|l| l == "b3"))
+        },
+    );
+    again.kill();
+    let state = w.path().join("host-pc1").display().to_string();
+    let out = w.ferry(&[
+        "host",
+        "--config",
+        &via_b3,
+        "--name",
+        "pc1",
+        "--state-dir",
+        &state,
+        "--expose",
+        "echo=127.0.0.1:9",
+    ]);
+    out.fails(7, "broker b3 was removed from the cluster");
+    // Its peers refuse it: it hears from no leader any more.
+    wait_for(
+        "b3 to be cut off from its peers",
+        Duration::from_secs(20),
+        || {
+            let status = w.status_of(3)?;
+            let contact = &status["raft"]["leader_contact_ms_ago"];
+            (contact.is_null() || contact.as_u64().is_some_and(|ms| ms > 3_000)).then_some(())
+        },
+    );
+    // And no node may join under its name again.
+    let config = w.client_config();
+    let peer = format!("127.0.0.1:{}", w.layout().peer_port(3));
+    w.ferry(&[
+        "admin",
+        "--config",
+        &config,
+        "member",
+        "add",
+        "b3",
+        "--raft-id",
+        "9",
+        "--peer-addr",
+        &peer,
+    ])
+    .fails(1, "was removed from this cluster");
+}

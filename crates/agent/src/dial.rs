@@ -26,6 +26,8 @@ pub struct Connected {
     pub control: (quinn::SendStream, quinn::RecvStream),
     /// Every broker the answering node knows of.
     pub brokers: Vec<wire::BrokerInfo>,
+    /// Node ids the cluster removed, as the answering node knows them.
+    pub retired: Vec<String>,
 }
 
 /// Dials the brokers of one cluster.
@@ -36,6 +38,8 @@ pub struct Dialer {
     role: Role,
     /// What each connection trusts and presents, read again when `ca_cert` changes.
     tls: Trusted,
+    /// Brokers the cluster removed: never dialed, never trusted.
+    retired: crate::retired::Retired,
 }
 
 /// The CA bundle a dialer trusts, followed on disk: during a CA rotation the operator
@@ -96,20 +100,31 @@ impl Trusted {
 }
 
 impl Dialer {
+    /// For a client: removed brokers are remembered beside the cached login tokens.
     pub fn new(config: &ClientConfig, role: Role) -> Result<Self, Error> {
-        Self::build(config, role, None)
+        let file = crate::token_cache::path(&config.cluster_name)
+            .ok()
+            .map(|p| p.with_extension("retired-nodes"));
+        Self::build(config, role, None, file)
     }
 
     /// For a host agent: presents the host's own certificate (`certs::host_key`) in every
-    /// handshake, proving it holds the key the cluster pinned at enrollment.
-    pub fn host(config: &ClientConfig, identity: tls::Identity) -> Result<Self, Error> {
-        Self::build(config, Role::Host, Some(identity))
+    /// handshake, proving it holds the key the cluster pinned at enrollment; removed brokers
+    /// are remembered in the agent's state directory.
+    pub fn host(
+        config: &ClientConfig,
+        identity: tls::Identity,
+        state_dir: &std::path::Path,
+    ) -> Result<Self, Error> {
+        let file = state_dir.join("retired-nodes");
+        Self::build(config, Role::Host, Some(identity), Some(file))
     }
 
     fn build(
         config: &ClientConfig,
         role: Role,
         identity: Option<tls::Identity>,
+        retired_file: Option<std::path::PathBuf>,
     ) -> Result<Self, Error> {
         let trust = tls::Trust::load(&config.ca_cert).map_err(|e| Error::Config(e.to_string()))?;
         let mut limits = config.transport_limits();
@@ -141,6 +156,7 @@ impl Dialer {
             brokers: std::sync::Mutex::new(config.brokers.clone()),
             role,
             tls,
+            retired: crate::retired::Retired::load(retired_file),
         })
     }
 
@@ -154,12 +170,14 @@ impl Dialer {
 
     /// Adds brokers a broker told us about, so that failover reaches nodes added since the
     /// config file was written.
-    fn learn(&self, brokers: &[wire::BrokerInfo]) {
+    fn learn(&self, connected: &Connected) {
+        self.retired.learn(&connected.retired);
         let mut known = self
             .brokers
             .lock()
             .expect("never poisoned: no panics under the lock");
-        for b in brokers {
+        known.retain(|b| !self.retired.contains(&b.node_id));
+        for b in &connected.brokers {
             let Ok(relay_addr) = b.relay_addr.parse() else {
                 continue;
             };
@@ -192,6 +210,14 @@ impl Dialer {
             order.rotate_left(start);
         }
         order.sort_by_key(|b| Some(b.node_id.as_str()) == avoid);
+        let (retired, order): (Vec<BrokerEntry>, Vec<BrokerEntry>) = order
+            .into_iter()
+            .partition(|b| self.retired.contains(&b.node_id));
+        if order.is_empty() {
+            if let Some(b) = retired.first() {
+                return Err(removed(&b.node_id));
+            }
+        }
         let mut attempts = tokio::task::JoinSet::new();
         for (i, broker) in order.iter().cloned().enumerate() {
             let (endpoint, role, config) = (self.endpoint.clone(), self.role, self.tls.config());
@@ -206,7 +232,7 @@ impl Dialer {
             let Ok((broker, result)) = done else { continue };
             match result {
                 Ok(connected) => {
-                    self.learn(&connected.brokers);
+                    self.learn(&connected);
                     return Ok(connected);
                 }
                 Err(e @ (Error::Untrusted(_) | Error::Refused { .. })) => return Err(e),
@@ -227,13 +253,16 @@ impl Dialer {
                 broker.relay_addr
             ))
         })?;
+        if self.retired.contains(&broker.node_id) {
+            return Err(removed(&broker.node_id));
+        }
         let entry = BrokerEntry {
             node_id: broker.node_id.clone(),
             relay_addr,
             admin_url: String::new(),
         };
         let connected = connect_to(&self.endpoint, self.tls.config(), self.role, &entry).await?;
-        self.learn(&connected.brokers);
+        self.learn(&connected);
         Ok(connected)
     }
 
@@ -291,11 +320,20 @@ async fn connect_to(
                 node_id: ack.node_id,
                 control: (send, recv),
                 brokers: ack.brokers,
+                retired: ack.retired_nodes,
             }),
             Some(hello_reply::Reply::Error(e)) => Err(Error::refused(e)),
             None => Err(Error::Protocol("broker sent an empty Hello reply".into())),
         }
     }
+}
+
+/// The refusal of a broker the cluster removed.
+fn removed(node_id: &str) -> Error {
+    Error::Untrusted(format!(
+        "broker {node_id} was removed from the cluster: its certificate is no longer trusted \
+         (remove it from the config file)"
+    ))
 }
 
 /// The error for a stream operation that failed because the connection closed. A close that

@@ -52,7 +52,16 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Decides how the agent starts: with its enrolled key, or enrolling a new one.
 pub(crate) fn start(opts: &HostOptions) -> Result<Start, Error> {
-    let stored = load(opts)?;
+    let stored = match load(opts) {
+        Ok(stored) => stored,
+        // A new token enrolls afresh whatever the old file holds (a bearer credential of an
+        // older version, a damaged file): it is replaced once the cluster accepts the key.
+        Err(e) if opts.enroll_token.is_some() => {
+            tracing::warn!(error = %e, "enrolling afresh with the token given");
+            None
+        }
+        Err(e) => return Err(e),
+    };
     let fresh = match (&stored, &opts.enroll_token) {
         (None, None) => {
             return Err(Error::Config(format!(

@@ -52,7 +52,7 @@ pub async fn run(
         identity,
         mut pending,
     } = crate::enrollment::start(&opts)?;
-    let dialer = Dialer::host(&opts.config, identity)?;
+    let dialer = Dialer::host(&opts.config, identity, &opts.state_dir)?;
     let agent = Arc::new(Agent {
         services: opts.services.clone(),
         sessions: Default::default(),

@@ -13,6 +13,7 @@ pub mod error;
 pub mod host;
 pub mod pool;
 pub mod resumable;
+mod retired;
 pub mod token_cache;
 
 pub use config::ClientConfig;

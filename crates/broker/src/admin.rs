@@ -290,7 +290,7 @@ pub fn node_status(ctx: &Ctx) -> NodeStatus {
         grants: counts.grants,
         sessions_open: counts.sessions_open,
         audit_records: counts.audit_records,
-        certificates: crate::certificates::Expiry::read(&ctx.config),
+        certificates: ctx.health.certificates,
     }
 }
 

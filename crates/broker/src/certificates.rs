@@ -1,7 +1,8 @@
 //! When the certificates a node uses stop being valid: its own (`cert`) and the cluster CAs it
-//! trusts (`ca_cert`, possibly a bundle during a CA rotation). Read from the files at start
-//! (a renewed certificate takes effect when the node restarts), exported as a metric for the
-//! alert that comes before expiry, and shown in the node's status.
+//! trusts (`ca_cert`, possibly a bundle during a CA rotation). Read from the files once, at
+//! start, like the TLS configuration itself (a renewed certificate takes effect when the node
+//! restarts), so the metric (for the alert that comes before expiry) and the node's status
+//! say what the running process presents.
 
 use crate::config::NodeConfig;
 use crate::metrics::{Certificate, Metrics};

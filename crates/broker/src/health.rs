@@ -39,6 +39,8 @@ pub struct Health {
     /// Random, nonzero, chosen at start: which process of this node a maintenance lease was
     /// taken on (a different one has restarted since).
     pub boot_id: u64,
+    /// When the certificates this process presents and trusts expire (read at start).
+    pub certificates: crate::certificates::Expiry,
 }
 
 /// Facts about the node that are not services: set by the storage probe and start-up.

@@ -176,6 +176,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         local: Default::default(),
         started: std::time::Instant::now(),
         started_at_ms: crate::now_ms(),
+        certificates: expiry,
         boot_id: rand::random::<u64>() | 1,
     };
     let ctx = Arc::new(Ctx {

@@ -149,11 +149,13 @@ pub fn retire(args: &InitArgs) -> Result<(), Failure> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let node = name.strip_suffix(".toml")?.to_owned();
-            (node != "client").then_some(node)
+            // client.toml, and copies of it naming one broker (client-b1.toml).
+            (!node.starts_with("client")).then_some(node)
         })
         .filter(|node| {
+            // A config that does not load is counted as stale: better refuse than strand it.
             let Ok(config) = NodeConfig::load(&dir.join(format!("{node}.toml"))) else {
-                return false;
+                return true;
             };
             let cert = std::fs::read_to_string(&config.cert).unwrap_or_default();
             !signed_by(&cert, newest)

@@ -143,7 +143,7 @@ impl Peers {
     /// Brings the links in line with the configured peers and the member directory: links for
     /// new members, none for retired raft ids.
     pub(crate) fn reconcile(self: &Arc<Self>) {
-        let (mut wanted, retired): (Vec<PeerConfig>, Vec<u64>) = {
+        let (mut wanted, retired, retired_names): (Vec<PeerConfig>, Vec<u64>, Vec<String>) = {
             let state = self.replica.read();
             let added = state.members().filter_map(|m| {
                 Some(PeerConfig {
@@ -155,7 +155,11 @@ impl Peers {
                 })
             });
             let added: Vec<PeerConfig> = added.collect();
-            (added, state.retired_raft_ids().collect())
+            (
+                added,
+                state.retired_raft_ids().collect(),
+                state.retired_node_ids().map(str::to_owned).collect(),
+            )
         };
         let learned = read(&self.learned).clone();
         for peer in &self.configured {
@@ -167,7 +171,11 @@ impl Peers {
                 wanted.push(peer);
             }
         }
-        wanted.retain(|p| p.node_id != self.node_id && !retired.contains(&p.raft_id));
+        wanted.retain(|p| {
+            p.node_id != self.node_id
+                && !retired.contains(&p.raft_id)
+                && !retired_names.contains(&p.node_id)
+        });
         let mut links = write(&self.links);
         links.retain(|id, link| {
             let keep = wanted.iter().any(|w| w.raft_id == *id && w == &link.config);

@@ -138,6 +138,9 @@ pub struct StateMachine {
     members: BTreeMap<u64, Member>,
     /// Raft ids of removed members, never to be reused.
     retired_raft_ids: BTreeSet<u64>,
+    /// Node ids of removed members (no member carries them any more): their certificates are
+    /// refused everywhere, and no node may join under them again (see `members.rs`).
+    retired_node_ids: BTreeSet<String>,
     /// Raft ids that have taken part (see `members.rs`): never to be taken again by an empty
     /// store.
     seen_raft_ids: BTreeSet<u64>,

@@ -34,6 +34,13 @@ impl StateMachine {
             MembershipAction::Remove => {
                 self.members.remove(&member.raft_id);
                 self.retired_raft_ids.insert(member.raft_id);
+                // A node replaced under a new raft id keeps its name (the new identity is a
+                // member already); a node removed for good leaves its name behind.
+                if !member.node_id.is_empty()
+                    && !self.members.values().any(|m| m.node_id == member.node_id)
+                {
+                    self.retired_node_ids.insert(member.node_id.clone());
+                }
                 "member.remove"
             }
             MembershipAction::Unspecified => "member.unknown",
@@ -65,6 +72,16 @@ impl StateMachine {
 
     pub fn retired_raft_ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.retired_raft_ids.iter().copied()
+    }
+
+    /// Whether node id `node_id` was removed from the cluster for good: its certificate is
+    /// refused, and no node may join under that name again.
+    pub fn is_node_retired(&self, node_id: &str) -> bool {
+        self.retired_node_ids.contains(node_id)
+    }
+
+    pub fn retired_node_ids(&self) -> impl Iterator<Item = &str> + '_ {
+        self.retired_node_ids.iter().map(String::as_str)
     }
 
     /// Records raft ids the leader saw take part.

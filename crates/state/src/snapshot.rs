@@ -49,6 +49,7 @@ impl StateMachine {
             leases: self.leases.values().cloned().collect(),
             seen_raft_ids: self.seen_raft_ids.iter().copied().collect(),
             admin_tokens: self.admin_tokens.values().cloned().collect(),
+            retired_node_ids: self.retired_node_ids.iter().cloned().collect(),
         }
     }
 
@@ -104,6 +105,7 @@ impl StateMachine {
         state.audit = snapshot.audit.into();
         state.retired_raft_ids = snapshot.retired_raft_ids.into_iter().collect();
         state.seen_raft_ids = snapshot.seen_raft_ids.into_iter().collect();
+        state.retired_node_ids = snapshot.retired_node_ids.into_iter().collect();
         for member in snapshot.members {
             if state.retired_raft_ids.contains(&member.raft_id) {
                 return inconsistent(format!("member {} is also retired", member.raft_id));

@@ -332,8 +332,26 @@ fn member_directory_follows_configuration_changes_only() {
     assert_eq!(state.apply_membership(&remove), Outcome::Applied);
     assert!(state.member(4).is_none());
     assert!(state.is_retired(4));
+    assert!(
+        state.is_node_retired("b4"),
+        "no member carries its name: retired"
+    );
     let restored = StateMachine::restore(state.snapshot()).unwrap();
     assert!(restored.is_retired(4));
+    assert!(restored.is_node_retired("b4"));
+    // A node replaced under a new raft id keeps its name.
+    let mut replaced = StateMachine::new();
+    for change in [
+        membership(MembershipAction::AddLearner, 5, "b5"),
+        membership(MembershipAction::AddLearner, 6, "b5"),
+        membership(MembershipAction::Remove, 5, "b5"),
+    ] {
+        assert_eq!(
+            replaced.apply_membership(&cmd(T0, change)),
+            Outcome::Applied
+        );
+    }
+    assert!(replaced.is_retired(5) && !replaced.is_node_retired("b5"));
     let actions: Vec<_> = state
         .audit_after(0, 100)
         .map(|r| r.action.clone())

@@ -141,6 +141,16 @@ pub(super) async fn add(
             "raft_id must be greater than 0",
         ));
     }
+    if ctx.replica.read().is_node_retired(&req.node_id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "node id {:?} was removed from this cluster, and its certificate is refused \
+                 everywhere; give the machine a new node id (`ferry init --join NEW_ID`)",
+                req.node_id
+            ),
+        ));
+    }
     let membership = ctx.replica.membership();
     let taken = membership
         .voters

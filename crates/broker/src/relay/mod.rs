@@ -59,6 +59,10 @@ impl Sessions {
     }
 }
 
+/// Retired node ids a `HelloAck` carries at most (names are at most 64 bytes: this keeps the
+/// answer far below a frame).
+const RETIRED_NODES_SENT_MAX: usize = 1024;
+
 /// Longest close reason sent; QUIC carries it in one packet.
 const CLOSE_REASON_BYTES_MAX: usize = 400;
 
@@ -173,6 +177,13 @@ async fn handle(
             protocol_version: PROTOCOL_VERSION,
             node_id: ctx.config.node_id.clone(),
             brokers: crate::handoff::known_brokers(&ctx),
+            retired_nodes: ctx
+                .replica
+                .read()
+                .retired_node_ids()
+                .take(RETIRED_NODES_SENT_MAX)
+                .map(str::to_owned)
+                .collect(),
         })),
     };
     if framed::write(&mut send, &ack, frame_limits(&ctx))
