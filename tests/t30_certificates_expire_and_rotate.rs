@@ -274,3 +274,68 @@ fn t30_a_removed_nodes_certificate_is_refused_by_clients_hosts_and_peers() {
     ])
     .fails(1, "was removed from this cluster");
 }
+
+#[test]
+fn t30_init_lays_out_what_each_node_needs_without_the_ca_key() {
+    let w = World::init_cluster(2, 1);
+    for node in ["b1", "b2", "w1"] {
+        let dir = w.cluster().join("nodes").join(node);
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let mut want = vec![
+            "admin.token".to_owned(),
+            "ca.pem".to_owned(),
+            format!("{node}.key"),
+            format!("{node}.pem"),
+            format!("{node}.toml"),
+        ];
+        want.sort();
+        assert_eq!(
+            files,
+            want,
+            "{}: what the node needs, never ca.key",
+            dir.display()
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(format!("{node}.key")))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // A node runs from its own directory alone (here b1, its peers from theirs).
+    let mut nodes = Vec::new();
+    for (name, i) in [("b1", 1u8), ("b2", 2), ("w1", 3)] {
+        let config = w
+            .cluster()
+            .join("nodes")
+            .join(name)
+            .join(format!("{name}.toml"));
+        nodes.push(w.spawn(
+            &format!("node-{name}"),
+            &["broker", "--config", config.to_str().unwrap()],
+        ));
+        let _ = i;
+    }
+    for i in 1..=3 {
+        ready(&w, i);
+    }
+    assert!(
+        w.cluster().join("nodes/b1/data").is_dir(),
+        "its data under its directory"
+    );
+    // A renewal and a rotation keep the nodes' directories current.
+    init_subcommand(&w, &["--renew", "b1"]).ok();
+    assert_eq!(
+        std::fs::read(w.cluster().join("b1.pem")).unwrap(),
+        std::fs::read(w.cluster().join("nodes/b1/b1.pem")).unwrap()
+    );
+    init_subcommand(&w, &["--rotate-ca"]).ok();
+    assert_eq!(
+        std::fs::read(w.cluster().join("ca.pem")).unwrap(),
+        std::fs::read(w.cluster().join("nodes/w1/ca.pem")).unwrap()
+    );
+}

@@ -11,6 +11,9 @@
 //!   and restarted one at a time.
 //! - **Retire**: `ca.pem` lists the new CA alone, `ca.key.previous` is deleted; after the nodes
 //!   restart once more, a certificate of the old CA is trusted nowhere.
+//!
+//! Each step also updates the nodes' own directories (`DIR/nodes/NODE/`, see `bundle.rs`),
+//! which are what gets copied to the nodes' machines.
 
 use crate::args::InitArgs;
 use crate::Failure;
@@ -103,6 +106,7 @@ pub fn renew(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
     // The key first: a certificate beside the wrong key would not load.
     replace(&config.key, pair.key_pem.as_bytes(), true)?;
     replace(&config.cert, pair.cert_pem.as_bytes(), false)?;
+    crate::bundle::refresh(dir, node_id)?;
     Ok(config.cert)
 }
 
@@ -126,7 +130,8 @@ pub fn rotate(args: &InitArgs) -> Result<(), Failure> {
     replace(&dir.join("ca.key.previous"), old_key.as_bytes(), true)?;
     replace(&dir.join("ca.key"), new.key_pem().as_bytes(), true)?;
     let bundle = format!("{}{}", new.cert_pem(), old_bundle);
-    replace(&dir.join("ca.pem"), bundle.as_bytes(), false)
+    replace(&dir.join("ca.pem"), bundle.as_bytes(), false)?;
+    crate::bundle::refresh_ca(dir)
 }
 
 /// Ends a CA rotation: `ca.pem` trusts the newest CA alone.
@@ -173,7 +178,7 @@ pub fn retire(args: &InitArgs) -> Result<(), Failure> {
     }
     replace(&dir.join("ca.pem"), newest.as_bytes(), false)?;
     let _ = std::fs::remove_file(dir.join("ca.key.previous"));
-    Ok(())
+    crate::bundle::refresh_ca(dir)
 }
 
 /// Whether `cert_pem` chains to the CA certificate `ca_pem` (and is valid now).

@@ -141,6 +141,7 @@ pub fn run(args: &InitArgs) -> Result<Cluster, Failure> {
             &config_text(&config),
             false,
         )?);
+        crate::bundle::write(dir, &config)?;
         let admin_url = format!("https://{}", config.admin_addr);
         match node.role {
             Role::Broker => brokers.push(BrokerEntry {

@@ -126,6 +126,7 @@ pub fn run(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
     );
     config.admin_api.plain_http = existing[0].admin_api.plain_http;
     let path = write(format!("{node_id}.toml"), &config_text(&config), false)?;
+    crate::bundle::write(dir, &config)?;
     add_to_client_config(&dir.join("client.toml"), &config)?;
     Ok(path)
 }

@@ -82,11 +82,14 @@ pub async fn dispatch(cli: Cli) -> CliResult {
         Command::Init(args) => {
             let cluster = init::run(&args)?;
             eprintln!(
-                "cluster {:?} written to {}:\n  start the broker:  ferry broker --config {}\n  administer it:     ferry admin --config {} status",
+                "cluster {:?} written to {}:\n  start the broker:  ferry broker --config {}\n  administer it:     ferry admin --config {} status\n  \
+                 on other machines: copy {}/NODE/ to node NODE (its files, never ca.key) and run \
+                 ferry broker --config NODE.toml there",
                 args.cluster_name,
                 cluster.dir.display(),
                 cluster.node_configs[0].display(),
-                cluster.client_config.display()
+                cluster.client_config.display(),
+                cluster.dir.join("nodes").display()
             );
             Ok(())
         }
