@@ -1008,6 +1008,7 @@ fn membership_command(action: MembershipAction, member: Member, now_ms: u64) -> 
             member: Some(member),
             forced: false,
             reason: String::new(),
+            retire_node_id: false,
         })),
     }
 }

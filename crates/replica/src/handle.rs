@@ -281,6 +281,7 @@ pub fn membership_command(action: MembershipAction, member: Member, actor: Strin
             member: Some(member),
             forced: false,
             reason: String::new(),
+            retire_node_id: false,
         })),
     }
 }

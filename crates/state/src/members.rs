@@ -34,9 +34,10 @@ impl StateMachine {
             MembershipAction::Remove => {
                 self.members.remove(&member.raft_id);
                 self.retired_raft_ids.insert(member.raft_id);
-                // A node replaced under a new raft id keeps its name (the new identity is a
-                // member already); a node removed for good leaves its name behind.
-                if !member.node_id.is_empty()
+                // A node removed for good leaves its name behind; one replaced under a new raft
+                // id keeps it (the removal says which; a member still carrying the name wins).
+                if change.retire_node_id
+                    && !member.node_id.is_empty()
                     && !self.members.values().any(|m| m.node_id == member.node_id)
                 {
                     self.retired_node_ids.insert(member.node_id.clone());

@@ -293,6 +293,7 @@ fn replay_is_deterministic_from_any_snapshot() {
 }
 
 fn membership(action: MembershipAction, raft_id: u64, node_id: &str) -> Kind {
+    let retire_node_id = action == MembershipAction::Remove;
     Kind::ChangeMembership(pb::ChangeMembership {
         action: action as i32,
         member: Some(Member {
@@ -305,6 +306,7 @@ fn membership(action: MembershipAction, raft_id: u64, node_id: &str) -> Kind {
         }),
         forced: false,
         reason: String::new(),
+        retire_node_id,
     })
 }
 
@@ -339,12 +341,17 @@ fn member_directory_follows_configuration_changes_only() {
     let restored = StateMachine::restore(state.snapshot()).unwrap();
     assert!(restored.is_retired(4));
     assert!(restored.is_node_retired("b4"));
-    // A node replaced under a new raft id keeps its name.
+    // A node replaced under a new raft id keeps its name: its old id is removed first, as
+    // rejoin.rs does, by a removal that does not retire the name.
     let mut replaced = StateMachine::new();
+    let mut keep_name = membership(MembershipAction::Remove, 5, "b5");
+    if let Kind::ChangeMembership(c) = &mut keep_name {
+        c.retire_node_id = false;
+    }
     for change in [
         membership(MembershipAction::AddLearner, 5, "b5"),
+        keep_name,
         membership(MembershipAction::AddLearner, 6, "b5"),
-        membership(MembershipAction::Remove, 5, "b5"),
     ] {
         assert_eq!(
             replaced.apply_membership(&cmd(T0, change)),
@@ -352,6 +359,10 @@ fn member_directory_follows_configuration_changes_only() {
         );
     }
     assert!(replaced.is_retired(5) && !replaced.is_node_retired("b5"));
+    // Removed for good later (an operator's `member remove`): the name goes with it.
+    let remove = cmd(T0, membership(MembershipAction::Remove, 6, "b5"));
+    assert_eq!(replaced.apply_membership(&remove), Outcome::Applied);
+    assert!(replaced.is_node_retired("b5"));
     let actions: Vec<_> = state
         .audit_after(0, 100)
         .map(|r| r.action.clone())

@@ -266,6 +266,8 @@ async fn change(
         member: Some(member),
         forced,
         reason: String::new(),
+        // An operator's removal is for good: the name goes with it.
+        retire_node_id: action == MembershipAction::Remove,
     });
     propose(ctx, caller, kind).await.map(drop).inspect_err(|e| {
         tracing::info!(actor = %caller.actor(), error = %e.message, "membership change refused");
