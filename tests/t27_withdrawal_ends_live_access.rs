@@ -37,15 +37,7 @@ struct Live {
 }
 
 fn live_session() -> Live {
-    let w = World::init_cluster(2, 1);
-    let nodes = vec![
-        w.start_named("b1", 1),
-        w.start_named("b2", 2),
-        w.start_named("w1", 3),
-    ];
-    wait_for("a leader", Duration::from_secs(20), || {
-        (w.admin(&["status"]).code == 0).then_some(())
-    });
+    let (w, nodes) = World::pair_with_witness();
     w.add_user("alice", "staff", PASSWORD);
     let enrollment = w.enroll("pc1", "lab");
     w.admin(&["grant", "staff", "lab"]).ok();

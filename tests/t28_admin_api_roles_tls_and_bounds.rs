@@ -18,15 +18,7 @@ fn as_token(w: &World, token: &str, args: &[&str], stdin: Option<&str>) -> Outpu
 
 #[test]
 fn t28_roles_allow_what_they_name_and_refusals_are_audited() {
-    let w = World::init_cluster(2, 1);
-    let _nodes = [
-        w.start_named("b1", 1),
-        w.start_named("b2", 2),
-        w.start_named("w1", 3),
-    ];
-    wait_for("a leader", Duration::from_secs(20), || {
-        (w.admin(&["status"]).code == 0).then_some(())
-    });
+    let (w, _nodes) = World::pair_with_witness();
     let reader = w
         .admin(&["token", "create", "dashboards", "--role", "read"])
         .ok()

@@ -49,15 +49,7 @@ fn exits(proc: &mut Proc, what: &str) -> std::process::ExitStatus {
 
 #[test]
 fn t29_a_host_is_its_key_and_one_agent_holds_it() {
-    let w = World::init_cluster(2, 1);
-    let _nodes = [
-        w.start_named("b1", 1),
-        w.start_named("b2", 2),
-        w.start_named("w1", 3),
-    ];
-    wait_for("a leader", Duration::from_secs(20), || {
-        (w.admin(&["status"]).code == 0).then_some(())
-    });
+    let (w, _nodes) = World::pair_with_witness();
     let token = w.enroll("pc1", "lab");
     let first = w.start_host_via(
         &w.client_config_for(1),

@@ -135,6 +135,21 @@ impl World {
         world
     }
 
+    /// A pair and a witness (`ferry init --brokers 2 --witnesses 1`), started, with a leader
+    /// (`ferry admin status` answers): the nodes b1, b2, w1, in that order.
+    pub fn pair_with_witness() -> (Self, Vec<Proc>) {
+        let w = Self::init_cluster(2, 1);
+        let nodes = vec![
+            w.start_named("b1", 1),
+            w.start_named("b2", 2),
+            w.start_named("w1", 3),
+        ];
+        wait_for("a leader", Duration::from_secs(20), || {
+            (w.admin(&["status"]).code == 0).then_some(())
+        });
+        (w, nodes)
+    }
+
     /// Admin API base URL of node `i` (from 1).
     pub fn admin_url_of(&self, i: u8) -> String {
         self.layout().admin_url(i.into())
