@@ -52,6 +52,19 @@ fn t30_an_expired_node_certificate_is_refused_with_a_clear_message() {
     );
     assert_eq!(exported as u64, expires_ms / 1000);
     assert!(w.admin(&["node"]).ok().contains("certificate expires"));
+    // And in the cluster's status, for every node.
+    let cluster = w.admin(&["status", "--json"]).ok();
+    let cluster: serde_json::Value = serde_json::from_str(&cluster).unwrap();
+    assert_eq!(
+        cluster["nodes"][0]["certificate_expires_at_ms"].as_u64(),
+        Some(expires_ms),
+        "{cluster:#}"
+    );
+    let table = w.admin(&["status"]).ok();
+    assert!(
+        table.contains("CERT_EXPIRES") && table.contains("in 364 d"),
+        "{table}"
+    );
 
     // Renewed for one second, then restarted: expired.
     broker.kill();

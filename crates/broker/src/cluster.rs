@@ -62,6 +62,9 @@ pub struct NodeSummary {
     pub admin_addr: String,
     pub version: String,
     pub uptime_secs: u64,
+    /// When the node's certificate expires (ms since the Unix epoch); 0 when not reported.
+    #[serde(default)]
+    pub certificate_expires_at_ms: u64,
 }
 
 /// A node under maintenance.
@@ -241,13 +244,14 @@ pub fn status(ctx: &Ctx) -> ClusterStatus {
             let problems = ferry_gate::problems(m, view.commit, &policy);
             let report = raw(&m.node_id);
             let r = m.report.clone();
-            let (relay_addr, admin_addr, version) = report
+            let (relay_addr, admin_addr, version, certificate_expires_at_ms) = report
                 .as_ref()
                 .map(|(r, _)| {
                     (
                         r.relay_addr.clone(),
                         r.admin_addr.clone(),
                         r.version.clone(),
+                        r.certificate_expires_at_ms,
                     )
                 })
                 .unwrap_or_default();
@@ -289,6 +293,7 @@ pub fn status(ctx: &Ctx) -> ClusterStatus {
                 uptime_secs: r
                     .as_ref()
                     .map_or(0, |r| now_ms.saturating_sub(r.started_at_ms) / 1000),
+                certificate_expires_at_ms,
             }
         })
         .collect::<Vec<_>>();

@@ -138,6 +138,7 @@ pub fn local_report(ctx: &Ctx) -> HealthReport {
         role: ctx.config.role.name().to_owned(),
         started_at_ms: ctx.health.started_at_ms,
         boot_id: ctx.health.boot_id,
+        certificate_expires_at_ms: ctx.health.certificates.node_certificate_expires_at_ms,
         services,
         term: status.term.load(Ordering::Acquire),
         commit: status.commit.load(Ordering::Acquire),

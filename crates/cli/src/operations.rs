@@ -62,6 +62,10 @@ pub fn print_cluster(s: &Value) {
                     num(&n["memory_limit_bytes"]) / MIB
                 ),
                 "state": state,
+                "cert_expires": crate::time::relative(
+                    num(&n["certificate_expires_at_ms"]),
+                    crate::time::now_ms()
+                ),
             })
         })
         .collect();
@@ -84,6 +88,7 @@ pub fn print_cluster(s: &Value) {
             "sessions",
             "memory_mib",
             "state",
+            "cert_expires",
         ],
     );
     for n in &nodes {

@@ -355,6 +355,7 @@ mod tests {
             admin_addr: "127.0.0.1:7001".to_owned(),
             version: "0.1.0".to_owned(),
             uptime_secs: 75,
+            certificate_expires_at_ms: 0,
         }
     }
 
