@@ -74,21 +74,13 @@ fn earliest(path: &std::path::Path) -> u64 {
     let Ok(text) = std::fs::read_to_string(path) else {
         return 0;
     };
-    pem_blocks(&text)
-        .filter_map(|pem| ferry_transport::certs::not_after(&pem).ok())
+    ferry_transport::certs::pem_blocks(&text)
+        .iter()
+        .filter_map(|pem| ferry_transport::certs::not_after(pem).ok())
         .filter_map(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_millis() as u64)
         .min()
         .unwrap_or(0)
-}
-
-/// Each `-----BEGIN CERTIFICATE-----` block of a PEM file, alone.
-fn pem_blocks(text: &str) -> impl Iterator<Item = String> + '_ {
-    const END: &str = "-----END CERTIFICATE-----";
-    text.split_inclusive(END).filter_map(|chunk| {
-        let start = chunk.find("-----BEGIN CERTIFICATE-----")?;
-        chunk.ends_with(END).then(|| chunk[start..].to_owned())
-    })
 }
 
 #[cfg(test)]
@@ -115,7 +107,7 @@ mod tests {
         let ca_at = earliest(&bundle);
         assert!(ca_at > now_ms + 9 * 365 * 86_400_000, "{ca_at}");
         assert_eq!(
-            pem_blocks(&std::fs::read_to_string(&bundle).unwrap()).count(),
+            ferry_transport::certs::pem_blocks(&std::fs::read_to_string(&bundle).unwrap()).len(),
             2
         );
         assert_eq!(earliest(&dir.path().join("missing.pem")), 0);

@@ -8,7 +8,7 @@
 //! node's machine and run `ferry broker --config NODE.toml` there. (The files at the top of
 //! DIR serve running every node on the machine that holds DIR, as `ferry dev` and tests do.)
 
-use crate::init::write_file;
+use crate::init::replace_file;
 use crate::Failure;
 use ferry_agent::error::exit;
 use ferry_broker::config::NodeConfig;
@@ -26,15 +26,6 @@ fn failure(path: &Path, e: std::io::Error) -> Failure {
     )
 }
 
-/// Replaces (or creates) `path` with `bytes`.
-fn put(path: &Path, bytes: &[u8], private: bool) -> Result<(), Failure> {
-    let tmp = path.with_extension("new");
-    let _ = std::fs::remove_file(&tmp);
-    write_file(&tmp, bytes, private)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| failure(path, e))
-}
-
 /// Writes node `config`'s directory: `config` is the node's config as written at the top of
 /// `dir` (relative paths); its files are copied from there.
 pub fn write(dir: &Path, config: &NodeConfig) -> Result<PathBuf, Failure> {
@@ -49,7 +40,7 @@ pub fn write(dir: &Path, config: &NodeConfig) -> Result<PathBuf, Failure> {
                 format!("cannot read {}: {e}", source.display()),
             )
         })?;
-        put(&node_dir.join(name), &bytes, private)
+        replace_file(&node_dir.join(name), &bytes, private)
     };
     let (cert, key) = (format!("{node_id}.pem"), format!("{node_id}.key"));
     copy(&config.ca_cert, "ca.pem", false)?;
@@ -63,7 +54,7 @@ pub fn write(dir: &Path, config: &NodeConfig) -> Result<PathBuf, Failure> {
     local.key = key.into();
     local.admin_token_file = "admin.token".into();
     let config_path = node_dir.join(format!("{node_id}.toml"));
-    put(
+    replace_file(
         &config_path,
         crate::init::config_text(&local).as_bytes(),
         false,
@@ -84,7 +75,7 @@ pub fn refresh(dir: &Path, node_id: &str) -> Result<(), Failure> {
     ] {
         let source = dir.join(&name);
         if let Ok(bytes) = std::fs::read(&source) {
-            put(&node_dir.join(&name), &bytes, private)?;
+            replace_file(&node_dir.join(&name), &bytes, private)?;
         }
     }
     refresh_ca(dir)
@@ -97,7 +88,7 @@ pub fn refresh_ca(dir: &Path) -> Result<(), Failure> {
         return Ok(());
     };
     for node in nodes.flatten().filter(|e| e.path().is_dir()) {
-        put(&node.path().join("ca.pem"), &ca, false)?;
+        replace_file(&node.path().join("ca.pem"), &ca, false)?;
     }
     Ok(())
 }

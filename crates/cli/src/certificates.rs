@@ -22,19 +22,6 @@ use ferry_broker::config::NodeConfig;
 use ferry_transport::certs::ClusterCa;
 use std::path::{Path, PathBuf};
 
-/// Each `-----BEGIN CERTIFICATE-----` block of a PEM bundle, in order.
-fn pem_blocks(text: &str) -> Vec<String> {
-    const END: &str = "-----END CERTIFICATE-----";
-    text.split_inclusive(END)
-        .filter_map(|chunk| {
-            let start = chunk.find("-----BEGIN CERTIFICATE-----")?;
-            chunk
-                .ends_with(END)
-                .then(|| format!("{}\n", &chunk[start..]))
-        })
-        .collect()
-}
-
 fn read(dir: &Path, name: &str) -> Result<String, Failure> {
     std::fs::read_to_string(dir.join(name)).map_err(|e| {
         Failure::new(
@@ -47,20 +34,6 @@ fn read(dir: &Path, name: &str) -> Result<String, Failure> {
     })
 }
 
-/// Replaces `path` with `bytes` (through a file beside it, then a rename).
-fn replace(path: &Path, bytes: &[u8], private: bool) -> Result<(), Failure> {
-    let tmp = path.with_extension("new");
-    let _ = std::fs::remove_file(&tmp);
-    crate::init::write_file(&tmp, bytes, private)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            Failure::new(
-                exit::FAILURE,
-                format!("cannot write {}: {e}", path.display()),
-            )
-        })
-}
-
 fn failure(e: impl std::fmt::Display) -> Failure {
     Failure::new(exit::FAILURE, e.to_string())
 }
@@ -68,7 +41,7 @@ fn failure(e: impl std::fmt::Display) -> Failure {
 /// The CA that signs now: the first of `ca.pem`, with `ca.key`.
 fn current_ca(dir: &Path) -> Result<ClusterCa, Failure> {
     let bundle = read(dir, "ca.pem")?;
-    let first = pem_blocks(&bundle)
+    let first = ferry_transport::certs::pem_blocks(&bundle)
         .into_iter()
         .next()
         .ok_or_else(|| Failure::new(exit::CONFIG, "ca.pem holds no certificate"))?;
@@ -104,8 +77,8 @@ pub fn renew(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
         .issue_node(node_id, &ips, args.cert_validity)
         .map_err(failure)?;
     // The key first: a certificate beside the wrong key would not load.
-    replace(&config.key, pair.key_pem.as_bytes(), true)?;
-    replace(&config.cert, pair.cert_pem.as_bytes(), false)?;
+    crate::init::replace_file(&config.key, pair.key_pem.as_bytes(), true)?;
+    crate::init::replace_file(&config.cert, pair.cert_pem.as_bytes(), false)?;
     crate::bundle::refresh(dir, node_id)?;
     Ok(config.cert)
 }
@@ -127,17 +100,17 @@ pub fn rotate(args: &InitArgs) -> Result<(), Failure> {
     let old_key = read(dir, "ca.key")?;
     let label = crate::time::rfc3339(crate::time::now_ms());
     let new = ClusterCa::generate(&cluster_name, Some(&label)).map_err(failure)?;
-    replace(&dir.join("ca.key.previous"), old_key.as_bytes(), true)?;
-    replace(&dir.join("ca.key"), new.key_pem().as_bytes(), true)?;
+    crate::init::replace_file(&dir.join("ca.key.previous"), old_key.as_bytes(), true)?;
+    crate::init::replace_file(&dir.join("ca.key"), new.key_pem().as_bytes(), true)?;
     let bundle = format!("{}{}", new.cert_pem(), old_bundle);
-    replace(&dir.join("ca.pem"), bundle.as_bytes(), false)?;
+    crate::init::replace_file(&dir.join("ca.pem"), bundle.as_bytes(), false)?;
     crate::bundle::refresh_ca(dir)
 }
 
 /// Ends a CA rotation: `ca.pem` trusts the newest CA alone.
 pub fn retire(args: &InitArgs) -> Result<(), Failure> {
     let dir = &args.out;
-    let blocks = pem_blocks(&read(dir, "ca.pem")?);
+    let blocks = ferry_transport::certs::pem_blocks(&read(dir, "ca.pem")?);
     let Some(newest) = blocks.first() else {
         return Err(Failure::new(exit::CONFIG, "ca.pem holds no certificate"));
     };
@@ -176,7 +149,7 @@ pub fn retire(args: &InitArgs) -> Result<(), Failure> {
             ),
         ));
     }
-    replace(&dir.join("ca.pem"), newest.as_bytes(), false)?;
+    crate::init::replace_file(&dir.join("ca.pem"), newest.as_bytes(), false)?;
     let _ = std::fs::remove_file(dir.join("ca.key.previous"));
     crate::bundle::refresh_ca(dir)
 }

@@ -231,3 +231,18 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8], private: bool) -> std::io::R
     file.write_all(bytes)?;
     file.sync_all()
 }
+
+/// Replaces (or creates) `path` with `bytes`, through a file beside it and a rename, so that a
+/// reader never sees half a file (renewals and rotations replace what nodes read).
+pub(crate) fn replace_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), Failure> {
+    let tmp = path.with_extension("new");
+    let _ = std::fs::remove_file(&tmp);
+    write_file(&tmp, bytes, private)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            Failure::new(
+                exit::FAILURE,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })
+}

@@ -148,3 +148,17 @@ pub fn not_after(pem: &str) -> Result<SystemTime, Error> {
     let params = CertificateParams::from_ca_cert_pem(pem)?;
     Ok(params.not_after.into())
 }
+
+/// Each `-----BEGIN CERTIFICATE-----` block of a PEM bundle (a `ca.pem` during a CA
+/// rotation), in order, each with its line ending.
+pub fn pem_blocks(text: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    text.split_inclusive(END)
+        .filter_map(|chunk| {
+            let start = chunk.find("-----BEGIN CERTIFICATE-----")?;
+            chunk
+                .ends_with(END)
+                .then(|| format!("{}\n", &chunk[start..]))
+        })
+        .collect()
+}
