@@ -301,6 +301,7 @@ fn t30_init_lays_out_what_each_node_needs_without_the_ca_key() {
         let mut want = vec![
             "admin.token".to_owned(),
             "ca.pem".to_owned(),
+            "client.toml".to_owned(),
             format!("{node}.key"),
             format!("{node}.pem"),
             format!("{node}.toml"),
@@ -309,7 +310,8 @@ fn t30_init_lays_out_what_each_node_needs_without_the_ca_key() {
         assert_eq!(
             files,
             want,
-            "{}: what the node needs, never ca.key",
+            "{}: what the node needs (client.toml for `ferry admin` and stop hooks on its \
+             machine), never ca.key",
             dir.display()
         );
         use std::os::unix::fs::PermissionsExt;

@@ -1,7 +1,6 @@
 //! `client.toml`: what a client or host agent needs to find and trust a cluster.
 
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,8 +72,8 @@ const MIN_SESSION_BUFFER_BYTES: usize = 64 * 1024;
 pub struct BrokerEntry {
     /// Node id; also the name its certificate is checked against.
     pub node_id: String,
-    /// QUIC address of the broker's relay listener.
-    pub relay_addr: SocketAddr,
+    /// Where the broker's relay listener is reached (QUIC): an IP or a DNS name, with port.
+    pub relay_addr: ferry_transport::addr::HostPort,
     /// Base URL of the broker's admin API, for `ferry admin`.
     pub admin_url: String,
 }

@@ -278,12 +278,23 @@ async fn connect_to(
     broker: &BrokerEntry,
 ) -> Result<Connected, Error> {
     {
-        let connecting = endpoint
-            .connect_with(config, broker.relay_addr, &broker.node_id)
-            .map_err(|e| Error::Config(format!("cannot dial {}: {e}", broker.relay_addr)))?;
-        let conn = match timeout(CONNECT_TIMEOUT, connecting).await {
+        let dial = async {
+            let addr = broker
+                .relay_addr
+                .resolve(endpoint.local_addr().ok())
+                .await
+                .map_err(|e| {
+                    Error::Unreachable(format!("cannot resolve {}: {e}", broker.relay_addr))
+                })?;
+            let connecting = endpoint
+                .connect_with(config, addr, &broker.node_id)
+                .map_err(|e| Error::Config(format!("cannot dial {}: {e}", broker.relay_addr)))?;
+            Ok::<_, Error>(connecting.await)
+        };
+        let conn = match timeout(CONNECT_TIMEOUT, dial).await {
             Err(_) => return Err(Error::Unreachable("no answer within 5 s".into())),
-            Ok(Err(e)) => {
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(Err(e))) => {
                 let text = close::describe(&e);
                 return Err(if close::is_untrusted(&e) {
                     Error::Untrusted(format!(
@@ -294,7 +305,7 @@ async fn connect_to(
                     Error::Unreachable(text)
                 });
             }
-            Ok(Ok(conn)) => conn,
+            Ok(Ok(Ok(conn))) => conn,
         };
         let hello = wire::Hello {
             protocol_version: PROTOCOL_VERSION,

@@ -40,12 +40,12 @@ pub(crate) async fn serve(
 ) -> crate::supervisor::ServiceResult {
     let listener = match listener {
         Some(listener) => listener,
-        None => tokio::net::TcpListener::bind(ctx.config.admin_addr)
+        None => tokio::net::TcpListener::bind(ctx.config.admin_listen())
             .await
             .map_err(|e| {
                 format!(
                     "cannot bind the admin API on {}: {e}",
-                    ctx.config.admin_addr
+                    ctx.config.admin_listen()
                 )
             })?,
     };

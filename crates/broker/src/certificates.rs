@@ -93,7 +93,7 @@ mod tests {
         let day = std::time::Duration::from_secs(86_400);
         let old = ferry_transport::certs::ClusterCa::generate("c", None).unwrap();
         let new = ferry_transport::certs::ClusterCa::generate("c", Some("2")).unwrap();
-        let node = new.issue_node("b1", &[], 30 * day).unwrap();
+        let node = new.issue_node("b1", &[], &[], 30 * day).unwrap();
         let bundle = dir.path().join("ca.pem");
         std::fs::write(&bundle, format!("{}{}", new.cert_pem(), old.cert_pem())).unwrap();
         let cert = dir.path().join("b1.pem");

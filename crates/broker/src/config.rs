@@ -4,8 +4,9 @@
 //! can be moved as a whole. Every default lives in the `Default` impls below, and
 //! `docs/OPERATIONS.md` lists them.
 
+pub use ferry_transport::addr::HostPort;
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,10 +22,12 @@ pub struct NodeConfig {
     pub cluster_name: String,
     /// Where the node keeps its store.
     pub data_dir: PathBuf,
-    /// UDP address of the QUIC listener for hosts and clients.
-    pub relay_addr: SocketAddr,
-    /// TCP address of the admin API (HTTPS+JSON under the cluster CA, metrics, health).
-    pub admin_addr: SocketAddr,
+    /// Where hosts and clients reach the QUIC relay listener (UDP): an IP or a DNS name,
+    /// with its port. The node listens there too unless `[listen]` says otherwise.
+    pub relay_addr: HostPort,
+    /// Where operators reach the admin API (TCP; HTTPS+JSON under the cluster CA, metrics,
+    /// health), listened on unless `[listen]` says otherwise.
+    pub admin_addr: HostPort,
     /// How the admin API serves: plain HTTP beside HTTPS (loopback only), its bounds.
     /// Omitted from generated files while it holds the defaults.
     #[serde(default, skip_serializing_if = "AdminApi::is_default")]
@@ -37,10 +40,14 @@ pub struct NodeConfig {
     pub key: PathBuf,
     /// File holding the admin API's bearer token.
     pub admin_token_file: PathBuf,
-    /// UDP address of the QUIC listener for other brokers (mutual TLS). Required when the
-    /// cluster has more than one node.
+    /// Where other nodes reach this node's QUIC listener for peers (UDP, mutual TLS).
+    /// Required when the cluster has more than one node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer_addr: Option<SocketAddr>,
+    pub peer_addr: Option<HostPort>,
+    /// The addresses to listen on, where they differ from the addresses others reach the
+    /// node at (behind NAT, in a container, or when those are DNS names).
+    #[serde(default, skip_serializing_if = "Listen::is_default")]
+    pub listen: Listen,
     /// The other nodes of the cluster.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
@@ -55,6 +62,35 @@ pub struct NodeConfig {
     /// Test-only fault injection; off unless a test turns it on.
     #[serde(default, skip_serializing_if = "Faults::is_off")]
     pub faults: Faults,
+}
+
+/// Local addresses to listen on. Each one left out is the matching advertised address
+/// (`relay_addr`, `admin_addr`, `peer_addr`) when that is an IP, or every IPv4 address
+/// (`0.0.0.0`) on its port when it is a DNS name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<SocketAddr>,
+}
+
+impl Listen {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The local address for an advertised one: itself when it is an IP, else every IPv4
+/// address on its port.
+fn listen_on(advertised: &HostPort) -> SocketAddr {
+    advertised.as_socket_addr().unwrap_or(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        advertised.port(),
+    ))
 }
 
 /// The admin API's listener: TLS, and the bounds that keep slow or idle clients from holding
@@ -357,6 +393,27 @@ pub enum Error {
 }
 
 impl NodeConfig {
+    /// The local address of the relay listener.
+    pub fn relay_listen(&self) -> SocketAddr {
+        self.listen
+            .relay
+            .unwrap_or_else(|| listen_on(&self.relay_addr))
+    }
+
+    /// The local address of the admin API.
+    pub fn admin_listen(&self) -> SocketAddr {
+        self.listen
+            .admin
+            .unwrap_or_else(|| listen_on(&self.admin_addr))
+    }
+
+    /// The local address of the peer listener, when the node has peers.
+    pub fn peer_listen(&self) -> Option<SocketAddr> {
+        self.listen
+            .peer
+            .or_else(|| self.peer_addr.as_ref().map(listen_on))
+    }
+
     /// Reads, parses, validates, and resolves relative paths against the file's directory.
     pub fn load(path: &Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
@@ -430,11 +487,11 @@ impl NodeConfig {
                 self.admin_api.idle_timeout_secs,
             ),
         ];
-        if self.admin_api.plain_http && !self.admin_addr.ip().is_loopback() {
+        if self.admin_api.plain_http && !self.admin_listen().ip().is_loopback() {
             return Err(format!(
                 "admin_api.plain_http is allowed only on a loopback admin_addr, not {}: \
                  elsewhere the admin API answers HTTPS alone",
-                self.admin_addr
+                self.admin_listen()
             ));
         }
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {

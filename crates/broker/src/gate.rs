@@ -180,6 +180,13 @@ async fn on_leader(ctx: &Ctx, request: &GateRequest) -> Result<GateAnswer, Leade
     if !request.acquire {
         return Ok(answer);
     }
+    // Draining a node that already holds its lease again (an operator drained it, then a
+    // stop hook asks once more) changes nothing: the node stays drained. The gate is not
+    // asked again, since its own lease (or a new leader's fresh steadiness) would refuse it.
+    if ctx.replica.read().lease(&request.node).is_some() {
+        answer.lease_taken = true;
+        return Ok(answer);
+    }
     if !answer.verdict.allowed && !request.force {
         return Err(LeaderError::Gate(GateError::Refused(Box::new(answer))));
     }

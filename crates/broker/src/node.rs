@@ -96,8 +96,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let reports = Arc::new(crate::health::Reports::default());
     // The consensus driver's messages for peers, drained by the "raft-outbox" service.
     let outbox_rx = Arc::new(tokio::sync::Mutex::new(outbox_rx));
-    let peers = match config.peer_addr {
-        Some(peer_addr) if !config.peers.is_empty() => {
+    let peers = match config.peer_listen() {
+        Some(peer_listen) if !config.peers.is_empty() => {
             let identity = tls::Identity::load(&config.cert, &config.key)?;
             let trust = tls::Trust::load(&config.ca_cert)?;
             let limits = endpoint::Limits {
@@ -112,7 +112,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
                 keep_alive: Duration::from_millis(300),
                 ..Default::default()
             };
-            let endpoint = endpoint::peer(peer_addr, identity, &trust, &limits)?;
+            let endpoint = endpoint::peer(peer_listen, identity, &trust, &limits)?;
             Some(Peers::start(
                 endpoint,
                 &config.node_id,
@@ -149,12 +149,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         udp_payload_bytes_max: config.limits.udp_payload_bytes_max,
         ..Default::default()
     };
-    let quic = endpoint::server(config.relay_addr, identity, &limits)?;
+    let quic = endpoint::server(config.relay_listen(), identity, &limits)?;
     let relay_addr = quic.local_addr().map_err(StartError::LocalAddr)?;
-    let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen())
         .await
         .map_err(|source| StartError::AdminBind {
-            addr: config.admin_addr,
+            addr: config.admin_listen(),
             source,
         })?;
     let admin_addr = admin_listener.local_addr().map_err(StartError::LocalAddr)?;

@@ -137,7 +137,11 @@ async fn ask_rejoin(
     );
     let request = Rejoin {
         node_id: config.node_id.clone(),
-        peer_addr: config.peer_addr.map(|a| a.to_string()).unwrap_or_default(),
+        peer_addr: config
+            .peer_addr
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         relay_addr: match config.role {
             ferry_gate::Role::Broker => config.relay_addr.to_string(),
             ferry_gate::Role::Witness => String::new(),
@@ -246,12 +250,12 @@ async fn replace(peers: &Peers, replica: &Replica, request: &Rejoin) -> Result<u
         Some(p) => p.peer_addr.to_string(),
         None => request.peer_addr.clone(),
     };
-    let relay_addr = match configured.and_then(|p| p.relay_addr) {
+    let relay_addr = match configured.and_then(|p| p.relay_addr.as_ref()) {
         Some(addr) => addr.to_string(),
         None => request.relay_addr.clone(),
     };
-    match peer_addr.parse::<std::net::SocketAddr>() {
-        Ok(addr) if !addr.ip().is_unspecified() => {}
+    match peer_addr.parse::<ferry_transport::addr::HostPort>() {
+        Ok(addr) if !addr.as_ip().is_some_and(|ip| ip.is_unspecified()) => {}
         _ => {
             return Err(format!(
                 "{node}'s peer address {peer_addr:?} cannot be dialled; list it in the peers \

@@ -43,7 +43,8 @@ pub enum Command {
     Dev(DevArgs),
     /// Create a cluster: CA, node certificates and configs, admin.token, client.toml.
     Init(InitArgs),
-    /// Run a broker node (its config: --config NODE.toml, written by `ferry init`).
+    /// Run a broker node (its config: --config NODE.toml, written by `ferry init`, or
+    /// $FERRY_NODE_CONFIG).
     Broker,
     /// Inspect and administer a cluster through the admin API.
     Admin(AdminArgs),
@@ -96,6 +97,20 @@ pub enum DebugCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Ask the node of --config NODE.toml (or $FERRY_NODE_CONFIG), on this machine, whether
+    /// it is alive (`/healthz`) or ready (`/readyz`, every local service running), over its
+    /// admin API's HTTPS under the cluster CA: for container health checks and scripts.
+    /// Exit 0 yes, 1 no (the answer on stderr).
+    Probe {
+        #[arg(value_enum, default_value_t = Probe::Healthz)]
+        probe: Probe,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Probe {
+    Healthz,
+    Readyz,
 }
 
 #[derive(Args, Debug)]
@@ -113,20 +128,41 @@ pub struct InitArgs {
     /// Directory to write the cluster's files into (created; must not already hold a cluster).
     #[arg(long)]
     pub out: PathBuf,
-    /// Number of brokers.
-    #[arg(long, default_value_t = 1)]
+    /// Number of brokers, all on one machine at --bind-ip (b1, b2, ...). For nodes on
+    /// several machines name each with --node instead.
+    #[arg(long, default_value_t = 1, conflicts_with_all = ["node", "witness"])]
     pub brokers: u8,
-    /// Number of witnesses.
-    #[arg(long, default_value_t = 0)]
+    /// Number of witnesses on that machine (w1, ...).
+    #[arg(long, default_value_t = 0, conflicts_with_all = ["node", "witness"])]
     pub witnesses: u8,
-    /// IP address the nodes listen on and certify.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub bind_ip: IpAddr,
+    /// A broker on its own machine: NODE_ID=HOST, HOST being the IP address or DNS name
+    /// that hosts, clients and the other nodes reach it at (repeat for each broker). Nodes
+    /// on different hosts use the same ports; nodes sharing a host take the next block of ten.
+    #[arg(long, value_name = "NODE_ID=HOST", value_parser = node_spec)]
+    pub node: Vec<NodeSpec>,
+    /// A witness on its own machine: NODE_ID=HOST (repeatable), as with --node.
+    #[arg(long, value_name = "NODE_ID=HOST", value_parser = node_spec)]
+    pub witness: Vec<NodeSpec>,
+    /// IP address the nodes listen on. Without --node it is also where they are reached
+    /// (default 127.0.0.1); with --node the default is each node's HOST when that is an IP
+    /// and 0.0.0.0 when it is a name; give 0.0.0.0 in containers and behind NAT, where the
+    /// address a node is reached at is not its own.
+    #[arg(long)]
+    pub bind_ip: Option<IpAddr>,
     /// IP address of the nodes' admin API (HTTPS under the cluster CA, certified too).
-    /// Loopback unless told otherwise: the admin API is for operators on the machine, or
-    /// behind a tunnel or a proxy that checks who they are.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub admin_ip: IpAddr,
+    /// Without --node: 127.0.0.1, for operators on the machine, or behind a tunnel or a
+    /// proxy that checks who they are. With --node: each node's HOST unless given (give
+    /// 127.0.0.1 to keep it on each machine's loopback).
+    #[arg(long)]
+    pub admin_ip: Option<IpAddr>,
+    /// Data directory written into each node's own config (DIR/nodes/NODE/NODE.toml), e.g.
+    /// /var/lib/ferry; by default `data` beside that config.
+    #[arg(long, value_name = "PATH")]
+    pub data_dir: Option<PathBuf>,
+    /// With --join: the IP address or DNS name the new node is reached at (default: the
+    /// first node's host, with the next free ports).
+    #[arg(long, value_name = "HOST", requires = "join")]
+    pub host: Option<String>,
     /// Also answer plain HTTP on the admin API (beside HTTPS on the same port), for probes,
     /// scrapers and a browser on the node itself. Allowed only with a loopback --admin-ip.
     #[arg(long)]
@@ -165,6 +201,52 @@ pub struct InitArgs {
     pub retire_old_ca: bool,
 }
 
+/// A node named on the command line: `NODE_ID=HOST`.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub node_id: String,
+    /// Where it is reached, with port 0 (the ports are laid out by `init`).
+    pub host: ferry_transport::addr::HostPort,
+}
+
+fn node_spec(text: &str) -> Result<NodeSpec, String> {
+    let (node_id, host) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NODE_ID=HOST (e.g. b1=10.0.0.5)"))?;
+    node_id_ok(node_id)?;
+    Ok(NodeSpec {
+        node_id: node_id.to_owned(),
+        host: host_spec(host)?,
+    })
+}
+
+/// A HOST (IP address or DNS name, IPv6 in brackets or not) with port 0.
+pub(crate) fn host_spec(host: &str) -> Result<ferry_transport::addr::HostPort, String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    ferry_transport::addr::HostPort::new(bare, 0)
+        .map_err(|e| format!("{host:?} is not an IP address or DNS name: {}", e.reason()))
+}
+
+/// A node id is also its certificate's DNS name and often a pod's or machine's name: one
+/// DNS label of lowercase letters, digits and inner '-'.
+pub(crate) fn node_id_ok(node_id: &str) -> Result<(), String> {
+    let ok = !node_id.is_empty()
+        && node_id.len() <= 63
+        && !node_id.starts_with('-')
+        && !node_id.ends_with('-')
+        && node_id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "node id {node_id:?} must be 1 to 63 lowercase letters, digits and inner '-' \
+             (it is also the node's name in its certificate)"
+        ))
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct AdminArgs {
     /// Read the admin token from this file instead of admin.token beside the config file.
@@ -196,6 +278,8 @@ pub enum AdminCommand {
     /// NODE gives up leadership, refuses new sessions and hands its hosts and sessions to
     /// other brokers. Exit 0 drained (or draining, without --wait), 3 refused.
     Drain {
+        /// The node (or $FERRY_NODE, for stop hooks that cannot pass arguments).
+        #[arg(env = "FERRY_NODE")]
         node: String,
         /// Wait until NODE holds no hosts or sessions, showing progress, for at most the
         /// duration given (`--wait`, `--wait 90s`, `--wait 10m`; alone: 5 min).
@@ -207,7 +291,10 @@ pub enum AdminCommand {
         force: bool,
     },
     /// End NODE's maintenance: release its lease; it serves new sessions again.
-    Undrain { node: String },
+    Undrain {
+        #[arg(env = "FERRY_NODE")]
+        node: String,
+    },
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
@@ -305,13 +392,14 @@ pub enum MemberCommand {
         /// A raft id this cluster has never used.
         #[arg(long)]
         raft_id: u64,
-        /// Its peer listener (ip:port), as in its config file.
+        /// Where its peer listener is reached (host:port, an IP or a DNS name), as in its
+        /// config file.
         #[arg(long)]
-        peer_addr: std::net::SocketAddr,
-        /// Its relay listener (ip:port), as in its config file: other brokers hand it to hosts
-        /// and clients as a place to fail over or move to.
+        peer_addr: ferry_transport::addr::HostPort,
+        /// Where its relay listener is reached (host:port), as in its config file: other
+        /// brokers hand it to hosts and clients as a place to fail over or move to.
         #[arg(long)]
-        relay_addr: Option<std::net::SocketAddr>,
+        relay_addr: Option<ferry_transport::addr::HostPort>,
         /// It is a witness (votes, serves no traffic).
         #[arg(long)]
         witness: bool,

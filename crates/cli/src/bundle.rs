@@ -1,6 +1,7 @@
 //! What one node needs on its machine, and nothing more: `DIR/nodes/NODE/` holds its config
-//! (paths relative to that directory), its certificate and key, the cluster's `ca.pem` and
-//! the admin token it checks callers against. Never `ca.key`: the CA stays where `ferry init`
+//! (paths relative to that directory), its certificate and key, the cluster's `ca.pem`, the
+//! admin token it checks callers against, and `client.toml` (how `ferry admin` on the
+//! machine, and the stop hooks of deploy/, reach the cluster). Never `ca.key`: the CA stays where `ferry init`
 //! ran, which signs renewals, rotations and new nodes.
 //!
 //! `ferry init` writes one such directory per node; `--join` writes the new node's; `--renew`,
@@ -27,8 +28,10 @@ fn failure(path: &Path, e: std::io::Error) -> Failure {
 }
 
 /// Writes node `config`'s directory: `config` is the node's config as written at the top of
-/// `dir` (relative paths); its files are copied from there.
-pub fn write(dir: &Path, config: &NodeConfig) -> Result<PathBuf, Failure> {
+/// `dir` (relative paths); its files are copied from there, with `client.toml` (so that
+/// `ferry admin` and a stop hook on the node's machine find the cluster). `data_dir` is
+/// where the node keeps its store on its machine (default: `data` beside its config).
+pub fn write(dir: &Path, config: &NodeConfig, data_dir: Option<&Path>) -> Result<PathBuf, Failure> {
     let node_id = &config.node_id;
     let node_dir = path(dir, node_id);
     std::fs::create_dir_all(&node_dir).map_err(|e| failure(&node_dir, e))?;
@@ -47,8 +50,9 @@ pub fn write(dir: &Path, config: &NodeConfig) -> Result<PathBuf, Failure> {
     copy(&config.cert, &cert, false)?;
     copy(&config.key, &key, true)?;
     copy(&config.admin_token_file, "admin.token", true)?;
+    copy(Path::new("client.toml"), "client.toml", false)?;
     let mut local = config.clone();
-    local.data_dir = "data".into();
+    local.data_dir = data_dir.unwrap_or(Path::new("data")).to_owned();
     local.ca_cert = "ca.pem".into();
     local.cert = cert.into();
     local.key = key.into();

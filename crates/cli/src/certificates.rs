@@ -48,6 +48,38 @@ fn current_ca(dir: &Path) -> Result<ClusterCa, Failure> {
     ClusterCa::load(&first, &read(dir, "ca.key")?).map_err(failure)
 }
 
+/// What a node's certificate must name besides its id: every DNS name and IP address it is
+/// reached at (`relay_addr`, `admin_addr`, `peer_addr`) or listens on (`[listen]`, unless
+/// that is every address).
+pub(crate) fn subjects(config: &NodeConfig) -> (Vec<String>, Vec<std::net::IpAddr>) {
+    let advertised = [Some(&config.relay_addr), Some(&config.admin_addr)]
+        .into_iter()
+        .chain([config.peer_addr.as_ref()])
+        .flatten();
+    let mut names = Vec::new();
+    let mut ips: Vec<std::net::IpAddr> = [
+        &config.listen.relay,
+        &config.listen.admin,
+        &config.listen.peer,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|a| a.ip())
+    .collect();
+    for addr in advertised {
+        match addr.as_ip() {
+            Some(ip) => ips.push(ip),
+            None => names.push(addr.host()),
+        }
+    }
+    ips.retain(|ip| !ip.is_unspecified());
+    ips.sort();
+    ips.dedup();
+    names.sort();
+    names.dedup();
+    (names, ips)
+}
+
 /// Issues NODE a new key and certificate; returns the certificate's path.
 pub fn renew(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
     let dir = &args.out;
@@ -62,19 +94,9 @@ pub fn renew(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
         )
     })?;
     let ca = current_ca(dir)?;
-    let mut ips: Vec<std::net::IpAddr> = [
-        Some(config.relay_addr.ip()),
-        Some(config.admin_addr.ip()),
-        config.peer_addr.map(|a| a.ip()),
-    ]
-    .into_iter()
-    .flatten()
-    .filter(|ip| !ip.is_unspecified())
-    .collect();
-    ips.sort();
-    ips.dedup();
+    let (names, ips) = subjects(&config);
     let pair = ca
-        .issue_node(node_id, &ips, args.cert_validity)
+        .issue_node(node_id, &names, &ips, args.cert_validity)
         .map_err(failure)?;
     // The key first: a certificate beside the wrong key would not load.
     crate::init::replace_file(&config.key, pair.key_pem.as_bytes(), true)?;

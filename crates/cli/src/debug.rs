@@ -1,4 +1,5 @@
-//! `ferry debug corrupt`: damage a stopped node's data directory on purpose, from a seed.
+//! `ferry debug`: damage a stopped node's data directory on purpose, from a seed (`corrupt`);
+//! ask a node on this machine whether it is alive or ready (`probe`).
 //!
 //! The corruption trials (docs/DESIGN.md section 9: "flipped bytes and truncation anywhere in
 //! a node's store: the node starts, quarantines, rejoins") use it between a node's stop and
@@ -74,4 +75,61 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How long a probe waits for the node's answer.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `ferry debug probe`: asks the node of `config`, on this machine, for `/healthz` or
+/// `/readyz` over HTTPS under the cluster CA. The node's certificate names `localhost`, so
+/// the request goes to `localhost` resolved to the admin API's local address.
+pub async fn probe(
+    config: &ferry_broker::NodeConfig,
+    probe: crate::args::Probe,
+) -> Result<(), crate::Failure> {
+    use crate::Failure;
+    use ferry_agent::error::exit;
+    let mut addr = config.admin_listen();
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let path = match probe {
+        crate::args::Probe::Healthz => "healthz",
+        crate::args::Probe::Readyz => "readyz",
+    };
+    let trust = ferry_transport::tls::Trust::load(&config.ca_cert)
+        .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    let tls = ferry_transport::tls::https_client(&trust)
+        .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .resolve("localhost", addr)
+        .timeout(PROBE_TIMEOUT)
+        .build()
+        .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
+    let url = format!("https://localhost:{}/{path}", addr.port());
+    let answer = client.get(&url).send().await.map_err(|e| {
+        Failure::new(
+            exit::FAILURE,
+            format!(
+                "node {} at {addr}: no answer to /{path}: {e}",
+                config.node_id
+            ),
+        )
+    })?;
+    let status = answer.status();
+    let body = answer.text().await.unwrap_or_default();
+    if status.is_success() {
+        eprintln!("node {}: /{path}: {}", config.node_id, body.trim());
+        Ok(())
+    } else {
+        Err(Failure::new(
+            exit::FAILURE,
+            format!(
+                "node {}: /{path} answered {status}: {}",
+                config.node_id,
+                body.trim()
+            ),
+        ))
+    }
 }

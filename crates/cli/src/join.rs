@@ -11,15 +11,13 @@ use ferry_agent::config::{BrokerEntry, ClientConfig, WitnessEntry};
 use ferry_agent::error::exit;
 use ferry_broker::config::{NodeConfig, PeerConfig, Role};
 use ferry_transport::certs::ClusterCa;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Writes the new node's files; returns the path of its config.
 pub fn run(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
     let dir = &args.out;
     let config_error = |why: String| Failure::new(exit::CONFIG, why);
-    ferry_state::validate_name(ferry_state::NameKind::Host, node_id)
-        .map_err(|r| config_error(format!("node id {node_id:?}: {r}")))?;
+    crate::args::node_id_ok(node_id).map_err(config_error)?;
     let existing = existing_nodes(dir)?;
     if existing.is_empty() {
         return Err(config_error(format!(
@@ -46,37 +44,45 @@ pub fn run(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
     let raft_id = args
         .raft_id
         .unwrap_or_else(|| existing.iter().map(|c| c.raft.id).max().unwrap_or(0) + 1);
-    // Ports: as `init` lays them out, the next block of ten after the last node's relay port.
-    let last_relay = existing
-        .iter()
-        .map(|c| c.relay_addr.port())
-        .max()
-        .unwrap_or(args.base_port);
-    let relay_port = last_relay
-        .checked_add(10)
-        .filter(|p| *p <= u16::MAX - 2)
-        .ok_or_else(|| config_error("no free ports above the existing nodes'".into()))?;
+    // Where it is reached: --host, else the first node's host. Ports as `init` lays them
+    // out: the first block of ten, from the first node's relay port, that no node on the
+    // same host uses.
+    let host = match &args.host {
+        Some(host) => crate::args::host_spec(host).map_err(config_error)?,
+        None => existing[0].relay_addr.with_port(0),
+    };
     let used: Vec<u16> = existing
         .iter()
-        .flat_map(|c| [Some(c.relay_addr), Some(c.admin_addr), c.peer_addr])
+        .flat_map(|c| {
+            [
+                Some(&c.relay_addr),
+                Some(&c.admin_addr),
+                c.peer_addr.as_ref(),
+            ]
+        })
         .flatten()
+        .filter(|a| a.host() == host.host())
         .map(|a| a.port())
         .collect();
-    if let Some(port) = (relay_port..relay_port + 3).find(|p| used.contains(p)) {
-        return Err(config_error(format!(
-            "port {port} is already used by a node in {}; edit the new config's ports by hand",
-            dir.display()
-        )));
-    }
-    let ip = existing[0].relay_addr.ip();
-    let addr = |offset: u16| SocketAddr::new(ip, relay_port + offset);
-    // The admin API as the first node's: same address and plain-HTTP choice.
-    let admin_ip = existing[0].admin_addr.ip();
-    let certified: Vec<std::net::IpAddr> = if admin_ip == ip {
-        vec![ip]
+    let base = existing
+        .iter()
+        .map(|c| c.relay_addr.port())
+        .min()
+        .unwrap_or(args.base_port);
+    let relay_port = (0..100u32)
+        .map(|i| u32::from(base) + 10 * i)
+        .filter_map(|p| u16::try_from(p).ok().filter(|p| *p <= u16::MAX - 2))
+        .find(|p| (*p..*p + 3).all(|q| !used.contains(&q)))
+        .ok_or_else(|| config_error("no free ports above the existing nodes'".into()))?;
+    // The admin API as the first node's: on the node's own host, or on the same (say
+    // loopback) address, with the same plain-HTTP choice.
+    let first = &existing[0];
+    let admin_ip = if first.admin_addr.host() == first.relay_addr.host() {
+        None
     } else {
-        vec![ip, admin_ip]
+        first.admin_addr.as_ip()
     };
+    let addrs = crate::init::Addresses::new(&host, relay_port, admin_ip, args.bind_ip);
     let role = if args.join_as_witness {
         Role::Witness
     } else {
@@ -85,8 +91,8 @@ pub fn run(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
     let node = PeerConfig {
         node_id: node_id.to_owned(),
         raft_id,
-        peer_addr: addr(2),
-        relay_addr: (role == Role::Broker).then(|| addr(0)),
+        peer_addr: addrs.peer.clone(),
+        relay_addr: (role == Role::Broker).then(|| addrs.relay.clone()),
         role,
     };
     let peers: Vec<PeerConfig> = existing
@@ -95,14 +101,17 @@ pub fn run(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
             Some(PeerConfig {
                 node_id: c.node_id.clone(),
                 raft_id: c.raft.id,
-                peer_addr: c.peer_addr?,
-                relay_addr: (c.role == Role::Broker).then_some(c.relay_addr),
+                peer_addr: c.peer_addr.clone()?,
+                relay_addr: (c.role == Role::Broker).then(|| c.relay_addr.clone()),
                 role: c.role,
             })
         })
         .collect();
+    let mut config = node_config(&cluster_name, &node, &addrs, peers, Vec::new());
+    config.admin_api.plain_http = first.admin_api.plain_http;
+    let (names, ips) = crate::certificates::subjects(&config);
     let pair = ca
-        .issue_node(node_id, &certified, args.cert_validity)
+        .issue_node(node_id, &names, &ips, args.cert_validity)
         .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
     let write = |name: String, contents: &str, private: bool| {
         let path = dir.join(name);
@@ -116,18 +125,9 @@ pub fn run(args: &InitArgs, node_id: &str) -> Result<PathBuf, Failure> {
     };
     write(format!("{node_id}.pem"), &pair.cert_pem, false)?;
     write(format!("{node_id}.key"), &pair.key_pem, true)?;
-    let mut config = node_config(
-        &cluster_name,
-        &node,
-        (addr(0), SocketAddr::new(admin_ip, relay_port + 1)),
-        Some(addr(2)),
-        peers,
-        Vec::new(),
-    );
-    config.admin_api.plain_http = existing[0].admin_api.plain_http;
     let path = write(format!("{node_id}.toml"), &config_text(&config), false)?;
-    crate::bundle::write(dir, &config)?;
     add_to_client_config(&dir.join("client.toml"), &config)?;
+    crate::bundle::write(dir, &config, args.data_dir.as_deref())?;
     Ok(path)
 }
 
@@ -162,7 +162,7 @@ fn add_to_client_config(path: &Path, node: &NodeConfig) -> Result<(), Failure> {
     match node.role {
         Role::Broker => client.brokers.push(BrokerEntry {
             node_id: node.node_id.clone(),
-            relay_addr: node.relay_addr,
+            relay_addr: node.relay_addr.clone(),
             admin_url,
         }),
         Role::Witness => client.witnesses.push(WitnessEntry {

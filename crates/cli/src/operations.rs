@@ -196,8 +196,14 @@ pub async fn drain(
             format!("{} ({status})", cell(&answer["error"])),
         ));
     }
+    // A lease taken with a failing verdict and no --force: the node already held it.
+    let already = answer["verdict"]["allowed"] != true && answer["forced"] != true;
     if json {
         print_json(&answer);
+    } else if already {
+        eprintln!(
+            "{node} already holds its maintenance lease (drained before); nothing to ask the gate"
+        );
     } else {
         print_verdict(&answer);
     }

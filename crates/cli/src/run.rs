@@ -194,6 +194,10 @@ pub async fn dispatch(cli: Cli) -> CliResult {
             println!("{done}");
             Ok(())
         }
+        Command::Debug(DebugCommand::Probe { probe }) => {
+            let config = node_config(config, "ferry debug probe")?;
+            crate::debug::probe(&config, probe).await
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
             Ok(())
@@ -202,12 +206,16 @@ pub async fn dispatch(cli: Cli) -> CliResult {
 }
 
 /// The node config of `command` (a broker's): `--config` is required, nothing is looked up.
+/// The node's config: --config, else `$FERRY_NODE_CONFIG` (what container images and
+/// Kubernetes set, where the command line is shared by every node).
 fn node_config(path: Option<&Path>, command: &str) -> Result<ferry_broker::NodeConfig, Failure> {
-    let path = path.ok_or_else(|| {
+    let from_env = std::env::var_os("FERRY_NODE_CONFIG").map(std::path::PathBuf::from);
+    let path = path.or(from_env.as_deref()).ok_or_else(|| {
         Failure::new(
             exit::CONFIG,
             format!(
-                "{command} needs the node's config: --config NODE.toml (written by `ferry init`)"
+                "{command} needs the node's config: --config NODE.toml (written by `ferry \
+                 init`) or FERRY_NODE_CONFIG"
             ),
         )
     })?;

@@ -8,9 +8,9 @@ use crate::Limits;
 use ferry_consensus::Message;
 use ferry_gate::Role;
 use ferry_replica::Replica;
+use ferry_transport::addr::HostPort;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -28,14 +28,14 @@ pub struct PeerConfig {
     /// Its node id; its certificate must carry this name.
     pub node_id: String,
     pub raft_id: u64,
-    /// Its peer listener.
-    pub peer_addr: SocketAddr,
+    /// Where its peer listener is reached (an IP or a DNS name, resolved at each dial).
+    pub peer_addr: HostPort,
     #[serde(default)]
     pub role: Role,
     /// Its relay listener (brokers only): handed to hosts and clients as a place to fail
     /// over or move to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relay_addr: Option<SocketAddr>,
+    pub relay_addr: Option<HostPort>,
 }
 
 /// Another broker, as this node's links know it.
@@ -44,7 +44,7 @@ pub struct PeerBroker {
     pub node_id: String,
     pub raft_id: u64,
     /// Its relay listener, when its config (or the member directory) says.
-    pub relay_addr: Option<SocketAddr>,
+    pub relay_addr: Option<HostPort>,
 }
 
 pub(crate) struct Link {
@@ -284,11 +284,20 @@ impl Peers {
         if let Some(c) = conn.as_ref().filter(|c| c.close_reason().is_none()) {
             return Some(c.clone());
         }
-        let connecting = self
-            .endpoint
-            .connect(link.config.peer_addr, &link.config.node_id)
-            .ok()?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        let dial = async {
+            let addr = link
+                .config
+                .peer_addr
+                .resolve(self.endpoint.local_addr().ok())
+                .await
+                .map_err(|e| e.to_string())?;
+            let connecting = self
+                .endpoint
+                .connect(addr, &link.config.node_id)
+                .map_err(|e| e.to_string())?;
+            connecting.await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
             Ok(Ok(c)) => {
                 tracing::info!(peer = %link.config.node_id, "peer link up");
                 *conn = Some(c.clone());
@@ -324,7 +333,7 @@ impl Peers {
             .map(|l| PeerBroker {
                 node_id: l.config.node_id.clone(),
                 raft_id: l.config.raft_id,
-                relay_addr: l.config.relay_addr,
+                relay_addr: l.config.relay_addr.clone(),
             })
             .collect();
         brokers.sort_by(|a, b| a.node_id.cmp(&b.node_id));

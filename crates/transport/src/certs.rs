@@ -86,15 +86,23 @@ impl ClusterCa {
     }
 
     /// Issues a certificate for node `node_id`, valid for its id as a DNS name (what endpoints
-    /// put in SNI), `localhost`, and the given IP addresses. It serves both as a TLS server
+    /// put in SNI), `localhost`, the DNS `names` it is reached at (the admin API's HTTPS
+    /// clients check the name in its URL) and the given IP addresses. It serves both as a TLS server
     /// certificate and, for peer links between brokers, as a client certificate.
     pub fn issue_node(
         &self,
         node_id: &str,
+        names: &[String],
         ips: &[IpAddr],
         valid_for: Duration,
     ) -> Result<PemPair, Error> {
-        let mut params = CertificateParams::new(vec![node_id.to_owned(), "localhost".to_owned()])?;
+        let mut dns = vec![node_id.to_owned(), "localhost".to_owned()];
+        for name in names {
+            if !dns.contains(name) {
+                dns.push(name.clone());
+            }
+        }
+        let mut params = CertificateParams::new(dns)?;
         validity(&mut params, valid_for);
         for ip in ips {
             params.subject_alt_names.push(SanType::IpAddress(*ip));

@@ -46,7 +46,12 @@ fn handshake(
 ) -> Result<Vec<CertificateDer<'static>>, rustls::Error> {
     let ca = ClusterCa::generate("test", None).unwrap();
     let node = ca
-        .issue_node("b1", &[], ferry_transport::certs::NODE_VALIDITY_DEFAULT)
+        .issue_node(
+            "b1",
+            &[],
+            &[],
+            ferry_transport::certs::NODE_VALIDITY_DEFAULT,
+        )
         .unwrap();
     let trust = tls::Trust::from_pem(ca.cert_pem().as_bytes(), Path::new("mem")).unwrap();
     let server = Arc::new(tls::server(identity(&node)).unwrap());

@@ -13,8 +13,8 @@ use axum::Extension;
 use axum::Json;
 use ferry_gate::Role;
 use ferry_proto::state::{command::Kind, ChangeMembership, Member, MembershipAction};
+use ferry_transport::addr::HostPort;
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// One member as `GET /v1/members` shows it.
@@ -52,7 +52,11 @@ pub struct Members {
 fn describe(ctx: &Ctx, raft_id: u64) -> (String, Role, String) {
     let config = &ctx.config;
     if raft_id == config.raft.id {
-        let addr = config.peer_addr.map(|a| a.to_string()).unwrap_or_default();
+        let addr = config
+            .peer_addr
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         return (config.node_id.clone(), config.role, addr);
     }
     if let Some(m) = ctx.replica.read().member(raft_id) {
@@ -115,11 +119,12 @@ pub struct AddMember {
     pub node_id: String,
     /// Never used by this cluster before (removed members' ids are retired).
     pub raft_id: u64,
-    /// Its peer listener, `ip:port`.
-    pub peer_addr: SocketAddr,
-    /// Its relay listener, `ip:port` (a broker's, for hosts and clients to move to).
+    /// Where its peer listener is reached, `host:port` (an IP or a DNS name).
+    pub peer_addr: HostPort,
+    /// Where its relay listener is reached, `host:port` (a broker's, for hosts and clients
+    /// to move to).
     #[serde(default)]
-    pub relay_addr: Option<SocketAddr>,
+    pub relay_addr: Option<HostPort>,
     /// "broker" (default) or "witness".
     #[serde(default)]
     pub role: Role,
@@ -170,7 +175,11 @@ pub(super) async fn add(
         peer_addr: req.peer_addr.to_string(),
         role: req.role.member_role() as i32,
         voter: !req.learner,
-        relay_addr: req.relay_addr.map(|a| a.to_string()).unwrap_or_default(),
+        relay_addr: req
+            .relay_addr
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
     };
     change(&ctx, &caller, MembershipAction::AddLearner, member, false).await?;
     let message = if req.learner {
