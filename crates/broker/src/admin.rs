@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 mod access;
 mod accounts;
+mod backup;
 mod listener;
 mod members;
 mod operations;
@@ -90,6 +91,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         )
         .route("/v1/tokens/{name}", delete(accounts::revoke_token))
         .route("/v1/audit", get(audit))
+        .route("/v1/snapshot", get(backup::save))
         .route("/v1/state/digest", get(state_digest))
         .route("/v1/members", get(members::list).post(members::add))
         .route("/v1/members/{node}", axum::routing::delete(members::remove))

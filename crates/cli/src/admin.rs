@@ -124,6 +124,60 @@ impl AdminClient {
         ))
     }
 
+    /// GETs `path` from the first node that answers and writes the response body to `out` as
+    /// it arrives (bounded by `timeout` in all); the bytes written.
+    pub async fn download(
+        &self,
+        path: &str,
+        out: &mut impl std::io::Write,
+        timeout: Duration,
+    ) -> Result<u64, Failure> {
+        let mut unreachable = Vec::new();
+        for url in &self.urls {
+            let request = self
+                .http
+                .get(format!("{url}{path}"))
+                .bearer_auth(&self.token)
+                .timeout(timeout);
+            let mut response = match request.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    unreachable.push(format!("{url}: {e}"));
+                    continue;
+                }
+            };
+            let status = response.status();
+            if !status.is_success() {
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                let code = match status {
+                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => exit::DENIED,
+                    StatusCode::SERVICE_UNAVAILABLE => exit::UNAVAILABLE,
+                    _ => exit::FAILURE,
+                };
+                let reason = body["error"].as_str().unwrap_or("no reason given");
+                return Err(Failure::new(code, format!("{reason} ({status})")));
+            }
+            let mut written = 0u64;
+            loop {
+                let chunk = response.chunk().await.map_err(|e| {
+                    Failure::new(
+                        exit::UNAVAILABLE,
+                        format!("{url}: the transfer broke after {written} bytes: {e}"),
+                    )
+                })?;
+                let Some(chunk) = chunk else { break };
+                out.write_all(&chunk)
+                    .map_err(|e| Failure::new(exit::FAILURE, format!("cannot write: {e}")))?;
+                written += chunk.len() as u64;
+            }
+            return Ok(written);
+        }
+        Err(Failure::new(
+            exit::UNAVAILABLE,
+            format!("no admin API answered: {}", unreachable.join("; ")),
+        ))
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value, Failure> {
         self.call(|url| self.http.get(format!("{url}{path}"))).await
     }
@@ -276,6 +330,9 @@ pub async fn run(config: Option<&Path>, args: AdminArgs) -> CliResult {
                 json,
             )
             .await?;
+        }
+        AdminCommand::Snapshot(crate::args::SnapshotCommand::Save { file }) => {
+            crate::backup::save(&client, &file, json).await?;
         }
         AdminCommand::Audit { after } => {
             let mut records = client.get(&format!("/v1/audit?after={after}")).await?;

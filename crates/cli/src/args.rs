@@ -97,6 +97,16 @@ pub enum DebugCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Seed a new node's empty store from a backup (`ferry admin snapshot save`): run it for
+    /// every node of a new cluster made by `ferry init`, each with its --config NODE.toml,
+    /// before starting them. The new cluster starts with the backup's users, tokens, hosts,
+    /// grants, admin tokens and audit log, and nothing of the old cluster's members or
+    /// sessions, so it never talks to the old one. A damaged or truncated file is refused.
+    Restore {
+        /// The backup file.
+        #[arg(long, value_name = "FILE")]
+        snapshot: PathBuf,
+    },
     /// Ask the node of --config NODE.toml (or $FERRY_NODE_CONFIG), on this machine, whether
     /// it is alive (`/healthz`) or ready (`/readyz`, every local service running), over its
     /// admin API's HTTPS under the cluster CA: for container health checks and scripts.
@@ -317,6 +327,9 @@ pub enum AdminCommand {
     /// Inspect and change the cluster's membership (one change at a time).
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Backups of the replicated state (`snapshot save FILE`).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Show audit records.
     Audit {
         /// Only records after this sequence number.
@@ -346,6 +359,15 @@ pub struct GrantArgs {
 pub enum GrantCommand {
     /// Withdraw a grant: the sessions it allowed end on every broker.
     Remove { group: String, host_group: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Save the cluster's replicated state (users, tokens, hosts, grants, admin tokens, the
+    /// audit log) to FILE, online: consistent at one applied index that includes every write
+    /// acknowledged before the command, checksummed, streamed to disk and verified before it
+    /// is renamed into place. Restore it into a new cluster with `ferry debug restore`.
+    Save { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,6 +8,7 @@ mod access;
 mod account;
 mod admin;
 mod args;
+mod backup;
 mod bundle;
 mod certificates;
 mod debug;

@@ -194,6 +194,10 @@ pub async fn dispatch(cli: Cli) -> CliResult {
             println!("{done}");
             Ok(())
         }
+        Command::Debug(DebugCommand::Restore { snapshot }) => {
+            let config = node_config(config, "ferry debug restore")?;
+            crate::backup::restore(config, &snapshot).await
+        }
         Command::Debug(DebugCommand::Probe { probe }) => {
             let config = node_config(config, "ferry debug probe")?;
             crate::debug::probe(&config, probe).await

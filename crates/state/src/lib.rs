@@ -7,6 +7,7 @@
 
 mod admin_tokens;
 mod apply;
+pub mod backup;
 mod maintenance;
 mod members;
 mod names;
@@ -16,9 +17,9 @@ mod withdraw;
 
 pub use admin_tokens::ADMIN_TOKENS_MAX;
 pub use ferry_proto::state::{
-    command::Kind, AdminRole, AdminToken, AuditRecord, ChangeMembership, Command, EnrollmentState,
-    Grant, Host, MaintenanceLease, Member, MemberRole, MembershipAction, Session, SessionState,
-    Snapshot, Token, User,
+    command::Kind, AdminRole, AdminToken, AuditRecord, BackupHeader, BackupTrailer,
+    ChangeMembership, Command, EnrollmentState, Grant, Host, MaintenanceLease, Member, MemberRole,
+    MembershipAction, Session, SessionState, Snapshot, Token, User,
 };
 pub use names::{validate_name, NameKind};
 pub use queries::{Counts, GrantView, TokenCheck};

@@ -58,6 +58,8 @@ pub fn required_role(method: &Method, path: &str) -> AdminRole {
     match (method, parts.as_slice()) {
         (_, ["v1", "tokens", ..]) => AdminRole::Admin,
         (&Method::GET, ["v1", "nodes", _, "restart-check"]) => AdminRole::Operator,
+        // A backup holds password and token hashes.
+        (&Method::GET, ["v1", "snapshot"]) => AdminRole::Admin,
         (&Method::GET, _) => AdminRole::Read,
         (&Method::POST | &Method::DELETE, ["v1", "nodes", _, "maintenance"]) => AdminRole::Operator,
         (&Method::POST, ["v1", "node", "handoff"]) => AdminRole::Operator,
@@ -193,6 +195,7 @@ mod tests {
             (Method::GET, "/v1/audit", Read),
             (Method::GET, "/v1/sessions", Read),
             (Method::GET, "/v1/tokens", Admin),
+            (Method::GET, "/v1/snapshot", Admin),
             (Method::POST, "/v1/tokens", Admin),
             (Method::DELETE, "/v1/tokens/ci", Admin),
             (Method::GET, "/v1/nodes/b1/restart-check", Operator),
