@@ -23,6 +23,7 @@ pub mod node;
 pub mod propose;
 pub mod rejoin;
 pub mod relay;
+pub mod restore;
 pub mod startup;
 pub mod supervisor;
 pub mod sweep;

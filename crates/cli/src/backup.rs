@@ -89,7 +89,7 @@ pub async fn restore(config: ferry_broker::NodeConfig, file: &Path) -> Result<()
     let file = file.to_owned();
     let done = tokio::task::spawn_blocking(move || {
         let (header, snapshot) = read(&file)?;
-        ferry_broker::startup::restore_backup(&config, &header, snapshot).map_err(|e| {
+        ferry_broker::restore::restore_backup(&config, &header, snapshot).map_err(|e| {
             let code = match e {
                 ferry_broker::startup::ForceError::Refused(_) => exit::REFUSED,
                 _ => exit::FAILURE,
