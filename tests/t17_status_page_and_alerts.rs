@@ -60,14 +60,31 @@ fn t17_a_stopped_service_shows_red_on_the_status_page_and_fires_its_alerts() {
         &expect_silence(EVAL_TIME),
         "a healthy cluster fires no alert",
     );
-    let healthy = render_page(&w, 1);
-    assert!(
-        healthy
-            .dom
-            .contains("data-node=\"b2\" data-healthy=\"true\""),
-        "the healthy page shows b2 healthy:\n{}",
-        healthy.dom
+    // The gate's verdict for b2, as the leader evaluates it, reaches b1's status: allowed once
+    // the cluster has been steady for the (here 1 s) stabilization time.
+    wait_for(
+        "b1's status to say b2 may restart",
+        Duration::from_secs(30),
+        || {
+            let s = cluster_status(&w, 1)?;
+            let b2 = s["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["node_id"] == "b2")?;
+            (b2["restart"]["allowed"] == true).then_some(())
+        },
     );
+    let healthy = render_page(&w, 1);
+    for fragment in [
+        "data-node=\"b2\" data-healthy=\"true\"",
+        "data-node=\"b2\" data-restart=\"allowed\"",
+    ] {
+        assert!(
+            healthy.dom.contains(fragment),
+            "the healthy page lacks {fragment:?}:\n{}",
+            healthy.dom
+        );
+    }
     let healthy_red = chromium::red_pixels(&healthy.png).unwrap();
 
     // Stop b2's relay listener through the test-only fault switch.
@@ -105,7 +122,14 @@ fn t17_a_stopped_service_shows_red_on_the_status_page_and_fires_its_alerts() {
                 .as_array()?
                 .iter()
                 .find(|svc| svc["name"] == "relay")?;
-            (relay["state"] == "stopped" && b2["healthy"] == false && s["failure_tolerance"] == 0)
+            let b1 = s["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["node_id"] == "b1")?;
+            (relay["state"] == "stopped"
+                && b2["healthy"] == false
+                && s["failure_tolerance"] == 0
+                && b1["restart"]["allowed"] == false)
                 .then_some(())
         },
     );
@@ -115,6 +139,8 @@ fn t17_a_stopped_service_shows_red_on_the_status_page_and_fires_its_alerts() {
         "data-node=\"b2\" data-service=\"relay\" data-state=\"stopped\">relay: stopped</span>",
         "data-node=\"b2\" data-healthy=\"false\"",
         "data-failure-tolerance=\"0\"",
+        // With b2 unable to serve, b1 may not go: nothing would cover its hosts.
+        "data-node=\"b1\" data-restart=\"refused\"",
     ] {
         assert!(
             failing.dom.contains(fragment),

@@ -65,6 +65,49 @@ pub struct NodeSummary {
     /// When the node's certificate expires (ms since the Unix epoch); 0 when not reported.
     #[serde(default)]
     pub certificate_expires_at_ms: u64,
+    /// May it be taken down now? The restart gate's verdict as the answering node evaluates
+    /// it (`restart-check` asks the leader after a read index, which is what a drain obeys).
+    #[serde(default)]
+    pub restart: RestartVerdict,
+}
+
+/// The leader's latest verdicts: this node's own when it leads, else from the leader's last
+/// health report.
+fn restart_verdicts(ctx: &Ctx, leader_id: u64) -> Vec<ferry_proto::peer::RestartVerdict> {
+    if leader_id != 0 && leader_id == ctx.replica.raft_id() {
+        return crate::gate::verdicts(ctx);
+    }
+    let Some(leader) = ctx
+        .replica
+        .read()
+        .member(leader_id)
+        .map(|m| m.node_id.clone())
+        .or_else(|| {
+            ctx.config
+                .peers
+                .iter()
+                .find(|p| p.raft_id == leader_id)
+                .map(|p| p.node_id.clone())
+        })
+    else {
+        return Vec::new();
+    };
+    ctx.health
+        .reports
+        .get(&leader)
+        .map(|(report, _)| report.restart_verdicts)
+        .unwrap_or_default()
+}
+
+/// The restart gate's answer for one node, in short.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestartVerdict {
+    pub allowed: bool,
+    /// The first check that failed and its reason (empty when allowed).
+    #[serde(default)]
+    pub failed_check: String,
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// A node under maintenance.
@@ -237,6 +280,7 @@ pub fn status(ctx: &Ctx) -> ClusterStatus {
         }
     };
     let leader_id = ctx.replica.status().leader.load(Ordering::Acquire);
+    let verdicts = restart_verdicts(ctx, leader_id);
     let nodes = view
         .members
         .iter()
@@ -294,6 +338,21 @@ pub fn status(ctx: &Ctx) -> ClusterStatus {
                     .as_ref()
                     .map_or(0, |r| now_ms.saturating_sub(r.started_at_ms) / 1000),
                 certificate_expires_at_ms,
+                restart: verdicts
+                    .iter()
+                    .find(|v| v.node == m.node_id)
+                    .map(|v| RestartVerdict {
+                        allowed: v.allowed,
+                        failed_check: v.failed_check.clone(),
+                        reason: v.reason.clone(),
+                    })
+                    .unwrap_or_else(|| RestartVerdict {
+                        allowed: false,
+                        failed_check: "leader".into(),
+                        reason: "no verdict from a leader yet (the restart gate is evaluated \
+                                 by the leader)"
+                            .into(),
+                    }),
             }
         })
         .collect::<Vec<_>>();

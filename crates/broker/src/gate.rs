@@ -44,6 +44,14 @@ pub struct GateState {
     draining_for_lease: AtomicBool,
     /// Set by a hand-off: new sessions and attachments are refused.
     pub draining: AtomicBool,
+    /// The verdict for every member as this node last evaluated it while leading (empty
+    /// otherwise): carried in its health reports, shown in every node's status.
+    verdicts: Mutex<Vec<ferry_proto::peer::RestartVerdict>>,
+}
+
+/// The verdicts this node last evaluated as leader (empty when it does not lead).
+pub fn verdicts(ctx: &Ctx) -> Vec<ferry_proto::peer::RestartVerdict> {
+    lock(&ctx.gate.verdicts).clone()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -365,6 +373,7 @@ pub async fn gate_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Se
             // A future leadership starts from scratch: "steady" is measured by the leader.
             *lock(&ctx.gate.steadiness) = Steadiness::default();
             ctx.metrics.restart_allowed.replace(Vec::new());
+            lock(&ctx.gate.verdicts).clear();
             lock(&ctx.gate.healthy_since_ms).clear();
             continue;
         }
@@ -373,24 +382,35 @@ pub async fn gate_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Se
         let now_ms = crate::now_ms();
         {
             let mut steadiness = lock(&ctx.gate.steadiness);
-            let allowed = view
+            let verdicts: Vec<ferry_gate::Verdict> = view
                 .members
                 .iter()
-                .map(|member| {
-                    let verdict = ferry_gate::evaluate(
-                        &view,
-                        &member.node_id,
-                        &policy,
-                        &mut steadiness,
-                        now_ms,
-                    );
+                .filter_map(|member| {
+                    ferry_gate::evaluate(&view, &member.node_id, &policy, &mut steadiness, now_ms)
+                })
+                .collect();
+            let allowed = verdicts
+                .iter()
+                .map(|v| {
                     let label = crate::metrics::MemberLabel {
-                        member: member.node_id.clone(),
+                        member: v.node.clone(),
                     };
-                    (label, i64::from(verdict.is_some_and(|v| v.allowed)))
+                    (label, i64::from(v.allowed))
                 })
                 .collect();
             ctx.metrics.restart_allowed.replace(allowed);
+            *lock(&ctx.gate.verdicts) = verdicts
+                .iter()
+                .map(|v| {
+                    let failed = v.checks.iter().find(|c| !c.passed);
+                    ferry_proto::peer::RestartVerdict {
+                        node: v.node.clone(),
+                        allowed: v.allowed,
+                        failed_check: failed.map(|c| c.name.clone()).unwrap_or_default(),
+                        reason: failed.map(|c| c.reason.clone()).unwrap_or_default(),
+                    }
+                })
+                .collect();
         }
         let all_named = view
             .members

@@ -139,6 +139,7 @@ pub fn local_report(ctx: &Ctx) -> HealthReport {
         started_at_ms: ctx.health.started_at_ms,
         boot_id: ctx.health.boot_id,
         certificate_expires_at_ms: ctx.health.certificates.node_certificate_expires_at_ms,
+        restart_verdicts: crate::gate::verdicts(ctx),
         services,
         term: status.term.load(Ordering::Acquire),
         commit: status.commit.load(Ordering::Acquire),

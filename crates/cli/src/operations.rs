@@ -66,6 +66,12 @@ pub fn print_cluster(s: &Value) {
                     num(&n["certificate_expires_at_ms"]),
                     crate::time::now_ms()
                 ),
+                "version": n["version"],
+                "restart": if n["restart"]["allowed"] == true {
+                    "allowed".to_owned()
+                } else {
+                    format!("no: {}", cell(&n["restart"]["failed_check"]))
+                },
             })
         })
         .collect();
@@ -89,12 +95,22 @@ pub fn print_cluster(s: &Value) {
             "memory_mib",
             "state",
             "cert_expires",
+            "version",
+            "restart",
         ],
     );
     for n in &nodes {
         for problem in n["problems"].as_array().into_iter().flatten() {
             println!("  {}: {}", cell(&n["node_id"]), cell(problem));
         }
+    }
+    for n in nodes.iter().filter(|n| n["restart"]["allowed"] != true) {
+        println!(
+            "  {} may not be restarted now: {}: {}",
+            cell(&n["node_id"]),
+            cell(&n["restart"]["failed_check"]),
+            cell(&n["restart"]["reason"])
+        );
     }
     for lease in s["leases"].as_array().into_iter().flatten() {
         println!(

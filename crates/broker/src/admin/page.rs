@@ -203,6 +203,21 @@ fn node_card(html: &mut String, node: &NodeSummary) {
         ),
         None => "no".to_owned(),
     };
+    // The restart gate's verdict (the leader's), with data-* attributes for tests and tools.
+    let restart = if node.restart.allowed {
+        format!(
+            "<span class=\"restart\" data-node=\"{id}\" data-restart=\"allowed\">allowed</span>",
+            id = escape(&node.node_id)
+        )
+    } else {
+        format!(
+            "<span class=\"warn restart\" data-node=\"{id}\" data-restart=\"refused\" \
+             data-check=\"{check}\">no: {check}: {reason}</span>",
+            id = escape(&node.node_id),
+            check = escape(&node.restart.failed_check),
+            reason = escape(&node.restart.reason)
+        )
+    };
     let _ = writeln!(
         html,
         "<dl>\n\
@@ -215,6 +230,7 @@ fn node_card(html: &mut String, node: &NodeSummary) {
          <dt>Leader contact</dt><dd>{leader_contact}</dd>\n\
          <dt>Draining</dt><dd>{draining}</dd>\n\
          <dt>Maintenance</dt><dd>{maintenance}</dd>\n\
+         <dt>Restart now</dt><dd>{restart}</dd>\n\
          <dt>Term / applied</dt><dd>{term} / {applied}</dd>\n\
          <dt>Relay</dt><dd>{relay}</dd>\n\
          <dt>Admin</dt><dd>{admin}</dd>\n\
@@ -356,6 +372,7 @@ mod tests {
             version: "0.1.0".to_owned(),
             uptime_secs: 75,
             certificate_expires_at_ms: 0,
+            restart: Default::default(),
         }
     }
 
