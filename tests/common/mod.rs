@@ -103,6 +103,11 @@ impl World {
 
     /// As `init_cluster`, with free ports for `spare` nodes added later (`ferry init --join`).
     pub fn init_with_room(brokers: u8, witnesses: u8, spare: u8) -> Self {
+        Self::init_using(Path::new(FERRY), brokers, witnesses, spare)
+    }
+
+    /// As `init_with_room`, with `ferry init` run by the binary `bin` (another release).
+    pub fn init_using(bin: &Path, brokers: u8, witnesses: u8, spare: u8) -> Self {
         let mut dir = tempfile::Builder::new()
             .prefix("ferry-e2e-")
             .tempdir()
@@ -115,22 +120,25 @@ impl World {
         let base_port = free_port_block(brokers + witnesses + spare);
         let world = Self { dir, base_port };
         world
-            .ferry(&[
-                "init",
-                "--out",
-                world.cluster().to_str().unwrap(),
-                "--base-port",
-                &base_port.to_string(),
-                "--cluster-name",
-                "e2e",
-                // The tests' own HTTP helpers speak plain HTTP on loopback; `ferry admin`
-                // speaks HTTPS through client.toml.
-                "--admin-plain-http",
-                "--brokers",
-                &brokers.to_string(),
-                "--witnesses",
-                &witnesses.to_string(),
-            ])
+            .ferry_using(
+                bin,
+                &[
+                    "init",
+                    "--out",
+                    world.cluster().to_str().unwrap(),
+                    "--base-port",
+                    &base_port.to_string(),
+                    "--cluster-name",
+                    "e2e",
+                    // The tests' own HTTP helpers speak plain HTTP on loopback; `ferry admin`
+                    // speaks HTTPS through client.toml.
+                    "--admin-plain-http",
+                    "--brokers",
+                    &brokers.to_string(),
+                    "--witnesses",
+                    &witnesses.to_string(),
+                ],
+            )
             .ok();
         world
     }
@@ -169,9 +177,15 @@ impl World {
 
     /// Starts node `name` (`b2`, `w1`), the `position`-th node (from 1) in port order.
     pub fn start_named(&self, name: &str, position: u8) -> Proc {
+        self.start_named_using(Path::new(FERRY), name, position)
+    }
+
+    /// As `start_named`, running the binary `bin` (another release).
+    pub fn start_named_using(&self, bin: &Path, name: &str, position: u8) -> Proc {
         let i = position;
         let config = self.cluster().join(format!("{name}.toml"));
-        let mut broker = self.spawn(
+        let mut broker = self.spawn_using(
+            bin,
             &format!("node-{name}"),
             &["broker", "--config", config.to_str().unwrap()],
         );
@@ -267,7 +281,12 @@ impl World {
 
     /// A `ferry` command with this world's private config home (token cache).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(FERRY);
+        self.command_using(Path::new(FERRY), args)
+    }
+
+    /// A `bin` command (this build's `ferry` or another release's) in this world.
+    pub fn command_using(&self, bin: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin);
         cmd.args(args)
             .env("XDG_CONFIG_HOME", self.path().join("config-home"))
             .env_remove("FERRY_PASSWORD")
@@ -279,7 +298,22 @@ impl World {
 
     /// Runs a `ferry` command to completion (at most 60 s) with optional stdin.
     pub fn ferry_with(&self, args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> Output {
-        let mut cmd = self.command(args);
+        self.run_using(Path::new(FERRY), args, stdin, envs)
+    }
+
+    /// `bin ARGS` to completion (at most 60 s).
+    pub fn ferry_using(&self, bin: &Path, args: &[&str]) -> Output {
+        self.run_using(bin, args, None, &[])
+    }
+
+    fn run_using(
+        &self,
+        bin: &Path,
+        args: &[&str],
+        stdin: Option<&str>,
+        envs: &[(&str, &str)],
+    ) -> Output {
+        let mut cmd = self.command_using(bin, args);
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -298,10 +332,15 @@ impl World {
 
     /// Starts a long-running `ferry` process (broker, host, connect).
     pub fn spawn(&self, name: &str, args: &[&str]) -> Proc {
+        self.spawn_using(Path::new(FERRY), name, args)
+    }
+
+    /// As `spawn`, running the binary `bin` (another release).
+    pub fn spawn_using(&self, bin: &Path, name: &str, args: &[&str]) -> Proc {
         let log = self.path().join(format!("{name}.log"));
         // A fresh log per start: a test reads what this run of the process said.
         std::fs::File::create(&log).unwrap();
-        Proc::spawn(name, self.command(args), &log).expect("spawn ferry")
+        Proc::spawn(name, self.command_using(bin, args), &log).expect("spawn ferry")
     }
 
     /// Starts broker b1 and waits until its admin API answers.

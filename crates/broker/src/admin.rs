@@ -276,7 +276,7 @@ pub fn node_status(ctx: &Ctx) -> NodeStatus {
         node_id: ctx.config.node_id.clone(),
         cluster_name: ctx.config.cluster_name.clone(),
         role: ctx.config.role.name().into(),
-        version: env!("CARGO_PKG_VERSION").into(),
+        version: crate::build_info::describe(),
         uptime_secs: ctx.health.started.elapsed().as_secs(),
         relay_addr: ctx.config.relay_addr.to_string(),
         admin_addr: ctx.config.admin_addr.to_string(),

@@ -165,7 +165,7 @@ pub fn local_report(ctx: &Ctx) -> HealthReport {
         draining: crate::handoff::is_draining(ctx),
         relay_addr: ctx.config.relay_addr.to_string(),
         admin_addr: ctx.config.admin_addr.to_string(),
-        version: env!("CARGO_PKG_VERSION").into(),
+        version: crate::build_info::describe(),
     }
 }
 

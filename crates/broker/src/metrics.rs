@@ -166,6 +166,15 @@ impl Metrics {
                 metric
             }};
         }
+        // ferry_build_info{version, revision} 1: which build runs here (rolling upgrades).
+        registry.register(
+            "build",
+            "The build this node runs: release version and git commit",
+            prometheus_client::metrics::info::Info::new(vec![
+                ("version", crate::build_info::VERSION),
+                ("revision", crate::build_info::REVISION),
+            ]),
+        );
         Self {
             connections_accepted: register!(
                 "connections_accepted",

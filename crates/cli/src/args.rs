@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(
     name = "ferry",
-    version,
+    version = ferry_broker::build_info::VERSION_LONG,
     about = "Ferry: a highly available remote-access connection broker",
     long_about = "Ferry brokers remote-access sessions: host agents keep a QUIC connection to the \
 broker, clients log in and open byte streams to services on those hosts (SSH, VNC, RDP, any TCP port).\n\n\

@@ -49,7 +49,7 @@ pub(super) async fn save(
             .term
             .load(std::sync::atomic::Ordering::Acquire),
         created_at_ms: crate::now_ms(),
-        ferry_version: env!("CARGO_PKG_VERSION").to_owned(),
+        ferry_version: crate::build_info::describe(),
     };
     tracing::warn!(actor = %caller.actor(), source = %caller.source(), applied_index,
         "backup of the replicated state taken");
