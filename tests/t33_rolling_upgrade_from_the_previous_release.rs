@@ -108,9 +108,6 @@ fn t33_rolling_upgrade_loses_no_session_and_no_write() {
                     // A node away, or a leader change: try the next node with the same name.
                     _ => std::thread::sleep(Duration::from_millis(50)),
                 }
-                if i % urls.len() == 0 {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
             }
         })
     };
