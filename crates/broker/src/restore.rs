@@ -23,6 +23,16 @@ pub fn restore_backup(
             config.node_id
         )));
     }
+    // Host agents keep the cluster's name with their credential and refuse a config naming
+    // another cluster: the restored hosts would be stranded.
+    if header.cluster_name != config.cluster_name {
+        return Err(ForceError::Refused(format!(
+            "the backup is of cluster {:?}, and {} belongs to cluster {:?}: host agents and \
+             cached logins are bound to the cluster's name, so make the new cluster with \
+             `ferry init --cluster-name {}`",
+            header.cluster_name, config.node_id, config.cluster_name, header.cluster_name
+        )));
+    }
     let snapshot = ferry_state::backup::for_new_cluster(snapshot, &voters);
     ferry_state::StateMachine::restore(snapshot.clone())
         .map_err(|e| ForceError::Refused(format!("the backup's state is unusable: {e}")))?;

@@ -29,6 +29,11 @@ use tokio::sync::watch;
 /// moved). Withdrawal must end live access within 2 s; this leaves room for the commit.
 pub const WATCH_EVERY: Duration = Duration::from_millis(100);
 
+/// How long a host agent whose credential was withdrawn stays connected after its sessions
+/// were cut: long enough for their resets to leave (a closed connection drops what it had
+/// not sent), short against the 2 s bound on ending live access.
+const AGENT_CLOSE_GRACE: Duration = Duration::from_millis(200);
+
 /// The sessions this node relays now, each with the switch that cuts it.
 #[derive(Default)]
 pub struct Carried {
@@ -132,6 +137,8 @@ struct Watcher {
     host_sessions: BTreeMap<u64, String>,
     /// Sessions already named to their host agent, so that each is named once.
     named: BTreeSet<u64>,
+    /// Host agents being disconnected (after [`AGENT_CLOSE_GRACE`]), so that each is once.
+    disconnecting: BTreeSet<String>,
 }
 
 impl Watcher {
@@ -162,13 +169,22 @@ impl Watcher {
                 continue;
             };
             if let Err(refusal) = state.check_host_credential(&name, &attached.credential_hash) {
-                tracing::warn!(host = %name, reason = %refusal.message, "host credential withdrawn: disconnecting its agent");
-                CloseCode::Unauthenticated.close(
-                    &attached.conn,
-                    &format!("host {name:?} may no longer attach: {}", refusal.message),
-                );
+                if self.disconnecting.insert(name.clone()) {
+                    tracing::warn!(host = %name, reason = %refusal.message, "host credential withdrawn: disconnecting its agent");
+                    // Its sessions were cut above: their RESET_ENDED goes out first, so that
+                    // the other ends (through other brokers too) learn the session ended for
+                    // good, rather than see a lost host and try to resume.
+                    let conn = attached.conn.clone();
+                    let reason = format!("host {name:?} may no longer attach: {}", refusal.message);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(AGENT_CLOSE_GRACE).await;
+                        CloseCode::Unauthenticated.close(&conn, &reason);
+                    });
+                }
             }
         }
+        self.disconnecting
+            .retain(|name| ctx.sessions.hosts.get(name).is_some());
         for session in state.sessions() {
             if ctx.sessions.hosts.get(&session.host).is_none() {
                 continue;

@@ -14,7 +14,12 @@ const SAVE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// (every frame and the checksum), then renamed into place. Nothing is left at `file` unless
 /// the whole backup is there.
 pub async fn save(client: &AdminClient, file: &Path, json: bool) -> Result<(), Failure> {
-    let partial = file.with_extension("partial");
+    // FILE.partial beside it (the rename stays on one file system).
+    let partial = {
+        let mut name = file.as_os_str().to_owned();
+        name.push(".partial");
+        std::path::PathBuf::from(name)
+    };
     let fail = |what: &str, path: &Path, e: std::io::Error| {
         Failure::new(
             exit::FAILURE,
@@ -22,7 +27,17 @@ pub async fn save(client: &AdminClient, file: &Path, json: bool) -> Result<(), F
         )
     };
     let result = async {
-        let out = std::fs::File::create(&partial).map_err(|e| fail("create", &partial, e))?;
+        // Owner-only: a backup holds password and token hashes.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let out = options
+            .open(&partial)
+            .map_err(|e| fail("create", &partial, e))?;
         let mut out = std::io::BufWriter::new(out);
         let bytes = client
             .download("/v1/snapshot", &mut out, SAVE_TIMEOUT)
