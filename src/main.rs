@@ -2,6 +2,8 @@
 //! `cargo run --release -- dev` works from the repository root and so that `tests/` and
 //! `benches/` share one build of the binary.
 
+#![forbid(unsafe_code)]
+
 fn main() -> std::process::ExitCode {
     ferry_cli::main()
 }

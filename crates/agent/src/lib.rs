@@ -5,6 +5,8 @@
 //! disable certificate verification. They speak to brokers only through the wire messages of
 //! `ferry-proto`, so a broker can be upgraded under them.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod config;
 pub mod dial;

@@ -1,6 +1,8 @@
 //! Ferry's load harness. Every scenario measures Ferry and a baseline in the same run and
 //! reports the ratio, so figures from different machines stay comparable.
 
+#![forbid(unsafe_code)]
+
 mod cluster;
 pub mod drain;
 pub mod failover;

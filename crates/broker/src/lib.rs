@@ -7,6 +7,8 @@
 //! carries their decisions out. `node.rs` assembles the components and no module imports it.
 //! Every task it spawns ends on shutdown, and every queue it owns is bounded.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod auth;
 pub mod build_info;

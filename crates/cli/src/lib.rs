@@ -4,6 +4,8 @@
 //! Architecture invariant: no protocol or policy logic here. The CLI parses, calls a library
 //! crate, and prints: machine-readable output on stdout, guidance and progress on stderr.
 
+#![forbid(unsafe_code)]
+
 mod access;
 mod account;
 mod admin;

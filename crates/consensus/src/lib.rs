@@ -10,6 +10,8 @@
 //!
 //! [`StateMachine`]: ferry_state::StateMachine
 
+#![forbid(unsafe_code)]
+
 mod core;
 mod log;
 mod membership;

@@ -5,6 +5,8 @@
 //! arrive as inputs, and a [`Verdict`] with a sentence per check comes out. The broker feeds it
 //! from the health reports its peers send and the replicated state; tests feed it tables.
 
+#![forbid(unsafe_code)]
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

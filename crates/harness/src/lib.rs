@@ -11,6 +11,8 @@
 //! Architecture invariant: no waiting here without a deadline, and nothing left running: every
 //! process started through [`Process`] dies with its handle.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 

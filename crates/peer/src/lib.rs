@@ -19,6 +19,8 @@
 //! honoured on every path, in and out; this crate answers nothing itself: what a request means
 //! is the node's business, reached through the [`Inbox`].
 
+#![forbid(unsafe_code)]
+
 mod convert;
 mod inbox;
 mod links;

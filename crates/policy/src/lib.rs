@@ -12,6 +12,8 @@
 //! Architecture invariant: nothing here performs IO, reads a clock or spawns a task; every
 //! function is deterministic in its arguments.
 
+#![forbid(unsafe_code)]
+
 pub mod identity;
 pub mod leadership;
 pub mod snapshots;

@@ -4,6 +4,8 @@
 //! Architecture invariant: this crate does no IO and knows nothing of QUIC or tokio. It turns
 //! bytes into messages and back, and refuses anything larger than a configured bound.
 
+#![forbid(unsafe_code)]
+
 pub mod frame;
 
 /// Messages between clients, host agents and brokers (`proto/ferry/wire.proto`).

@@ -16,6 +16,8 @@
 //! queue it feeds is bounded and dropped into when full), and a storage error stops it: raft-rs
 //! cannot go on safely over a store that may lie.
 
+#![forbid(unsafe_code)]
+
 mod driver;
 mod handle;
 mod recover;

@@ -15,6 +15,8 @@
 //! data frame only at exactly the offset it expects. Duplicates and gaps are therefore not
 //! handled but impossible; a frame that would create one is a protocol error.
 
+#![forbid(unsafe_code)]
+
 pub mod frame;
 mod stream;
 

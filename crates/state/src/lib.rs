@@ -5,6 +5,8 @@
 //! hashed. Applying the same commands in the same order to the same snapshot therefore yields the
 //! same state on every node, which is what lets consensus (issue 2) replicate it.
 
+#![forbid(unsafe_code)]
+
 mod admin_tokens;
 mod apply;
 pub mod backup;

@@ -7,6 +7,8 @@
 //! Architecture invariant: this is the only crate that names sled. It implements the consensus
 //! crate's storage seam and knows nothing of networking or of what the entries mean.
 
+#![forbid(unsafe_code)]
+
 mod error;
 pub mod mark;
 pub mod raft_log;

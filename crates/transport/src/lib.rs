@@ -4,6 +4,8 @@
 //! Architecture invariant: certificate verification is never disabled. There is no
 //! "insecure" switch here for anything to reach, not even `ferry dev`, which makes its own CA.
 
+#![forbid(unsafe_code)]
+
 pub mod addr;
 pub mod certs;
 pub mod close;
