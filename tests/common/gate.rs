@@ -20,6 +20,29 @@ impl World {
         std::fs::write(path, config.replacen(from, to, 1)).unwrap();
     }
 
+    /// Sets `[limits] key = value` in node `name`'s config file (before it starts).
+    pub fn set_limit(&self, name: &str, key: &str, value: &str) {
+        self.edit_config(name, "[limits]\n", &format!("[limits]\n{key} = {value}\n"));
+    }
+
+    /// Waits for an audit record of `action` whose outcome contains every fragment, and
+    /// returns it.
+    pub fn wait_for_audit(&self, action: &str, fragments: &[&str]) -> serde_json::Value {
+        wait_for(
+            &format!("an audit record {action} with {fragments:?}"),
+            Duration::from_secs(15),
+            || {
+                let out = self.admin(&["audit", "--json"]);
+                let audit: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+                audit["records"].as_array()?.iter().find_map(|r| {
+                    let outcome = r["outcome"].as_str()?;
+                    (r["action"] == action && fragments.iter().all(|f| outcome.contains(f)))
+                        .then(|| r.clone())
+                })
+            },
+        )
+    }
+
     /// `ferry admin status --json` (the cluster as the first answering broker sees it).
     pub fn cluster_status(&self) -> Option<serde_json::Value> {
         let out = self.admin(&["status", "--json"]);

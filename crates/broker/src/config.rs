@@ -262,10 +262,62 @@ pub struct Limits {
     pub token_ttl_secs: u64,
     /// Lifetime of a host enrollment token.
     pub enrollment_ttl_secs: u64,
-    /// Failed logins per user, and per source address, before further attempts are refused
-    /// for `login_lockout_secs`.
+    /// Failed logins of one user from one source (an IPv4 address, an IPv6 /64) before that
+    /// pair is locked out for `login_lockout_secs`; each further lockout in a row lasts twice
+    /// as long, up to `login_lockout_max_secs`. Counted by the leader, for the whole cluster.
     pub login_failures_max: u32,
     pub login_lockout_secs: u64,
+    /// Failed logins of one user from any source before the user is locked out; greater than
+    /// `login_failures_max`, so that one address cannot lock a user out of the others.
+    #[serde(skip_serializing_if = "admission_default::login_user_failures_max")]
+    pub login_user_failures_max: u32,
+    /// Failed logins from one source, whatever the user, before the source is locked out.
+    #[serde(skip_serializing_if = "admission_default::login_source_failures_max")]
+    pub login_source_failures_max: u32,
+    /// The longest login lockout.
+    #[serde(skip_serializing_if = "admission_default::login_lockout_max_secs")]
+    pub login_lockout_max_secs: u64,
+    /// Passwords verified at once (argon2id, 19 MiB each); 0: twice the CPU cores.
+    #[serde(skip_serializing_if = "admission_default::password_workers_max")]
+    pub password_workers_max: usize,
+    /// Password verifications waiting for a worker; beyond it a login is told to retry.
+    #[serde(skip_serializing_if = "admission_default::password_queue_max")]
+    pub password_queue_max: usize,
+    /// Enrollments and resumes that fail from one source before it is locked out of them
+    /// (for `login_lockout_secs`, doubling).
+    #[serde(skip_serializing_if = "admission_default::anonymous_failures_per_source_max")]
+    pub anonymous_failures_per_source_max: u32,
+    /// QUIC connections open at once from one source.
+    #[serde(skip_serializing_if = "admission_default::connections_per_source_max")]
+    pub connections_per_source_max: usize,
+    /// Connections from one source that have not authenticated yet.
+    #[serde(skip_serializing_if = "admission_default::unauthenticated_per_source_max")]
+    pub unauthenticated_per_source_max: usize,
+    /// Time a connection has to authenticate (a host attaching, a client presenting a valid
+    /// password or token) before it is closed.
+    #[serde(skip_serializing_if = "admission_default::authenticate_timeout_ms")]
+    pub authenticate_timeout_ms: u64,
+    /// Bytes a connection may have in flight toward this node until it has authenticated
+    /// (its QUIC receive window); then the endpoint's full window applies.
+    #[serde(skip_serializing_if = "admission_default::unauthenticated_window_bytes")]
+    pub unauthenticated_window_bytes: u32,
+    /// Bytes an endpoint may send on its control stream after `Hello` (it has nothing more
+    /// to say there); beyond it the connection is closed.
+    #[serde(skip_serializing_if = "admission_default::control_stream_bytes_max")]
+    pub control_stream_bytes_max: u64,
+    /// Sessions one user may have relayed by this node at once.
+    #[serde(skip_serializing_if = "admission_default::sessions_per_user_max")]
+    pub sessions_per_user_max: usize,
+    /// Sessions to one host relayed by this node at once.
+    #[serde(skip_serializing_if = "admission_default::sessions_per_host_max")]
+    pub sessions_per_host_max: usize,
+    /// Refusals of one reason are logged at most once per this period (every one is counted
+    /// in `ferry_admission_refused_total{reason}`).
+    #[serde(skip_serializing_if = "admission_default::refusal_log_period_secs")]
+    pub refusal_log_period_secs: u64,
+    /// Failed anonymous attempts are audited as one summary per node and this period.
+    #[serde(skip_serializing_if = "admission_default::failure_audit_period_secs")]
+    pub failure_audit_period_secs: u64,
     /// A snapshot is taken (and the log compacted) after this many new log entries.
     pub snapshot_every_entries: u64,
     /// Proposals waiting for the log writer; further proposers wait (backpressure).
@@ -328,6 +380,35 @@ mod peer_default {
     }
 }
 
+/// Whether an admission limit (issue 10/12) holds its default: written configs leave those
+/// out, for the same reason as the peer limits.
+mod admission_default {
+    macro_rules! is_default {
+        ($($field:ident: $ty:ty),* $(,)?) => {$(
+            pub fn $field(v: &$ty) -> bool {
+                *v == super::Limits::default().$field
+            }
+        )*};
+    }
+    is_default!(
+        login_user_failures_max: u32,
+        login_source_failures_max: u32,
+        login_lockout_max_secs: u64,
+        password_workers_max: usize,
+        password_queue_max: usize,
+        anonymous_failures_per_source_max: u32,
+        connections_per_source_max: usize,
+        unauthenticated_per_source_max: usize,
+        authenticate_timeout_ms: u64,
+        unauthenticated_window_bytes: u32,
+        control_stream_bytes_max: u64,
+        sessions_per_user_max: usize,
+        sessions_per_host_max: usize,
+        refusal_log_period_secs: u64,
+        failure_audit_period_secs: u64,
+    );
+}
+
 impl Default for Limits {
     fn default() -> Self {
         let peer = ferry_peer::Limits::default();
@@ -342,6 +423,23 @@ impl Default for Limits {
             enrollment_ttl_secs: 7 * 24 * 3600,
             login_failures_max: 5,
             login_lockout_secs: 60,
+            login_user_failures_max: 20,
+            login_source_failures_max: 100,
+            login_lockout_max_secs: 3600,
+            password_workers_max: 0,
+            password_queue_max: 64,
+            anonymous_failures_per_source_max: 100,
+            // A school's NAT may put a thousand hosts behind one address, and a benchmark
+            // ten thousand behind loopback.
+            connections_per_source_max: 16_384,
+            unauthenticated_per_source_max: 128,
+            authenticate_timeout_ms: 30_000,
+            unauthenticated_window_bytes: 64 * 1024,
+            control_stream_bytes_max: 64 * 1024,
+            sessions_per_user_max: 64,
+            sessions_per_host_max: 256,
+            refusal_log_period_secs: 60,
+            failure_audit_period_secs: 60,
             snapshot_every_entries: 10_000,
             proposal_queue_max: 4096,
             udp_payload_bytes_max: ferry_transport::endpoint::UDP_PAYLOAD_BYTES_DEFAULT,
@@ -360,6 +458,29 @@ impl Default for Limits {
 impl Limits {
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    pub fn authenticate_timeout(&self) -> Duration {
+        Duration::from_millis(self.authenticate_timeout_ms)
+    }
+
+    /// The login rules' limits.
+    pub fn login(&self) -> ferry_admission::LoginLimits {
+        ferry_admission::LoginLimits {
+            failures_max: self.login_failures_max,
+            user_failures_max: self.login_user_failures_max,
+            source_failures_max: self.login_source_failures_max,
+            lockout: Duration::from_secs(self.login_lockout_secs),
+            lockout_max: Duration::from_secs(self.login_lockout_max_secs),
+        }
+    }
+
+    /// Password verifications run at once.
+    pub fn password_workers(&self) -> usize {
+        match self.password_workers_max {
+            0 => 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 
     pub fn session_resume_window(&self) -> Duration {
@@ -455,6 +576,43 @@ impl NodeConfig {
                 u64::from(l.streams_per_connection_max),
             ),
             ("limits.sessions_max", l.sessions_max as u64),
+            ("limits.login_failures_max", u64::from(l.login_failures_max)),
+            ("limits.login_lockout_secs", l.login_lockout_secs),
+            ("limits.password_queue_max", l.password_queue_max as u64),
+            (
+                "limits.anonymous_failures_per_source_max",
+                u64::from(l.anonymous_failures_per_source_max),
+            ),
+            (
+                "limits.connections_per_source_max",
+                l.connections_per_source_max as u64,
+            ),
+            (
+                "limits.unauthenticated_per_source_max",
+                l.unauthenticated_per_source_max as u64,
+            ),
+            ("limits.authenticate_timeout_ms", l.authenticate_timeout_ms),
+            (
+                "limits.unauthenticated_window_bytes",
+                u64::from(l.unauthenticated_window_bytes),
+            ),
+            (
+                "limits.control_stream_bytes_max",
+                l.control_stream_bytes_max,
+            ),
+            (
+                "limits.sessions_per_user_max",
+                l.sessions_per_user_max as u64,
+            ),
+            (
+                "limits.sessions_per_host_max",
+                l.sessions_per_host_max as u64,
+            ),
+            ("limits.refusal_log_period_secs", l.refusal_log_period_secs),
+            (
+                "limits.failure_audit_period_secs",
+                l.failure_audit_period_secs,
+            ),
             ("limits.token_ttl_secs", l.token_ttl_secs),
             ("limits.enrollment_ttl_secs", l.enrollment_ttl_secs),
             ("limits.snapshot_every_entries", l.snapshot_every_entries),
@@ -498,6 +656,9 @@ impl NodeConfig {
             return Err(format!("{name} must be greater than 0"));
         }
         use ferry_transport::endpoint::{UDP_PAYLOAD_BYTES_MAX, UDP_PAYLOAD_BYTES_MIN};
+        if let Some(problem) = l.login().problem() {
+            return Err(problem);
+        }
         if !(UDP_PAYLOAD_BYTES_MIN..=UDP_PAYLOAD_BYTES_MAX).contains(&l.udp_payload_bytes_max) {
             return Err(format!(
                 "limits.udp_payload_bytes_max is {}; it must be between {UDP_PAYLOAD_BYTES_MIN} and {UDP_PAYLOAD_BYTES_MAX}",

@@ -34,6 +34,8 @@ pub struct Ctx {
     pub gate: GateState,
     /// The consensus driver's settings and queues, for the "raft" service that (re)starts it.
     pub consensus: Consensus,
+    /// Limits on what unauthenticated peers can make this node do or hold.
+    pub admission: crate::admission::Admission,
     /// SHA-256 of the admin bearer token.
     pub admin_token_hash: Vec<u8>,
 }

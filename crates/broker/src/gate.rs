@@ -81,7 +81,7 @@ pub enum GateError {
     Unavailable(String),
 }
 
-fn is_leader(ctx: &Ctx) -> bool {
+pub(crate) fn is_leader(ctx: &Ctx) -> bool {
     ctx.replica.status().is_leader.load(Ordering::Acquire)
 }
 

@@ -74,6 +74,9 @@ async fn answer(ctx: &Ctx, request: Request) {
             let _ = reply.send(answer);
         }
         Request::Health { from, report } => ctx.health.reports.store(&from, report),
+        Request::Login { request, reply } => {
+            let _ = reply.send(crate::admission::answer_login(ctx, request));
+        }
     }
 }
 

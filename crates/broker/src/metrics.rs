@@ -83,6 +83,10 @@ pub struct Metrics {
     registry: Registry,
     pub connections_accepted: Counter,
     pub connections_refused: Family<Reason, Counter>,
+    /// Requests and connections refused by an admission limit (`admission.rs`), by reason.
+    pub admission_refused: Family<Reason, Counter>,
+    /// Passwords verified or hashed (argon2id) on this node.
+    pub password_checks: Counter,
     pub connections_open: Gauge,
     pub protocol_errors: Family<Reason, Counter>,
     pub logins: Family<Result_, Counter>,
@@ -185,6 +189,16 @@ impl Metrics {
                 "connections_refused",
                 "QUIC connections refused, by reason",
                 Family::default()
+            ),
+            admission_refused: register!(
+                "admission_refused",
+                "Connections and requests refused by an admission limit, by reason",
+                Family::default()
+            ),
+            password_checks: register!(
+                "password_checks",
+                "Passwords verified or hashed (argon2id) on this node",
+                Counter::default()
             ),
             connections_open: register!(
                 "connections_open",
@@ -412,6 +426,12 @@ impl Metrics {
 
     pub fn refuse_connection(&self, reason: &'static str) {
         self.connections_refused
+            .get_or_create(&Reason { reason })
+            .inc();
+    }
+
+    pub fn refuse_admission(&self, reason: &'static str) {
+        self.admission_refused
             .get_or_create(&Reason { reason })
             .inc();
     }

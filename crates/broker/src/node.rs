@@ -147,6 +147,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let limits = endpoint::Limits {
         streams_per_connection_max: config.limits.streams_per_connection_max,
         udp_payload_bytes_max: config.limits.udp_payload_bytes_max,
+        initial_connection_window_bytes: Some(config.limits.unauthenticated_window_bytes),
         ..Default::default()
     };
     let quic = endpoint::server(config.relay_listen(), identity, &limits)?;
@@ -181,6 +182,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     };
     let ctx = Arc::new(Ctx {
         sessions: relay::Sessions::new(&config.limits),
+        admission: crate::admission::Admission::new(&config.limits),
         metrics,
         proposer,
         health,
@@ -290,6 +292,9 @@ fn supervise_services(
         crate::sweep::housekeeping(c.upkeep(), raft_dir.clone(), s)
     });
     supervise!("withdraw", |c, s| crate::withdraw::watch_withdrawals(c, s));
+    supervise!("failure-audit", |c, s| crate::admission::audit_failures(
+        c, s
+    ));
     supervise!("storage", |c, s| crate::health::storage_probe(c, s));
     supervise!("health", |c, s| crate::health::report_loop(c, s));
     supervise!("gate", |c, s| crate::gate::gate_loop(c, s));

@@ -2,8 +2,8 @@
 //! messages (which go straight to the replica) is handed over here, through bounded queues.
 
 use ferry_proto::peer::{
-    GateRequest, GateResponse, HealthReport, Rejoin, RejoinReply, RelayRequest, StoreProbe,
-    StoreProbeReply,
+    GateRequest, GateResponse, HealthReport, LoginReserve, LoginVerdict, Rejoin, RejoinReply,
+    RelayRequest, StoreProbe, StoreProbeReply,
 };
 use ferry_proto::state::Command;
 use ferry_replica::ProposeError;
@@ -33,6 +33,11 @@ pub enum Request {
     },
     /// A peer's health report.
     Health { from: String, report: HealthReport },
+    /// A broker asks this node, as leader, to reserve a login attempt (or forgive one).
+    Login {
+        request: LoginReserve,
+        reply: oneshot::Sender<LoginVerdict>,
+    },
 }
 
 /// A session another broker asks this one to carry to a host attached here.

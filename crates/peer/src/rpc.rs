@@ -5,8 +5,9 @@
 use crate::convert::outcome_from_wire;
 use crate::links::{Link, Peers};
 use ferry_proto::peer::{
-    peer_request, ForwardRequest, ForwardResponse, GateRequest, GateResponse, PeerRequest, Rejoin,
-    RejoinReply, RelayRequest, RelayResponse, StoreProbe, StoreProbeReply,
+    peer_request, ForwardRequest, ForwardResponse, GateRequest, GateResponse, LoginReserve,
+    LoginVerdict, PeerRequest, Rejoin, RejoinReply, RelayRequest, RelayResponse, StoreProbe,
+    StoreProbeReply,
 };
 use ferry_proto::state::Command;
 use ferry_proto::wire;
@@ -29,6 +30,8 @@ const REJOIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// (`raft.propose_timeout_ms`, 5 s by default) and room for both round trips. Giving up
 /// earlier would report a failure for a lease that is then recorded.
 const GATE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time the leader may take to reserve a login attempt (an answer from memory).
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A session's streams toward whoever carries it on (its host agent, or the broker the host is
 /// attached to), after the answer to its `SessionStart`.
@@ -143,6 +146,14 @@ impl Peers {
             .await
             .map_err(|_| ProposeError::NotLeader { leader })?;
         outcome_from_wire(response)
+    }
+
+    /// Asks the leader `leader` (raft id) to reserve a login attempt (or forgive one). `None`
+    /// when it cannot be reached or does not answer (a leader of an older version).
+    pub async fn reserve_login(&self, leader: u64, request: &LoginReserve) -> Option<LoginVerdict> {
+        let link = self.link(leader)?;
+        let request = peer_request::Request::Login(request.clone());
+        self.exchange(&link, request, LOGIN_TIMEOUT).await.ok()
     }
 
     /// Asks the leader `leader` (raft id) for a gate answer. `None` when it cannot be reached.

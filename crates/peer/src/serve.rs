@@ -7,7 +7,7 @@ use crate::links::{Peers, CONNECT_TIMEOUT};
 use crate::PeerConfig;
 use ferry_consensus::Message;
 use ferry_proto::peer::{
-    peer_request, GateResponse, PeerRequest, RaftMessage, RejoinReply, RelayResponse,
+    peer_request, GateResponse, LoginVerdict, PeerRequest, RaftMessage, RejoinReply, RelayResponse,
 };
 use ferry_proto::state::Command;
 use ferry_proto::wire;
@@ -182,6 +182,17 @@ impl Peers {
                 // A report is a snapshot: one dropped is replaced half a second later.
                 let _ = inbox.requests.try_send(Request::Health { from, report });
                 return;
+            }
+            Some(peer_request::Request::Login(request)) => {
+                // Busy is a refusal, not a pass: the limits must not give way under load.
+                let verdict = ask(&inbox, |reply| Request::Login { request, reply })
+                    .await
+                    .unwrap_or_else(|| LoginVerdict {
+                        refusal: "the cluster is busy checking logins; try again".into(),
+                        scope: "busy".into(),
+                        not_leader: false,
+                    });
+                let _ = framed::write(&mut send, &verdict, limits).await;
             }
             Some(peer_request::Request::Gate(request)) => {
                 let (reply, answer) = oneshot::channel();

@@ -1,10 +1,11 @@
 //! `StateMachine::apply`: one command in, one outcome out, one audit record written.
 
+use crate::failures::bounded;
 use crate::names::{validate_name, NameKind};
 use crate::{
     AuditRecord, Command, EnrollmentState, Host, Kind, Outcome, Refusal, RefusalKind, Session,
-    SessionState, StateMachine, Token, User, AUDIT_RETAINED_MAX, SERVICES_PER_HOST_MAX,
-    TOKENS_PER_USER_MAX,
+    SessionState, StateMachine, Token, User, AUDIT_RETAINED_MAX, AUDIT_TARGET_CHARS_MAX,
+    SERVICES_PER_HOST_MAX, TOKENS_PER_USER_MAX,
 };
 use ferry_proto::state as pb;
 
@@ -33,6 +34,7 @@ impl StateMachine {
                 ("logout", user.unwrap_or_default(), self.revoke_token(c))
             }
             Kind::LoginFailed(c) => ("login.failed", c.user.clone(), self.login_failed(c, now)),
+            Kind::AuthFailures(c) => ("auth.failures", c.node.clone(), self.auth_failures(c, now)),
             Kind::CreateHost(c) => ("host.enroll", c.name.clone(), self.create_host(c)),
             Kind::CompleteEnrollment(c) => (
                 "host.enrolled",
@@ -161,6 +163,7 @@ impl StateMachine {
         let outcome = match (outcome, &command.kind) {
             // The login itself failed; the command only records it, so say why.
             (Outcome::Applied, Some(Kind::LoginFailed(c))) => format!("failed: {}", c.reason),
+            (Outcome::Applied, Some(Kind::AuthFailures(c))) => crate::failures::describe(c),
             // Who forced what is the actor and target; which checks failed is said here.
             (Outcome::Applied, Some(Kind::AcquireLease(c))) if c.forced => format!(
                 "ok, FORCED past failing checks: {}",
@@ -184,6 +187,8 @@ impl StateMachine {
             (Outcome::SessionOpened { session_id }, _) => format!("ok session {session_id}"),
             (Outcome::Refused(r), _) => format!("refused: {}", r.message),
         };
+        // Targets are validated names almost always; a refused command may carry anything.
+        let target = bounded(target, AUDIT_TARGET_CHARS_MAX);
         let record = AuditRecord {
             seq: self.next_audit_seq,
             at_ms: command.now_ms,
@@ -312,9 +317,25 @@ impl StateMachine {
     }
 
     fn complete_enrollment(&mut self, c: &pb::CompleteEnrollment, now: u64) -> Applied {
+        self.enrollment_check(c, now)?;
         let host = self
             .hosts
             .get_mut(&c.name)
+            .expect("enrollment_check found the host");
+        host.enrollment = EnrollmentState::Enrolled as i32;
+        host.enrollment_token_hash.clear();
+        host.credential_hash = c.credential_hash.clone();
+        Ok(Outcome::Applied)
+    }
+
+    /// Whether `c` would complete an enrollment at `now`: the same answer `apply` gives, read
+    /// only, so that a broker refuses a wrong token before proposing anything (an anonymous
+    /// peer must not add a Raft entry per guess).
+    pub fn enrollment_check(&self, c: &pb::CompleteEnrollment, now: u64) -> Result<(), Refusal> {
+        validate_name(NameKind::Host, &c.name)?;
+        let host = self
+            .hosts
+            .get(&c.name)
             .ok_or_else(|| unknown_host(&c.name))?;
         if host.enrollment() == EnrollmentState::Enrolled {
             return Err(Refusal::new(
@@ -344,10 +365,7 @@ impl StateMachine {
                 "credential hash is empty",
             ));
         }
-        host.enrollment = EnrollmentState::Enrolled as i32;
-        host.enrollment_token_hash.clear();
-        host.credential_hash = c.credential_hash.clone();
-        Ok(Outcome::Applied)
+        Ok(())
     }
 
     fn add_grant(&mut self, c: &pb::AddGrant) -> Applied {

@@ -10,6 +10,7 @@
 mod admin_tokens;
 mod apply;
 pub mod backup;
+mod failures;
 mod maintenance;
 mod members;
 mod names;
@@ -18,6 +19,7 @@ mod snapshot;
 mod withdraw;
 
 pub use admin_tokens::ADMIN_TOKENS_MAX;
+pub use failures::{AUTH_FAILURE_COUNTS_MAX, INVALID_NAME};
 pub use ferry_proto::state::{
     command::Kind, AdminRole, AdminToken, AuditRecord, BackupHeader, BackupTrailer,
     ChangeMembership, Command, EnrollmentState, Grant, Host, MaintenanceLease, Member, MemberRole,
@@ -33,6 +35,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// How many audit records the state keeps. Older records are dropped first; operators who need
 /// more ship the audit stream to their own store (the admin API pages through it by `seq`).
 pub const AUDIT_RETAINED_MAX: usize = 100_000;
+
+/// Longest audit target kept, in characters (targets are names almost always; a refused
+/// command may name anything).
+pub const AUDIT_TARGET_CHARS_MAX: usize = 256;
 
 /// How many unexpired login tokens one user may hold; logging in again beyond it revokes the
 /// token that expires first, so a script that logs in in a loop cannot grow the state.

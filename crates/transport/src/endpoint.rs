@@ -28,6 +28,10 @@ pub struct Limits {
     pub uni_streams_per_connection_max: u32,
     /// Bytes the peer may have in flight on one connection (all streams).
     pub connection_window_bytes: u32,
+    /// The connection window a new connection starts with, when smaller: a broker grants
+    /// an anonymous peer little until it authenticates, then raises the window to
+    /// `connection_window_bytes` (`quinn::Connection::set_receive_window`).
+    pub initial_connection_window_bytes: Option<u32>,
     /// Bytes the peer may have in flight on one stream.
     pub stream_window_bytes: u32,
     /// A connection with no traffic for this long is dead.
@@ -54,6 +58,7 @@ impl Default for Limits {
             streams_per_connection_max: 256,
             uni_streams_per_connection_max: 0,
             connection_window_bytes: 32 * 1024 * 1024,
+            initial_connection_window_bytes: None,
             stream_window_bytes: 8 * 1024 * 1024,
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(2),
@@ -74,7 +79,12 @@ fn transport(limits: &Limits) -> Arc<quinn::TransportConfig> {
     t.ack_frequency_config(Some(ack));
     t.max_concurrent_bidi_streams(limits.streams_per_connection_max.into())
         .max_concurrent_uni_streams(limits.uni_streams_per_connection_max.into())
-        .receive_window(limits.connection_window_bytes.into())
+        .receive_window(
+            limits
+                .initial_connection_window_bytes
+                .unwrap_or(limits.connection_window_bytes)
+                .into(),
+        )
         .stream_receive_window(limits.stream_window_bytes.into())
         .send_window(u64::from(limits.connection_window_bytes))
         .keep_alive_interval(Some(limits.keep_alive))

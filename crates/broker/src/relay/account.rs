@@ -135,54 +135,40 @@ pub(super) async fn logout(
 /// like a login, under the same throttle (a stolen token alone does not change the password);
 /// the new one is hashed here and replicated. Tokens already issued stay valid.
 pub(super) async fn change_password(
-    ctx: &Ctx,
+    ctx: &std::sync::Arc<Ctx>,
     request: wire::ChangePassword,
     remote: SocketAddr,
 ) -> Result<wire::PasswordChanged, wire::Error> {
     let user = user_of(ctx, &request.token).await?;
     let source = remote.ip();
-    ctx.sessions
-        .throttle
-        .lock()
-        .expect("no code panics while holding the throttle lock")
-        .check(&user.name, source, std::time::Instant::now())
-        .map_err(|why| wire::Error::new(ErrorCode::ResourceExhausted, why))?;
     if let Some(problem) = crate::auth::new_password_problem(&request.new_password) {
         return Err(wire::Error::new(ErrorCode::InvalidArgument, problem));
     }
+    // The current password is checked like a login's, under the same limits.
+    crate::admission::reserve_login(ctx, &user.name, source).await?;
     let (stored, current, new) = (
         user.password_hash.clone(),
         request.current_password,
         request.new_password,
     );
-    let hashed = tokio::task::spawn_blocking(move || {
-        crate::auth::verify_password(&stored, &current)
-            .then(|| crate::auth::hash_password(&new).ok())
-            .flatten()
-    })
-    .await
-    .ok()
-    .flatten();
+    let hashed = ctx
+        .admission
+        .passwords
+        .run(ctx, move || {
+            crate::auth::verify_password(&stored, &current)
+                .then(|| crate::auth::hash_password(&new).ok())
+                .flatten()
+        })
+        .await?;
     let actor = format!("user:{}", user.name);
     let Some(password_hash) = hashed else {
-        ctx.sessions
-            .throttle
-            .lock()
-            .expect("no code panics while holding the throttle lock")
-            .record_failure(&user.name, source, std::time::Instant::now());
-        let failed = Kind::LoginFailed(cmd::LoginFailed {
-            user: user.name.clone(),
-            reason: "wrong current password (passwd)".into(),
-        });
-        let _ = ctx
-            .proposer
-            .propose(actor, remote.to_string(), failed)
-            .await;
+        crate::admission::failed(ctx, source, ferry_admission::Attempt::Login, &user.name);
         return Err(wire::Error::new(
             ErrorCode::PermissionDenied,
             "the current password is wrong; nothing was changed",
         ));
     };
+    crate::admission::login_succeeded(ctx, &user.name, source);
     let set = Kind::SetPassword(cmd::SetPassword {
         name: user.name.clone(),
         password_hash,

@@ -2,32 +2,42 @@
 //! (`account.rs`) answer from the state; `OpenSession` (`session.rs`) and `ResumeSession`
 //! (`resume.rs`) go on to carry a session on the same stream.
 
-use super::{frame_limits, propose_error_to_wire, refusal_to_wire, reject_input, stale};
+use super::{frame_limits, propose_error_to_wire, refusal_to_wire, reject_input, stale, Unproven};
+use crate::admission;
 use crate::auth;
 use crate::context::Ctx;
+use ferry_admission::Attempt;
 use ferry_proto::state::{self as cmd, command::Kind};
 use ferry_proto::wire::{self, client_request, client_response, ClientResponse, ErrorCode};
+use ferry_state::NameKind;
 use ferry_state::{hash_secret, Outcome};
 use ferry_transport::framed;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::time::timeout;
 use tracing::Instrument;
 
-pub(super) async fn serve(conn: quinn::Connection, ctx: Arc<Ctx>, remote: SocketAddr) {
+pub(super) async fn serve(
+    conn: quinn::Connection,
+    ctx: Arc<Ctx>,
+    remote: SocketAddr,
+    unproven: Unproven,
+) {
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let (conn, ctx) = (conn.clone(), ctx.clone());
-        tokio::spawn(async move { request(conn, send, recv, ctx, remote).await });
+        let (conn, ctx, unproven) = (conn.clone(), ctx.clone(), unproven.clone());
+        tokio::spawn(async move { request(conn, send, recv, ctx, remote, unproven).await });
     }
 }
 
+/// Answers one request. The first that proves who the client is (a password that verifies,
+/// a valid token or resume secret) makes the connection authenticated (`Unproven::proven`).
 async fn request(
     conn: quinn::Connection,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     ctx: Arc<Ctx>,
     remote: SocketAddr,
+    unproven: Unproven,
 ) {
     let deadline = ctx.config.limits.handshake_timeout();
     let request: wire::ClientRequest =
@@ -61,11 +71,12 @@ async fn request(
         ),
         // Requests whose stream goes on to carry a session.
         Some(Request::OpenSession(open)) => {
-            return super::session::open_session(&ctx, open, send, recv, remote).await;
+            let session = super::session::open_session(&ctx, open, send, recv, remote, &unproven);
+            return session.await;
         }
         Some(Request::ResumeSession(resume)) => {
             let span = tracing::info_span!("session", session_id = resume.session_id);
-            return super::resume::resume_session(&ctx, resume, send, recv, remote)
+            return super::resume::resume_session(&ctx, resume, send, recv, remote, &unproven)
                 .instrument(span)
                 .await;
         }
@@ -75,6 +86,9 @@ async fn request(
             return;
         }
     };
+    if !matches!(response, client_response::Response::Error(_)) {
+        unproven.proven();
+    }
     respond(&ctx, &mut send, response).await;
     let _ = send.finish();
 }
@@ -102,25 +116,41 @@ pub(super) fn error(code: ErrorCode, message: impl Into<String>) -> wire::Error 
     wire::Error::new(code, message)
 }
 
+/// Logs a user in: the name checked, an attempt reserved (on this node and at the leader,
+/// `admission.rs`), the password verified on the bounded pool, a token issued through Raft.
+/// A failure is counted in the node's failure ledger, never proposed one by one.
 async fn login(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     login: wire::Login,
     remote: SocketAddr,
 ) -> Result<wire::LoginOk, wire::Error> {
     let source = remote.ip();
-    let result_label = |result| crate::metrics::Result_ { result };
-    ctx.sessions
-        .throttle
-        .lock()
-        .expect("no code panics while holding the throttle lock")
-        .check(&login.user, source, Instant::now())
-        .map_err(|why| {
-            ctx.metrics
-                .logins
-                .get_or_create(&result_label("throttled"))
-                .inc();
-            error(ErrorCode::ResourceExhausted, why)
-        })?;
+    let count = |result| {
+        ctx.metrics
+            .logins
+            .get_or_create(&crate::metrics::Result_ { result })
+            .inc();
+    };
+    // A name that cannot be a user's is refused before anything is reserved or verified.
+    if let Err(r) = ferry_state::validate_name(NameKind::User, &login.user) {
+        count("invalid");
+        admission::failed(ctx, source, Attempt::Login, ferry_state::INVALID_NAME);
+        return Err(error(ErrorCode::InvalidArgument, r.message));
+    }
+    if login.password.len() > auth::PASSWORD_BYTES_MAX {
+        count("invalid");
+        admission::failed(ctx, source, Attempt::Login, &login.user);
+        return Err(error(
+            ErrorCode::InvalidArgument,
+            format!(
+                "a password is at most {} bytes long",
+                auth::PASSWORD_BYTES_MAX
+            ),
+        ));
+    }
+    admission::reserve_login(ctx, &login.user, source)
+        .await
+        .inspect_err(|_| count("throttled"))?;
     ctx.proposer.confirm_fresh().await.map_err(stale)?;
     let stored = ctx
         .replica
@@ -131,46 +161,22 @@ async fn login(
     // An unknown user costs the same argon2 work as a known one (against a dummy hash), so
     // response times do not reveal which users exist.
     let known = stored.is_some();
-    let hash = stored.clone();
-    let verified = tokio::task::spawn_blocking(move || match hash {
-        Some(hash) => auth::verify_password(&hash, &password),
-        None => {
-            auth::verify_password(auth::dummy_password_hash(), &password);
-            false
-        }
-    })
-    .await
-    .unwrap_or(false)
+    let verified = ctx
+        .admission
+        .passwords
+        .run(ctx, move || match stored {
+            Some(hash) => auth::verify_password(&hash, &password),
+            None => {
+                auth::verify_password(auth::dummy_password_hash(), &password);
+                false
+            }
+        })
+        .await?
         && known;
-    let actor = format!("user:{}", login.user);
     if !verified {
-        ctx.metrics
-            .logins
-            .get_or_create(&result_label("failed"))
-            .inc();
-        ctx.sessions
-            .throttle
-            .lock()
-            .expect("no code panics while holding the throttle lock")
-            .record_failure(&login.user, source, Instant::now());
-        let reason = if stored.is_some() {
-            "wrong password"
-        } else {
-            "unknown user"
-        };
-        let _ = ctx
-            .proposer
-            .propose(
-                actor,
-                remote.to_string(),
-                Kind::LoginFailed(cmd::LoginFailed {
-                    user: login.user.clone(),
-                    reason: reason.into(),
-                }),
-            )
-            .await;
+        count("failed");
+        admission::failed(ctx, source, Attempt::Login, &login.user);
         // The same answer for both cases: telling them apart would let anyone list the users.
-        // The audit log records which it was.
         return Err(error(
             ErrorCode::Unauthenticated,
             format!(
@@ -179,6 +185,7 @@ async fn login(
             ),
         ));
     }
+    admission::login_succeeded(ctx, &login.user, source);
     let token = auth::new_secret();
     let expires_at_ms = crate::now_ms() + ctx.config.limits.token_ttl_secs * 1000;
     let issue = Kind::IssueToken(cmd::IssueToken {
@@ -186,15 +193,11 @@ async fn login(
         token_hash: hash_secret(&token),
         expires_at_ms,
     });
+    let actor = format!("user:{}", login.user);
     match ctx.proposer.propose(actor, remote.to_string(), issue).await {
         Ok(Outcome::Refused(r)) => Err(refusal_to_wire(&r)),
         Ok(_) => {
-            ctx.metrics.logins.get_or_create(&result_label("ok")).inc();
-            ctx.sessions
-                .throttle
-                .lock()
-                .expect("no code panics while holding the throttle lock")
-                .record_success(&login.user);
+            count("ok");
             Ok(wire::LoginOk {
                 token,
                 expires_at_ms,

@@ -4,13 +4,13 @@
 use super::{frame_limits, propose_error_to_wire, refusal_to_wire, reject_input};
 use crate::context::Ctx;
 use crate::hosts::AttachedHost;
+use ferry_admission::Attempt;
 use ferry_proto::state::{self as cmd, command::Kind};
 use ferry_proto::wire::{self, host_request, host_response, ErrorCode, HostResponse};
 use ferry_state::{hash_secret, NameKind, Outcome, SERVICES_PER_HOST_MAX};
 use ferry_transport::{framed, CloseCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 
 pub(super) async fn serve(
@@ -19,7 +19,7 @@ pub(super) async fn serve(
     mut recv: quinn::RecvStream,
     ctx: Arc<Ctx>,
     remote: SocketAddr,
-    unauthenticated: OwnedSemaphorePermit,
+    unproven: super::Unproven,
 ) {
     let deadline = ctx.config.limits.handshake_timeout();
     // At most an enrollment and an attachment; anything more before attaching is abuse.
@@ -49,7 +49,7 @@ pub(super) async fn serve(
                             .await
                             .is_ok()
                         {
-                            drop(unauthenticated);
+                            unproven.proven();
                             // The control stream now carries hand-off notices to the agent.
                             let notices = ctx
                                 .sessions
@@ -121,12 +121,31 @@ async fn enroll(
     remote: SocketAddr,
 ) -> Result<wire::Enrolled, wire::Error> {
     let label = |result| crate::metrics::Result_ { result };
+    crate::admission::check_anonymous(ctx, remote.ip())?;
     let key = presented_key(conn)?;
-    let complete = Kind::CompleteEnrollment(cmd::CompleteEnrollment {
+    let complete = cmd::CompleteEnrollment {
         name: enroll.name.clone(),
         enrollment_token_hash: hash_secret(&enroll.token),
         credential_hash: key.clone(),
-    });
+    };
+    // Checked against the local state first: an invalid name or a wrong, used or expired
+    // token proposes nothing (an anonymous peer must not add a Raft entry per guess); it is
+    // counted in the failure ledger. The state machine checks again when it applies.
+    ctx.proposer.confirm_fresh().await.map_err(super::stale)?;
+    let checked = ctx
+        .replica
+        .read()
+        .enrollment_check(&complete, crate::now_ms());
+    if let Err(refusal) = checked {
+        ctx.metrics
+            .enrollments
+            .get_or_create(&label("refused"))
+            .inc();
+        let name = crate::admission::counted_name(NameKind::Host, &enroll.name);
+        crate::admission::failed(ctx, remote.ip(), Attempt::Enroll, name);
+        return Err(refusal_to_wire(&refusal));
+    }
+    let complete = Kind::CompleteEnrollment(complete);
     match ctx
         .proposer
         .propose(
@@ -270,17 +289,16 @@ fn attached_elsewhere(ctx: &Ctx, attach: &wire::Attach) -> Option<String> {
 
 /// Holds the host registered until its connection or control stream ends.
 async fn stay_attached(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     conn: &quinn::Connection,
     name: &str,
-    mut control: quinn::RecvStream,
+    control: quinn::RecvStream,
 ) {
     // The agent sends nothing more on the control stream today; reading it to the end notices a
     // clean close as soon as the connection's own close does. Bytes are discarded, bounded.
-    let mut scratch = [0u8; 1024];
     tokio::select! {
         _ = conn.closed() => {}
-        _ = async { while let Ok(Some(_)) = control.read(&mut scratch).await {} } => {}
+        _ = super::drain_control(ctx.clone(), conn.clone(), control) => {}
     }
     ctx.sessions.hosts.detach(name, conn.stable_id());
     ctx.metrics

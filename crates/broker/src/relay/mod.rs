@@ -13,13 +13,15 @@ mod session;
 
 pub(crate) use session::carry_for_peer;
 
+use crate::admission::Held;
 use crate::context::Ctx;
+use ferry_admission::SourceKey;
 use ferry_proto::frame::FrameLimits;
 use ferry_proto::wire::{self, hello_reply, HelloReply, Role};
 use ferry_proto::PROTOCOL_VERSION;
 use ferry_transport::{framed, CloseCode};
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::timeout;
 
 /// What the relay holds across connections.
@@ -28,8 +30,6 @@ pub struct Sessions {
     pub hosts: crate::hosts::HostRegistry,
     /// Control streams of connected endpoints, for hand-off notices.
     pub notices: crate::handoff::NoticeBoard,
-    /// Failed-login bookkeeping; a std mutex because it is never held across an await.
-    pub throttle: std::sync::Mutex<crate::auth::LoginThrottle>,
     /// One permit per session relayed at once (`limits.sessions_max`).
     pub slots: Arc<tokio::sync::Semaphore>,
     /// The sessions relayed now, each with its cut switch (`withdraw.rs`).
@@ -47,10 +47,6 @@ impl Sessions {
         Self {
             hosts: Default::default(),
             notices: Default::default(),
-            throttle: std::sync::Mutex::new(crate::auth::LoginThrottle::new(
-                limits.login_failures_max,
-                std::time::Duration::from_secs(limits.login_lockout_secs),
-            )),
             slots: Arc::new(Semaphore::new(limits.sessions_max)),
             carried: Default::default(),
             connection_slots: Arc::new(Semaphore::new(limits.connections_max)),
@@ -74,8 +70,6 @@ pub(crate) async fn serve(
     ctx: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
 ) -> crate::supervisor::ServiceResult {
-    let connection_slots = ctx.sessions.connection_slots.clone();
-    let unauthenticated_slots = ctx.sessions.unauthenticated_slots.clone();
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => match incoming {
@@ -84,26 +78,135 @@ pub(crate) async fn serve(
             },
             _ = shutdown.changed() => break,
         };
-        let Ok(connection) = connection_slots.clone().try_acquire_owned() else {
-            ctx.metrics.refuse_connection("connections_max");
-            incoming.refuse();
-            continue;
-        };
-        let Ok(unauthenticated) = unauthenticated_slots.clone().try_acquire_owned() else {
-            ctx.metrics.refuse_connection("unauthenticated_max");
-            incoming.refuse();
+        let Some(places) = admit(&ctx, incoming) else {
             continue;
         };
         let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let _connection = connection;
-            handle(incoming, ctx, unauthenticated).await;
-        });
+        tokio::spawn(handle(places, ctx));
     }
     endpoint.close(CloseCode::ShuttingDown.varint(), b"broker shutting down");
     // Give peers a moment to learn of the close before the sockets go away.
     let _ = timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
     Ok(())
+}
+
+/// A connection admitted to its handshake, with the places it holds.
+struct Admitted {
+    incoming: quinn::Incoming,
+    /// Its place among `limits.connections_max`, held while it is open.
+    node: OwnedSemaphorePermit,
+    /// Its place among its source's `limits.connections_per_source_max`.
+    source: Held<SourceKey>,
+    /// Its places among the unauthenticated, until it authenticates.
+    unproven: Places,
+}
+
+/// Decides whether a new connection may start its handshake, in order: the node's connection
+/// limit; address validation (a QUIC Retry) once half the unauthenticated pool is taken, so
+/// that spoofed sources cannot fill the rest; its source's limits; the unauthenticated pool.
+/// A refusal is counted by reason.
+fn admit(ctx: &Ctx, incoming: quinn::Incoming) -> Option<Admitted> {
+    let remote = incoming.remote_address();
+    let refuse = |incoming: quinn::Incoming, reason: &'static str| {
+        crate::admission::refused(ctx, reason, remote);
+        ctx.metrics.refuse_connection(reason);
+        incoming.refuse();
+        None
+    };
+    let Ok(node) = ctx.sessions.connection_slots.clone().try_acquire_owned() else {
+        return refuse(incoming, "connections_max");
+    };
+    let pool = &ctx.sessions.unauthenticated_slots;
+    if pool.available_permits() <= ctx.config.limits.unauthenticated_max / 2
+        && !incoming.remote_address_validated()
+        && incoming.may_retry()
+    {
+        ctx.metrics.refuse_connection("address_validation_retry");
+        // Stateless: a spoofed source never answers, and holds nothing here.
+        let _ = incoming.retry();
+        return None;
+    }
+    let key = SourceKey::of(remote.ip());
+    let Some(source) = ctx.admission.connections.hold(key) else {
+        return refuse(incoming, "connections_per_source");
+    };
+    let Some(pending) = ctx.admission.unauthenticated.hold(key) else {
+        return refuse(incoming, "unauthenticated_per_source");
+    };
+    let Ok(permit) = pool.clone().try_acquire_owned() else {
+        return refuse(incoming, "unauthenticated_max");
+    };
+    Some(Admitted {
+        incoming,
+        node,
+        source,
+        unproven: Places {
+            _pool: permit,
+            _source: pending,
+        },
+    })
+}
+
+/// What a connection holds while it has not authenticated: a place in the node's
+/// unauthenticated pool and one among its source's.
+pub(crate) struct Places {
+    _pool: OwnedSemaphorePermit,
+    _source: Held<SourceKey>,
+}
+
+/// A connection until it proves who it is (a host attaching, a client presenting a valid
+/// password, token or resume secret): then [`Unproven::proven`] frees its unauthenticated
+/// places and opens its flow-control window to the endpoint's full size. A connection that
+/// has not proved itself within `limits.authenticate_timeout_ms` is closed.
+#[derive(Clone)]
+pub(crate) struct Unproven {
+    places: Arc<std::sync::Mutex<Option<Places>>>,
+    conn: quinn::Connection,
+}
+
+impl Unproven {
+    fn new(places: Places, conn: quinn::Connection) -> Self {
+        Self {
+            places: Arc::new(std::sync::Mutex::new(Some(places))),
+            conn,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Places>> {
+        self.places
+            .lock()
+            .expect("never poisoned: nothing panics holding it")
+    }
+
+    /// The connection authenticated (idempotent).
+    pub fn proven(&self) {
+        if self.lock().take().is_some() {
+            let window = ferry_transport::endpoint::Limits::default().connection_window_bytes;
+            self.conn
+                .set_receive_window(quinn::VarInt::from_u32(window));
+        }
+    }
+
+    fn is_proven(&self) -> bool {
+        self.lock().is_none()
+    }
+
+    /// Closes the connection unless it has proved itself within `limit`.
+    async fn deadline(self, ctx: Arc<Ctx>, limit: std::time::Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(limit) => {}
+            _ = self.conn.closed() => return,
+        }
+        if !self.is_proven() {
+            crate::admission::refused(&ctx, "authenticate_timeout", self.conn.remote_address());
+            let reason = format!(
+                "did not authenticate within {} ms (limits.authenticate_timeout_ms)",
+                limit.as_millis()
+            );
+            // An orderly close: a client that simply had nothing to ask dials again when it has.
+            CloseCode::Done.close(&self.conn, &reason);
+        }
+    }
 }
 
 /// Frame limits applied to every peer of this node.
@@ -113,11 +216,13 @@ pub(crate) fn frame_limits(ctx: &Ctx) -> FrameLimits {
     }
 }
 
-async fn handle(
-    incoming: quinn::Incoming,
-    ctx: Arc<Ctx>,
-    unauthenticated: tokio::sync::OwnedSemaphorePermit,
-) {
+async fn handle(admitted: Admitted, ctx: Arc<Ctx>) {
+    let Admitted {
+        incoming,
+        node: _node,
+        source: _source,
+        unproven,
+    } = admitted;
     let remote = incoming.remote_address();
     let deadline = ctx.config.limits.handshake_timeout();
     let conn = match timeout(deadline, incoming).await {
@@ -137,6 +242,12 @@ async fn handle(
     let _open = on_drop(|| {
         ctx.metrics.connections_open.dec();
     });
+    let unproven = Unproven::new(unproven, conn.clone());
+    tokio::spawn(
+        unproven
+            .clone()
+            .deadline(ctx.clone(), ctx.config.limits.authenticate_timeout()),
+    );
 
     let (mut send, mut recv) = match timeout(deadline, conn.accept_bi()).await {
         Ok(Ok(streams)) => streams,
@@ -194,23 +305,48 @@ async fn handle(
     }
     match hello.role() {
         Role::Client => {
-            // A client authenticates per request (password or token), and each request is
-            // bounded by the per-connection stream limit, so the connection no longer counts
-            // as unauthenticated once it has spoken the protocol.
-            drop(unauthenticated);
-            // The control stream stays open for hand-off notices.
+            // The control stream carries the broker's notices to the client; the client has
+            // nothing more to say on it, and what it sends anyway is read and bounded.
             let notices = ctx
                 .sessions
                 .notices
                 .register(conn.stable_id(), Role::Client);
             tokio::spawn(crate::handoff::forward(send, notices));
-            client::serve(conn.clone(), ctx.clone(), remote).await;
+            tokio::spawn(drain_control(ctx.clone(), conn.clone(), recv));
+            client::serve(conn.clone(), ctx.clone(), remote, unproven).await;
             ctx.sessions.notices.unregister(conn.stable_id());
         }
-        Role::Host => host::serve(conn, send, recv, ctx.clone(), remote, unauthenticated).await,
+        Role::Host => host::serve(conn, send, recv, ctx.clone(), remote, unproven).await,
         Role::Unspecified => {
             ctx.metrics.protocol_error("role");
             CloseCode::Protocol.close(&conn, "Hello names no role (client or host)");
+        }
+    }
+}
+
+/// Reads what an endpoint sends on its control stream after `Hello` (nothing, from a client
+/// or host of this version) and discards it, up to `limits.control_stream_bytes_max` in all;
+/// beyond that the connection is closed. Returns when the stream or connection ends.
+pub(crate) async fn drain_control(
+    ctx: Arc<Ctx>,
+    conn: quinn::Connection,
+    mut recv: quinn::RecvStream,
+) {
+    let limit = ctx.config.limits.control_stream_bytes_max;
+    let mut read = 0u64;
+    let mut scratch = [0u8; 1024];
+    while let Ok(Some(n)) = recv.read(&mut scratch).await {
+        read += n as u64;
+        if read > limit {
+            ctx.metrics.protocol_error("control_stream_bytes");
+            CloseCode::Protocol.close(
+                &conn,
+                &format!(
+                    "sent more than {limit} bytes on the control stream after Hello, \
+                     which carries nothing from this side"
+                ),
+            );
+            return;
         }
     }
 }

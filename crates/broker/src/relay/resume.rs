@@ -4,13 +4,15 @@
 //!
 //! The secret is checked against the local state, without confirming freshness with the
 //! leader: a session's secret hash never changes once recorded, and a resume must work while
-//! the cluster elects a new leader after a crash. The cluster records the resume (and audits a
-//! refused one) through Raft afterwards.
+//! the cluster elects a new leader after a crash. The cluster records the resume through Raft
+//! afterwards. A wrong secret proposes nothing: it is counted in the node's failure ledger
+//! (audited once per period, `admission.rs`), and a source that keeps guessing is locked out.
 
 use super::client::{answer_refused, error, respond, Counted, Refused};
 use super::refusal_to_wire;
 use super::session::{carry, route_to_host, session_slot, start_session, Route};
 use crate::context::Ctx;
+use ferry_admission::Attempt;
 use ferry_proto::state::{self as cmd, command::Kind};
 use ferry_proto::wire::{self, client_response, ErrorCode};
 use ferry_state::{hash_secret, Outcome, Session};
@@ -32,6 +34,7 @@ pub(super) async fn resume_session(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     remote: SocketAddr,
+    unproven: &super::Unproven,
 ) {
     let started = Instant::now();
     let secret_hash = hash_secret(&resume.resume_secret);
@@ -44,17 +47,23 @@ pub(super) async fn resume_session(
         let actor = format!("session:{}", resume.session_id);
         ctx.proposer.propose(actor, remote.to_string(), command)
     };
+    if let Err(error) = crate::admission::check_anonymous(ctx, remote.ip()) {
+        let refused = Refused::new("resume_throttled", error);
+        return answer_refused(ctx, &mut send, refused).await;
+    }
     let (session, slot) = match admit(ctx, &resume, &secret_hash) {
         Ok(admitted) => admitted,
-        Err((refused, audit)) => {
+        Err((refused, wrong_secret)) => {
             answer_refused(ctx, &mut send, refused).await;
-            if audit {
-                // Through Raft, so that the refusal is audited on every node.
-                let _ = record_resume().await;
+            if wrong_secret {
+                // Counted for the period's audit summary, not proposed one by one.
+                let id = resume.session_id.to_string();
+                crate::admission::failed(ctx, remote.ip(), Attempt::Resume, &id);
             }
             return;
         }
     };
+    unproven.proven();
     let start = wire::SessionStart {
         session_id: session.id,
         service: session.service.clone(),
@@ -118,12 +127,13 @@ pub(super) async fn resume_session(
 }
 
 /// Whether this node takes the resume: not draining, the secret matches a session that may
-/// resume, a slot is free. A refusal says whether to audit it (a wrong or stale secret).
+/// resume, a slot is free. A refusal says whether it counts as a failed anonymous attempt (a
+/// wrong or stale secret).
 fn admit(
     ctx: &Ctx,
     resume: &wire::ResumeSession,
     secret_hash: &[u8],
-) -> Result<(Session, tokio::sync::OwnedSemaphorePermit), (Refused, bool)> {
+) -> Result<(Session, super::session::Slot), (Refused, bool)> {
     if crate::handoff::is_draining(ctx) {
         let refused = Refused::new("draining", crate::handoff::draining_error(ctx));
         return Err((refused, false));
@@ -143,7 +153,8 @@ fn admit(
             )
         })?;
     drop(state);
-    let slot = session_slot(ctx).map_err(|refused| (refused, false))?;
+    let slot =
+        session_slot(ctx, &session.user, &session.host).map_err(|refused| (refused, false))?;
     Ok((session, slot))
 }
 

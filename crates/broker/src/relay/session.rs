@@ -4,6 +4,7 @@
 
 use super::client::{answer_refused, error, respond, Refused};
 use super::{frame_limits, on_drop, refusal_to_wire, stale};
+use crate::admission::Held;
 use crate::auth;
 use crate::context::Ctx;
 use ferry_proto::state::{self as cmd, command::Kind};
@@ -21,11 +22,13 @@ pub(super) async fn open_session(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     remote: SocketAddr,
+    unproven: &super::Unproven,
 ) {
     let admitted = match admit(ctx, &open, remote).await {
         Ok(admitted) => admitted,
         Err(refused) => return answer_refused(ctx, &mut send, refused).await,
     };
+    unproven.proven();
     let Admitted {
         user,
         route,
@@ -48,18 +51,65 @@ pub(super) async fn open_session(
     drop(slot);
 }
 
-/// A place among the `limits.sessions_max` sessions this node relays at once, held while the
-/// session is relayed (opened or resumed).
-pub(super) fn session_slot(ctx: &Ctx) -> Result<tokio::sync::OwnedSemaphorePermit, Refused> {
-    ctx.sessions.slots.clone().try_acquire_owned().map_err(|_| {
+/// A session's places on this node: among the `limits.sessions_max` sessions it relays at
+/// once, among its user's `limits.sessions_per_user_max` and its host's
+/// `limits.sessions_per_host_max`; held while the session is relayed (opened or resumed), so
+/// that one token cannot take every slot of a node.
+pub(super) struct Slot {
+    _node: tokio::sync::OwnedSemaphorePermit,
+    _user: Held<String>,
+    _host: Held<String>,
+}
+
+pub(super) fn session_slot(ctx: &Ctx, user: &str, host: &str) -> Result<Slot, Refused> {
+    let node_id = &ctx.config.node_id;
+    let full = |reason: &'static str, message: String| {
+        crate::admission::refused(ctx, reason, &message);
+        Refused::new(reason, error(ErrorCode::ResourceExhausted, message))
+    };
+    let limits = &ctx.config.limits;
+    let user_held = ctx
+        .admission
+        .user_sessions
+        .hold(user.to_owned())
+        .ok_or_else(|| {
+            full(
+                "sessions_per_user",
+                format!(
+                    "user {user:?} has {} sessions through broker {node_id}, its limit \
+                 (limits.sessions_per_user_max); close one first",
+                    limits.sessions_per_user_max
+                ),
+            )
+        })?;
+    let host_held = ctx
+        .admission
+        .host_sessions
+        .hold(host.to_owned())
+        .ok_or_else(|| {
+            full(
+                "sessions_per_host",
+                format!(
+                    "host {host:?} has {} sessions through broker {node_id}, its limit \
+                 (limits.sessions_per_host_max); try again later",
+                    limits.sessions_per_host_max
+                ),
+            )
+        })?;
+    let node = ctx.sessions.slots.clone().try_acquire_owned().map_err(|_| {
         let e = error(
             ErrorCode::ResourceExhausted,
             format!(
-                "broker {} is at its limit of {} sessions; try again later or another broker",
-                ctx.config.node_id, ctx.config.limits.sessions_max
+                "broker {node_id} is at its limit of {} sessions; try again later or another broker",
+                limits.sessions_max
             ),
         );
         Refused::new("sessions_max", e)
+    })?;
+    Ok(Slot {
+        _node: node,
+        _user: user_held,
+        _host: host_held,
     })
 }
 
@@ -69,8 +119,8 @@ struct Admitted {
     route: Route,
     session_id: u64,
     resume_secret: String,
-    /// Its place among `limits.sessions_max`, held while it is relayed.
-    slot: tokio::sync::OwnedSemaphorePermit,
+    /// Its places on this node, held while it is relayed.
+    slot: Slot,
 }
 
 /// Everything that may refuse a new session, in order, and its record in the state.
@@ -91,7 +141,7 @@ async fn admit(
         .map_err(|e| Refused::new("state_unconfirmed", stale(e)))?;
     let (user, route) = authorize(ctx, open).map_err(|(label, e)| Refused::new(label, e))?;
     let token_hash = hash_secret(&open.token);
-    let slot = session_slot(ctx)?;
+    let slot = session_slot(ctx, &user, &open.host)?;
     let resume_secret = auth::new_secret();
     let opened = ctx
         .proposer
