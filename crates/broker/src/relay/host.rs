@@ -122,29 +122,32 @@ async fn enroll(
 ) -> Result<wire::Enrolled, wire::Error> {
     let label = |result| crate::metrics::Result_ { result };
     crate::admission::check_anonymous(ctx, remote.ip())?;
-    let key = presented_key(conn)?;
-    let complete = cmd::CompleteEnrollment {
-        name: enroll.name.clone(),
-        enrollment_token_hash: hash_secret(&enroll.token),
-        credential_hash: key.clone(),
-    };
-    // Checked against the local state first: an invalid name or a wrong, used or expired
-    // token proposes nothing (an anonymous peer must not add a Raft entry per guess); it is
+    // Checked here first: an invalid name, no key, or a wrong, used or expired token
+    // proposes nothing (an anonymous peer must not add a Raft entry per guess); each is
     // counted in the failure ledger. The state machine checks again when it applies.
-    ctx.proposer.confirm_fresh().await.map_err(super::stale)?;
-    let checked = ctx
-        .replica
-        .read()
-        .enrollment_check(&complete, crate::now_ms());
-    if let Err(refusal) = checked {
+    let refused = |error: wire::Error| {
         ctx.metrics
             .enrollments
             .get_or_create(&label("refused"))
             .inc();
         let name = crate::admission::counted_name(NameKind::Host, &enroll.name);
         crate::admission::failed(ctx, remote.ip(), Attempt::Enroll, name);
-        return Err(refusal_to_wire(&refusal));
-    }
+        error
+    };
+    ferry_state::validate_name(NameKind::Host, &enroll.name)
+        .map_err(|r| refused(refusal_to_wire(&r)))?;
+    let key = presented_key(conn).map_err(refused)?;
+    let complete = cmd::CompleteEnrollment {
+        name: enroll.name.clone(),
+        enrollment_token_hash: hash_secret(&enroll.token),
+        credential_hash: key.clone(),
+    };
+    ctx.proposer.confirm_fresh().await.map_err(super::stale)?;
+    let checked = ctx
+        .replica
+        .read()
+        .enrollment_check(&complete, crate::now_ms());
+    checked.map_err(|r| refused(refusal_to_wire(&r)))?;
     let complete = Kind::CompleteEnrollment(complete);
     match ctx
         .proposer
