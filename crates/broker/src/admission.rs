@@ -263,6 +263,11 @@ pub async fn audit_failures(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return Ok(()),
         }
+        // A node of an older version would apply the summary as an unknown command (a no-op)
+        // while the others record it: keep counting until every member knows it.
+        if !every_member_knows_summaries(&ctx) {
+            continue;
+        }
         let due = lock(&ctx.admission.ledger).take_due(Instant::now());
         if let Some(summary) = due {
             let command = summary_command(&ctx.config.node_id, &summary);
@@ -272,6 +277,40 @@ pub async fn audit_failures(
             }
         }
     }
+}
+
+/// The first release whose state machine applies `AuthFailures`.
+const SUMMARIES_SINCE: (u64, u64) = (0, 9);
+
+/// Whether every other member's latest health report names a version that applies
+/// `AuthFailures` (a member not heard from yet counts as not knowing it).
+fn every_member_knows_summaries(ctx: &Ctx) -> bool {
+    let mut others: std::collections::BTreeSet<String> =
+        ctx.config.peers.iter().map(|p| p.node_id.clone()).collect();
+    {
+        let state = ctx.replica.read();
+        others.extend(
+            state
+                .members()
+                .filter(|m| !state.is_retired(m.raft_id))
+                .map(|m| m.node_id.clone()),
+        );
+    }
+    others.remove(&ctx.config.node_id);
+    others.iter().all(|node| {
+        ctx.health
+            .reports
+            .get(node)
+            .is_some_and(|(report, _)| release_of(&report.version) >= Some(SUMMARIES_SINCE))
+    })
+}
+
+/// (major, minor) of a reported version, "0.9.0 (commit)".
+fn release_of(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.split([' ', '.']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 fn summary_command(node: &str, summary: &FailureSummary) -> Kind {
@@ -291,6 +330,18 @@ fn summary_command(node: &str, summary: &FailureSummary) -> Kind {
         other_attempts: summary.other_attempts,
         other_sources: summary.other_sources,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn releases_are_read_from_reported_versions() {
+        use super::release_of;
+        assert_eq!(release_of("0.9.0 (9e21c33abcde)"), Some((0, 9)));
+        assert_eq!(release_of("0.10.2 (unknown)"), Some((0, 10)));
+        assert!(release_of("0.8.0 (c5adec0)") < Some(super::SUMMARIES_SINCE));
+        assert_eq!(release_of(""), None);
+    }
 }
 
 /// Counts per key under a cap, shared across tasks; [`Counts::hold`] counts one for as long

@@ -436,8 +436,10 @@ impl Default for Limits {
             authenticate_timeout_ms: 30_000,
             unauthenticated_window_bytes: 64 * 1024,
             control_stream_bytes_max: 64 * 1024,
-            sessions_per_user_max: 64,
-            sessions_per_host_max: 256,
+            // A quarter of `sessions_max`: a browser or a database pool behind one forward
+            // opens hundreds at once, yet four tokens are needed to fill a node.
+            sessions_per_user_max: 2_500,
+            sessions_per_host_max: 2_500,
             refusal_log_period_secs: 60,
             failure_audit_period_secs: 60,
             snapshot_every_entries: 10_000,

@@ -86,7 +86,14 @@ async fn request(
             return;
         }
     };
-    if !matches!(response, client_response::Response::Error(_)) {
+    // An answer that is not a refusal proved a password or token, except a logout of a token
+    // that was not valid (which anyone can ask).
+    let proved = !matches!(
+        response,
+        client_response::Response::Error(_)
+            | client_response::Response::LoggedOut(wire::LoggedOut { revoked: false })
+    );
+    if proved {
         unproven.proven();
     }
     respond(&ctx, &mut send, response).await;
