@@ -5,7 +5,12 @@ use std::path::PathBuf;
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["ferry/wire.proto", "ferry/state.proto", "ferry/peer.proto"];
+    let files = [
+        "ferry/wire.proto",
+        "ferry/state.proto",
+        "ferry/peer.proto",
+        "raft/eraftpb.proto",
+    ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }

@@ -21,9 +21,7 @@ use crate::log::LogStore;
 use ferry_proto::state::{Command, Snapshot as StateSnapshot};
 use ferry_state::{Outcome, StateMachine};
 use prost::Message as _;
-use raft::eraftpb::{
-    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot,
-};
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, StateRole};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -71,6 +69,11 @@ pub enum Error {
     Raft(#[from] raft::Error),
     #[error("snapshot at index {index} cannot be restored: {detail}")]
     Snapshot { index: u64, detail: String },
+    #[error("the configuration change at index {index} is {source}")]
+    ConfChange {
+        index: u64,
+        source: crate::codec::DecodeError,
+    },
 }
 
 /// Why a proposal was not accepted.
@@ -487,10 +490,13 @@ impl<L: LogStore> Core<L> {
 /// The configuration change a conf-change entry carries, as a `ConfChangeV2` (the older
 /// `ConfChange` converted; this node only proposes V2, but a log may hold either).
 fn conf_change_of(entry: &Entry) -> Result<ConfChangeV2, Error> {
-    let codec = |e| Error::Raft(raft::Error::CodecError(e));
+    // Decoded with prost (`codec.rs`): an entry's bytes were written by whichever node led.
+    let codec = |source| Error::ConfChange {
+        index: entry.index,
+        source,
+    };
     if entry.get_entry_type() == EntryType::EntryConfChange {
-        let mut cc = ConfChange::default();
-        protobuf::Message::merge_from_bytes(&mut cc, &entry.data).map_err(codec)?;
+        let mut cc = crate::codec::decode_conf_change(&entry.data).map_err(codec)?;
         // What raft-rs's `ConfChangeI::into_v2` does (the trait is not re-exported by `raft`).
         let mut single = raft::eraftpb::ConfChangeSingle::default();
         single.set_change_type(cc.get_change_type());
@@ -500,9 +506,7 @@ fn conf_change_of(entry: &Entry) -> Result<ConfChangeV2, Error> {
         v2.set_context(cc.take_context());
         return Ok(v2);
     }
-    let mut cc = ConfChangeV2::default();
-    protobuf::Message::merge_from_bytes(&mut cc, &entry.data).map_err(codec)?;
-    Ok(cc)
+    crate::codec::decode_conf_change_v2(&entry.data).map_err(codec)
 }
 
 /// The proposal token an entry carries in its context, if any.

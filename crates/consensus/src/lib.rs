@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod codec;
 mod core;
 mod log;
 mod membership;

@@ -5,7 +5,6 @@ use crate::convert::outcome_to_wire;
 use crate::inbox::{Inbox, IncomingRelay, Request};
 use crate::links::{Peers, CONNECT_TIMEOUT};
 use crate::PeerConfig;
-use ferry_consensus::Message;
 use ferry_proto::peer::{
     peer_request, GateResponse, LoginVerdict, PeerRequest, RaftMessage, RejoinReply, RelayResponse,
 };
@@ -14,7 +13,6 @@ use ferry_proto::wire;
 use ferry_replica::ProposeError;
 use ferry_transport::framed;
 use prost::Message as _;
-use protobuf::Message as _;
 use std::sync::Arc;
 use tokio::sync::{oneshot, watch};
 
@@ -107,7 +105,8 @@ impl Peers {
             if self.is_blocked(raft_id) {
                 continue;
             }
-            match Message::parse_from_bytes(&frame.message) {
+            // prost, never rust-protobuf, parses what a peer sent (`ferry_consensus::codec`).
+            match ferry_consensus::codec::decode_message(&frame.message) {
                 Ok(m) if m.from == raft_id || self.learn_raft_id(&peer.node_id, m.from) => {
                     self.replica.step(m)
                 }

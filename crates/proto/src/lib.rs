@@ -26,6 +26,13 @@ pub mod peer {
     include!(concat!(env!("OUT_DIR"), "/ferry.peer.rs"));
 }
 
+/// Raft's own messages (`proto/raft/eraftpb.proto`, raft-rs's definitions), decoded with prost
+/// instead of rust-protobuf 2 wherever the bytes come from another node (see that file).
+#[allow(clippy::doc_lazy_continuation, clippy::enum_variant_names)]
+pub mod eraftpb {
+    include!(concat!(env!("OUT_DIR"), "/eraftpb.rs"));
+}
+
 /// ALPN identifier of peer links between brokers; distinct from [`ALPN`], so an endpoint's
 /// connection can never be mistaken for a peer's, and vice versa.
 pub const PEER_ALPN: &[u8] = b"ferry-peer/1";

@@ -73,7 +73,9 @@ pub fn recover(
     // the store must be quarantined; anything else may pass.
     let damaged = |e: ferry_consensus::Error| {
         let is_damage = match &e {
-            ferry_consensus::Error::Snapshot { .. } => true,
+            ferry_consensus::Error::Snapshot { .. } | ferry_consensus::Error::ConfChange { .. } => {
+                true
+            }
             ferry_consensus::Error::Raft(raft_error) => is_damage(raft_error),
         };
         if is_damage {
