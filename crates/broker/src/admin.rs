@@ -161,6 +161,32 @@ impl From<ProposeError> for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// How many JSON bodies [`decode_json_body`] knows.
+pub const JSON_BODIES: usize = 14;
+
+/// Decodes `bytes` as the JSON body number `index` (modulo [`JSON_BODIES`]) of those this API
+/// takes in (and `ferry admin` reads back), as the handlers' extractors do: for the tests and
+/// fuzz targets of network input (`crates/input-check`), which must reach every one.
+pub fn decode_json_body(index: usize, bytes: &[u8]) -> Result<(), serde_json::Error> {
+    use serde_json::from_slice as de;
+    match index % JSON_BODIES {
+        0 => de::<accounts::AddUser>(bytes).map(drop),
+        1 => de::<accounts::SetPassword>(bytes).map(drop),
+        2 => de::<accounts::EnrollHost>(bytes).map(drop),
+        3 => de::<accounts::AddGrant>(bytes).map(drop),
+        4 => de::<accounts::CreateToken>(bytes).map(drop),
+        5 => de::<members::AddMember>(bytes).map(drop),
+        6 => de::<operations::DrainRequest>(bytes).map(drop),
+        7 => de::<operations::ServiceFault>(bytes).map(drop),
+        8 => de::<PeerFaults>(bytes).map(drop),
+        9 => de::<HandoffRequest>(bytes).map(drop),
+        10 => de::<serde_json::Value>(bytes).map(drop),
+        11 => de::<NodeStatus>(bytes).map(drop),
+        12 => de::<members::Members>(bytes).map(drop),
+        _ => de::<crate::cluster::ClusterStatus>(bytes).map(drop),
+    }
+}
+
 /// Proposes an admin command on behalf of `caller` and maps a refusal to an HTTP status.
 async fn propose(ctx: &Ctx, caller: &Caller, kind: Kind) -> Result<Outcome, ApiError> {
     match ctx
