@@ -81,14 +81,15 @@ impl Peers {
             tokio::select! {
                 uni = conn.accept_uni() => {
                     let Ok(recv) = uni else { return };
-                    tokio::spawn(self.clone().take_raft_messages(recv, peer.clone()));
+                    tokio::spawn(self.clone().take_raft_messages(conn.clone(), recv, peer.clone()));
                 }
                 bi = conn.accept_bi() => {
                     let Ok((send, recv)) = bi else { return };
                     if self.is_blocked_named(&peer.node_id) {
                         continue; // dropped: the peer times out, as across a partition
                     }
-                    tokio::spawn(self.clone().answer(send, recv, peer.node_id.clone(), inbox.clone()));
+                    let answer = self.clone().answer(conn.clone(), send, recv, peer.node_id.clone(), inbox.clone());
+                    tokio::spawn(answer);
                 }
             }
         }
@@ -96,9 +97,20 @@ impl Peers {
 
     /// Hands the Raft messages of one stream to the replica, while the peer's raft id (the one
     /// it has now: it changes when the peer rejoins) vouches for their sender.
-    async fn take_raft_messages(self: Arc<Self>, mut recv: quinn::RecvStream, peer: PeerConfig) {
+    async fn take_raft_messages(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        mut recv: quinn::RecvStream,
+        peer: PeerConfig,
+    ) {
         let limits = self.limits.frames();
-        while let Ok(frame) = framed::read::<RaftMessage, _>(&mut recv, limits).await {
+        loop {
+            let frame = match framed::read::<RaftMessage, _>(&mut recv, limits).await {
+                Ok(frame) => frame,
+                // The stream ended or broke (a reconnect, a close): nothing more to read.
+                Err(framed::Error::Ended | framed::Error::Io(_)) => return,
+                Err(e) => return reject(&conn, &peer.node_id, &e),
+            };
             let raft_id = self
                 .link_named(&peer.node_id)
                 .map_or(peer.raft_id, |l| l.config.raft_id);
@@ -113,9 +125,7 @@ impl Peers {
                 Ok(m) => {
                     tracing::warn!(peer = %peer.node_id, from = m.from, "raft message with a forged sender dropped")
                 }
-                Err(e) => {
-                    tracing::warn!(peer = %peer.node_id, error = %e, "undecodable raft message dropped")
-                }
+                Err(e) => return reject(&conn, &peer.node_id, &e),
             }
         }
     }
@@ -123,14 +133,17 @@ impl Peers {
     /// Reads one request, hands it to the node, and writes the node's answer.
     async fn answer(
         self: Arc<Self>,
+        conn: quinn::Connection,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
         from: String,
         inbox: Inbox,
     ) {
         let limits = self.limits.frames();
-        let Ok(request) = framed::read::<PeerRequest, _>(&mut recv, limits).await else {
-            return;
+        let request = match framed::read::<PeerRequest, _>(&mut recv, limits).await {
+            Ok(request) => request,
+            Err(framed::Error::Ended | framed::Error::Io(_)) => return,
+            Err(e) => return reject(&conn, &from, &e),
         };
         /// Hands `request` to the node and waits for its answer; `None` when the queue is full
         /// or the node dropped the request.
@@ -229,4 +242,13 @@ impl Peers {
         }
         let _ = send.finish();
     }
+}
+
+/// Closes a peer's connection because it sent bytes that are not a valid frame or message: a
+/// node of this cluster never does, so this is a bug or an impostor holding a node's key, and
+/// the reason says which input. The peer's links reconnect.
+fn reject(conn: &quinn::Connection, peer: &str, error: &dyn std::fmt::Display) {
+    let reason = format!("protocol error from peer {peer}: {error}");
+    tracing::warn!(%peer, %reason, "closing a peer connection");
+    ferry_transport::CloseCode::Protocol.close(conn, &reason);
 }

@@ -21,14 +21,27 @@ pub enum CloseCode {
     Overloaded = 5,
 }
 
+/// Longest close reason sent.
+pub const CLOSE_REASON_BYTES_MAX: usize = 400;
+
+/// `reason` cut to at most [`CLOSE_REASON_BYTES_MAX`] bytes, at a character boundary.
+pub fn bounded_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(CLOSE_REASON_BYTES_MAX);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 impl CloseCode {
     pub fn varint(self) -> VarInt {
         VarInt::from_u32(self as u32)
     }
 
-    /// Closes `conn` with this code and a human-readable reason.
+    /// Closes `conn` with this code and a human-readable reason, cut at a character boundary to
+    /// at most [`CLOSE_REASON_BYTES_MAX`] (QUIC carries it in one packet).
     pub fn close(self, conn: &quinn::Connection, reason: &str) {
-        conn.close(self.varint(), reason.as_bytes());
+        conn.close(self.varint(), bounded_reason(reason).as_bytes());
     }
 }
 
@@ -76,5 +89,19 @@ pub fn describe(error: &ConnectionError) -> String {
         ConnectionError::TimedOut => "timed out: no answer from the broker".to_owned(),
         ConnectionError::LocallyClosed => "closed locally".to_owned(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod bounded_reason_tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_cut_at_a_character_boundary() {
+        assert_eq!(bounded_reason("short"), "short");
+        let long = "é".repeat(300); // two bytes each: 400 is a boundary
+        assert_eq!(bounded_reason(&long).len(), 400);
+        let odd = format!("a{}", "é".repeat(300)); // 400 falls inside an é
+        assert_eq!(bounded_reason(&odd).len(), 399);
     }
 }

@@ -11,6 +11,9 @@ pub enum Error {
     Codec(#[from] frame::Error),
     #[error("stream ended before a complete frame")]
     Truncated,
+    /// The stream ended cleanly, between frames: the sender has nothing more to say.
+    #[error("stream ended")]
+    Ended,
     #[error("stream error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -22,7 +25,11 @@ where
     R: AsyncRead + Unpin,
 {
     let mut header = [0u8; HEADER_BYTES];
-    read_exact(reader, &mut header).await?;
+    // A stream that ends before a frame begins ended cleanly; one that ends inside is cut.
+    if reader.read(&mut header[..1]).await? == 0 {
+        return Err(Error::Ended);
+    }
+    read_exact(reader, &mut header[1..]).await?;
     let len = frame::decode_header(header, limits)?;
     let mut payload = vec![0u8; len];
     read_exact(reader, &mut payload).await?;

@@ -59,9 +59,6 @@ impl Sessions {
 /// answer far below a frame).
 const RETIRED_NODES_SENT_MAX: usize = 1024;
 
-/// Longest close reason sent; QUIC carries it in one packet.
-const CLOSE_REASON_BYTES_MAX: usize = 400;
-
 /// Service "relay": accepts host agents' and clients' connections until shutdown. Stopped
 /// (by a failure or the fault switch), the endpoint stays bound and new connections wait
 /// unanswered; connections already accepted carry on.
@@ -359,11 +356,10 @@ pub(crate) fn reject_input(ctx: &Ctx, conn: &quinn::Connection, error: &framed::
         framed::Error::Codec(F::Malformed { .. }) => "malformed_frame",
         framed::Error::Truncated => "truncated_frame",
         // The stream or connection failed under us: nothing to tell the peer.
-        framed::Error::Io(_) => return,
+        framed::Error::Io(_) | framed::Error::Ended => return,
     };
     ctx.metrics.protocol_error(label);
-    let mut reason = format!("protocol error: {error}");
-    reason.truncate(CLOSE_REASON_BYTES_MAX);
+    let reason = format!("protocol error: {error}");
     tracing::info!(remote = %conn.remote_address(), %reason, "closing connection");
     CloseCode::Protocol.close(conn, &reason);
 }
