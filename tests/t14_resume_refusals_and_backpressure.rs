@@ -5,7 +5,6 @@
 
 mod common;
 use common::*;
-use ferry_proto::frame::FrameLimits;
 use ferry_proto::wire::{self, client_request, client_response};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -18,32 +17,15 @@ fn sessions(w: &World, node: u8) -> Vec<serde_json::Value> {
 
 /// Sends a raw `ResumeSession` to broker b1, as a client would; returns the broker's answer.
 fn resume_raw(w: &World, session_id: u64, secret: &str) -> client_response::Response {
-    let config =
-        ferry_agent::ClientConfig::load(std::path::Path::new(&w.client_config_for(1))).unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let dialer = ferry_agent::dial::Dialer::new(&config, wire::Role::Client).unwrap();
-        let connected = dialer.connect().await.unwrap();
-        let (mut send, mut recv) = connected.conn.open_bi().await.unwrap();
-        let request = wire::ClientRequest {
-            request: Some(client_request::Request::ResumeSession(
-                wire::ResumeSession {
-                    session_id,
-                    resume_secret: secret.to_owned(),
-                    received: 0,
-                    written: 0,
-                },
-            )),
-        };
-        ferry_transport::framed::write(&mut send, &request, FrameLimits::default())
-            .await
-            .unwrap();
-        let response: wire::ClientResponse =
-            ferry_transport::framed::read(&mut recv, FrameLimits::default())
-                .await
-                .unwrap();
-        response.response.expect("a response")
-    })
+    w.client_request(
+        1,
+        client_request::Request::ResumeSession(wire::ResumeSession {
+            session_id,
+            resume_secret: secret.to_owned(),
+            received: 0,
+            written: 0,
+        }),
+    )
 }
 
 fn refusal(response: client_response::Response) -> wire::Error {

@@ -8,7 +8,6 @@
 
 mod common;
 use common::*;
-use ferry_proto::frame::FrameLimits;
 use ferry_proto::wire::{self, client_request, client_response};
 use std::path::Path;
 
@@ -67,8 +66,7 @@ fn help_texts(w: &World, path: Vec<String>, depth: usize, out: &mut Vec<(String,
 /// Opens a session to `host`/`service` through broker `node` with a raw client, as `ferry
 /// connect` does; returns its id and resume secret.
 fn open_raw(w: &World, node: u8, token: &str, host: &str, service: &str) -> (u64, String) {
-    let response = raw_request(
-        w,
+    let response = w.client_request(
         node,
         client_request::Request::OpenSession(wire::OpenSession {
             token: token.into(),
@@ -82,29 +80,6 @@ fn open_raw(w: &World, node: u8, token: &str, host: &str, service: &str) -> (u64
         }
         other => panic!("expected a session, got {other:?}"),
     }
-}
-
-/// One request to broker `node` on a connection of its own; the first answer.
-fn raw_request(w: &World, node: u8, request: client_request::Request) -> client_response::Response {
-    let config =
-        ferry_agent::ClientConfig::load(std::path::Path::new(&w.client_config_for(node))).unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let dialer = ferry_agent::dial::Dialer::new(&config, wire::Role::Client).unwrap();
-        let connected = dialer.connect().await.unwrap();
-        let (mut send, mut recv) = connected.conn.open_bi().await.unwrap();
-        let request = wire::ClientRequest {
-            request: Some(request),
-        };
-        ferry_transport::framed::write(&mut send, &request, FrameLimits::default())
-            .await
-            .unwrap();
-        let response: wire::ClientResponse =
-            ferry_transport::framed::read(&mut recv, FrameLimits::default())
-                .await
-                .unwrap();
-        response.response.expect("a response")
-    })
 }
 
 #[test]
@@ -178,8 +153,7 @@ fn t35_no_password_token_or_secret_appears_in_any_output() {
     record(&mut outputs, "connect", &echoed);
     let (session_id, resume_secret) = open_raw(&w, 1, &login_token, "lab-pc", "echo");
     for secret in [random_secret("resume-guess"), resume_secret.clone()] {
-        let _ = raw_request(
-            &w,
+        let _ = w.client_request(
             2,
             client_request::Request::ResumeSession(wire::ResumeSession {
                 session_id,

@@ -861,6 +861,36 @@ impl World {
         admin_request(&self.admin_url_of(i), token.trim(), "GET", path, "")
     }
 
+    /// One client request to broker b`node` on a connection of its own, as a client would send
+    /// it; the broker's first answer.
+    pub fn client_request(
+        &self,
+        node: u8,
+        request: ferry_proto::wire::client_request::Request,
+    ) -> ferry_proto::wire::client_response::Response {
+        use ferry_proto::frame::FrameLimits;
+        use ferry_proto::wire;
+        let config = ferry_agent::ClientConfig::load(Path::new(&self.client_config_for(node)))
+            .expect("the world's client config loads");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let dialer = ferry_agent::dial::Dialer::new(&config, wire::Role::Client).unwrap();
+            let connected = dialer.connect().await.unwrap();
+            let (mut send, mut recv) = connected.conn.open_bi().await.unwrap();
+            let request = wire::ClientRequest {
+                request: Some(request),
+            };
+            ferry_transport::framed::write(&mut send, &request, FrameLimits::default())
+                .await
+                .unwrap();
+            let response: wire::ClientResponse =
+                ferry_transport::framed::read(&mut recv, FrameLimits::default())
+                    .await
+                    .unwrap();
+            response.response.expect("a response")
+        })
+    }
+
     /// A value of metric `name` (first series whose line contains `filter`) on node `i`.
     pub fn metric(&self, i: u8, name: &str, filter: &str) -> f64 {
         let (_, text) = http_get(&format!("{}/metrics", self.admin_url_of(i))).unwrap_or_default();
