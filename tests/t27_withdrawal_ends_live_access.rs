@@ -23,7 +23,6 @@ const WITHDRAWAL_DEADLINE: Duration = Duration::from_secs(2);
 
 /// A pair and a witness with alice's session live through it.
 struct Live {
-    w: World,
     nodes: Vec<Proc>,
     host: Proc,
     forward: Proc,
@@ -34,6 +33,9 @@ struct Live {
     client: Option<JoinHandle<(TransferEnd, Instant)>>,
     /// A named admin token ("offboarder", role admin).
     admin_token: String,
+    /// Last: fields drop in order, and the processes above print their logs from this
+    /// world's directory when a test fails.
+    w: World,
 }
 
 fn live_session() -> Live {
