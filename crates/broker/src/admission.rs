@@ -411,13 +411,20 @@ impl PasswordPool {
                 "this broker is busy checking passwords; try again in a moment",
             )
         };
-        // `waiting` counts every caller between here and its permit.
+        // `waiting` counts every caller between here and its permit (a guard, so that a caller
+        // dropped while it waits is counted out too).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let waiting = Waiting(&self.waiting);
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue_max {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(busy());
         }
         let permit = self.workers.clone().acquire_owned().await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        drop(waiting);
         let permit = permit.expect("never closed: the pool owns its semaphore");
         ctx.metrics.password_checks.inc();
         tokio::task::spawn_blocking(move || {
