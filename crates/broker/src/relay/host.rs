@@ -220,25 +220,9 @@ async fn attach(
             ),
         ));
     }
-    let presence = Kind::AttachHost(cmd::AttachHost {
-        name: attach.name.clone(),
-        broker: ctx.config.node_id.clone(),
-        services: attach.services.clone(),
-        instance: attach.instance,
-    });
-    match ctx
-        .proposer
-        .propose(
-            format!("host:{}", attach.name),
-            remote.to_string(),
-            presence,
-        )
-        .await
-    {
-        Ok(Outcome::Refused(r)) => return Err(refusal_to_wire(&r)),
-        Ok(_) => {}
-        Err(e) => return Err(propose_error_to_wire(&e)),
-    }
+    // Registered here before the cluster learns of it: another broker that applies the
+    // attachment may send a session at once, before this node's own proposal returns (it
+    // waits to apply the entry itself, which can take a heartbeat), and the host must be found.
     let replaced = ctx.sessions.hosts.attach(
         &attach.name,
         AttachedHost {
@@ -248,8 +232,33 @@ async fn attach(
             instance: attach.instance,
         },
     );
+    // A host's newer connection displaces its older one whatever the proposal's fate (the
+    // agent reconnects if this one fails).
     if let Some(old) = replaced {
         CloseCode::Done.close(&old, "replaced by a newer connection of the same host");
+    }
+    let presence = Kind::AttachHost(cmd::AttachHost {
+        name: attach.name.clone(),
+        broker: ctx.config.node_id.clone(),
+        services: attach.services.clone(),
+        instance: attach.instance,
+    });
+    let recorded = ctx
+        .proposer
+        .propose(
+            format!("host:{}", attach.name),
+            remote.to_string(),
+            presence,
+        )
+        .await;
+    let refused = match recorded {
+        Ok(Outcome::Refused(r)) => Some(refusal_to_wire(&r)),
+        Ok(_) => None,
+        Err(e) => Some(propose_error_to_wire(&e)),
+    };
+    if let Some(error) = refused {
+        ctx.sessions.hosts.detach(&attach.name, conn.stable_id());
+        return Err(error);
     }
     ctx.metrics
         .hosts_attached
